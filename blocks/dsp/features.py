@@ -1,0 +1,174 @@
+"""YAMNet-compatible log-mel patches in NumPy.
+
+A NumPy port of YAMNet's ``features.py`` (tensorflow/models research/audioset/yamnet):
+
+    waveform (16 kHz mono float32)
+      → pad like YAMNet's ``pad_waveform`` (≥ one patch, then whole patch hops)
+      → frames of 400 samples, hop 160, periodic Hann window, zero-padded to FFT 512
+      → magnitude |rfft|  [n_frames, 257]
+      → HTK mel matrix 64 bands 125–7500 Hz (``tf.signal.linear_to_mel_weight_matrix``)
+      → log(mel + 0.001)  [n_frames, 64]
+      → patches of 96 frames, hop 48 frames (0.48 s)  [n_patches, 96, 64]
+
+It equals ``tf.signal.stft`` + the TF mel matrix to within float32 rounding (≈3e-5 log
+units, see tests/test_dsp.py). It differs from the ``Identity_1`` log-mel output of the shared
+``yamnet.tflite``, whose front-end uses int8-quantised DFT matrices (mean |Δ| ≈ 0.2 log units,
+occasionally several units on quiet bins): the float reference here is what YAMNet's
+published weights were trained on.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from cryblock.errors import AudioError
+from cryblock.params import DspParams
+
+# HTK mel scale constants (tensorflow/python/ops/signal/mel_ops.py).
+_MEL_BREAK_FREQUENCY_HERTZ = 700.0
+_MEL_HIGH_FREQUENCY_Q = 1127.0
+
+
+def hertz_to_mel(freq_hz: np.ndarray | float) -> np.ndarray:
+    """HTK mel: ``1127 · ln(1 + f / 700)`` (mel_ops.py constants). Input Hz, output mel."""
+    return _MEL_HIGH_FREQUENCY_Q * np.log1p(np.asarray(freq_hz, dtype=np.float64) / _MEL_BREAK_FREQUENCY_HERTZ)
+
+
+@lru_cache(maxsize=8)
+def _mel_matrix_cached(num_mel_bins: int, num_spectrogram_bins: int, sample_rate: float,
+                       lower_edge_hertz: float, upper_edge_hertz: float) -> np.ndarray:
+    nyquist = sample_rate / 2.0
+    bands_to_zero = 1  # "HTK excludes the spectrogram DC bin." (mel_ops.py)
+    linear_freqs = np.linspace(0.0, nyquist, num_spectrogram_bins)[bands_to_zero:]
+    spec_mel = hertz_to_mel(linear_freqs)[:, None]
+    edges = np.linspace(hertz_to_mel(lower_edge_hertz), hertz_to_mel(upper_edge_hertz), num_mel_bins + 2)
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
+    lower_slopes = (spec_mel - lower) / (center - lower)
+    upper_slopes = (upper - spec_mel) / (upper - center)
+    weights = np.maximum(0.0, np.minimum(lower_slopes, upper_slopes))
+    weights = np.concatenate([np.zeros((bands_to_zero, num_mel_bins)), weights], axis=0)
+    out = weights.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def mel_matrix(params: DspParams = DspParams()) -> np.ndarray:
+    """HTK linear→mel weight matrix, identical to ``tf.signal.linear_to_mel_weight_matrix``.
+
+    Returns:
+        float32 ``[num_spectrogram_bins, mel_bands]`` = ``[257, 64]`` (read-only). Row 0
+        (DC) is zero; triangles are linear in HTK mel with no area normalisation.
+    """
+    return _mel_matrix_cached(params.mel_bands, params.num_spectrogram_bins, float(params.sample_rate),
+                              float(params.mel_min_hz), float(params.mel_max_hz))
+
+
+@lru_cache(maxsize=8)
+def _mel_matrix64(params: DspParams) -> np.ndarray:
+    return mel_matrix(params).astype(np.float64)
+
+
+@lru_cache(maxsize=8)
+def _hann_cached(n: int) -> np.ndarray:
+    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+    w.setflags(write=False)
+    return w
+
+
+def periodic_hann(n: int) -> np.ndarray:
+    """Periodic Hann window ``0.5 - 0.5·cos(2πk/n)``, k = 0..n-1 (``tf.signal.hann_window``
+    default, periodic=True). Returns float64 ``[n]`` (read-only; cast as needed)."""
+    return _hann_cached(int(n))
+
+
+def pad_waveform(waveform: np.ndarray, params: DspParams = DspParams()) -> np.ndarray:
+    """Zero-pad like YAMNet's ``features.pad_waveform``.
+
+    Pads to at least one patch (15600 samples) and then up to a whole number of patch hops
+    (7680 samples), so every sample is covered and a clip shorter than one patch still
+    yields one patch. Input/output float32 ``[n]`` at ``params.sample_rate``.
+    """
+    x = np.asarray(waveform, dtype=np.float32)
+    min_n = params.patch_samples
+    hop = params.patch_hop_samples
+    n = max(x.shape[0], min_n)
+    extra = n - min_n
+    hops = int(np.ceil(extra / hop)) if extra > 0 else 0
+    total = min_n + hops * hop
+    if total == x.shape[0]:
+        return x
+    return np.concatenate([x, np.zeros(total - x.shape[0], dtype=np.float32)])
+
+
+def log_mel_spectrogram(waveform: np.ndarray, params: DspParams = DspParams()) -> np.ndarray:
+    """Log-mel spectrogram of a (16 kHz, mono) waveform, no padding.
+
+    Args:
+        waveform: float32 ``[n]`` at ``params.sample_rate``, n ≥ one window (400 samples).
+
+    Returns:
+        float32 ``[n_frames, mel_bands]`` with n_frames = 1 + (n - 400) // 160,
+        values ``log(|STFT|·M + 0.001)`` (natural log).
+
+    Raises:
+        AudioError: waveform shorter than one STFT window or not 1-D.
+    """
+    x = np.ascontiguousarray(waveform, dtype=np.float64)
+    win, hop, nfft = params.window_length_samples, params.hop_length_samples, params.fft_length
+    if x.ndim != 1:
+        raise AudioError(f"waveform must be 1-D mono, got shape {x.shape}")
+    if x.shape[0] < win:
+        raise AudioError(f"waveform has {x.shape[0]} samples, fewer than one {win}-sample window")
+    n_frames = 1 + (x.shape[0] - win) // hop
+    # float64 internally: the float32 FFT noise floor (≈1e-7 of full scale) is several 1e-4 log
+    # units in near-silent bands (e.g. above 4 kHz in 8 kHz-sourced audio).
+    frames = np.lib.stride_tricks.as_strided(x, shape=(n_frames, win), strides=(hop * 8, 8), writeable=False)
+    spec = np.abs(np.fft.rfft(frames * periodic_hann(win), n=nfft, axis=1))
+    mel = spec @ _mel_matrix64(params)
+    return np.log(mel + params.log_offset).astype(np.float32)
+
+
+def frames_to_patches(log_mel: np.ndarray, params: DspParams = DspParams()) -> np.ndarray:
+    """Cut a log-mel spectrogram into patches (``tf.signal.frame``, pad_end=False).
+
+    Args:
+        log_mel: float32 ``[n_frames, mel_bands]``.
+
+    Returns:
+        float32 ``[n_patches, 96, mel_bands]``; n_patches = 1 + (n_frames - 96) // 48,
+        0 when n_frames < 96.
+    """
+    f, h = params.patch_frames, params.patch_hop_frames
+    n = log_mel.shape[0]
+    if n < f:
+        return np.zeros((0, f, log_mel.shape[1]), dtype=np.float32)
+    count = 1 + (n - f) // h
+    idx = np.arange(f)[None, :] + h * np.arange(count)[:, None]
+    return np.ascontiguousarray(log_mel[idx], dtype=np.float32)
+
+
+def waveform_to_patches(waveform: np.ndarray, params: DspParams = DspParams()) -> np.ndarray:
+    """YAMNet log-mel patches of a 16 kHz mono waveform (the DSP block's core).
+
+    Args:
+        waveform: float32 ``[n]`` in [-1, 1] at ``params.sample_rate`` (resample first with
+            :func:`cryblock.io.prepare_waveform` or load with :func:`cryblock.io.load_audio`).
+
+    Returns:
+        float32 ``[n_patches, 96, 64]``; patch k starts at sample k·7680 (0.48 s); at least one.
+    """
+    return frames_to_patches(log_mel_spectrogram(pad_waveform(waveform, params), params), params)
+
+
+def patch_start_seconds(n_patches: int, params: DspParams = DspParams()) -> np.ndarray:
+    """Start time in seconds of each patch: k · 0.48 s. float64 ``[n_patches]``."""
+    return np.arange(n_patches) * params.patch_hop_samples / params.sample_rate
+
+
+def file_to_patches(path, params: DspParams = DspParams()) -> np.ndarray:
+    """Load any audio file (see :func:`cryblock.io.load_audio`) and return its patches
+    float32 ``[n_patches, 96, 64]``. Raises AudioError naming the file."""
+    from cryblock.io import load_audio
+
+    return waveform_to_patches(load_audio(path, params.sample_rate), params)

@@ -1,0 +1,233 @@
+"""Datasets: the manifest CSV, per-clip log-mel patches, and group-wise splits.
+
+A manifest is a CSV with at least ``path,label,group`` columns (``category, source, license``
+optional), paths relative to the CSV's folder — the format of ``shared/data/manifest.csv``.
+Train/validation/test splits are always made **by group** (baby, speaker, ESC fold), never by
+clip, so no recording source appears on both sides.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import AudioError, DataError
+from .params import DspParams
+
+REQUIRED_COLUMNS = ("path", "label", "group")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One recording of the manifest. ``path`` is absolute."""
+
+    path: Path
+    label: str
+    group: str
+    category: str = ""
+    source: str = ""
+
+
+def load_manifest(path: str | os.PathLike) -> list[Clip]:
+    """Read a manifest CSV.
+
+    Returns:
+        list of :class:`Clip`, in file order, with paths resolved against the CSV's folder.
+
+    Raises:
+        DataError: file missing/unreadable, required columns absent, empty, or a row with an
+            empty path/label/group (the message names the CSV and the line).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: manifest not found")
+    try:
+        with p.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+            if missing:
+                raise DataError(f"{p}: manifest lacks column(s) {missing} (has {cols})")
+            clips = []
+            for lineno, row in enumerate(reader, start=2):
+                vals = {c: (row.get(c) or "").strip() for c in REQUIRED_COLUMNS}
+                empty = [c for c, v in vals.items() if not v]
+                if empty:
+                    raise DataError(f"{p}:{lineno}: empty {empty}")
+                clips.append(Clip(path=(p.parent / vals["path"]).resolve(), label=vals["label"],
+                                  group=vals["group"], category=(row.get("category") or "").strip(),
+                                  source=(row.get("source") or "").strip()))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not a UTF-8 CSV ({e})") from None
+    except csv.Error as e:
+        raise DataError(f"{p}: malformed CSV ({e})") from None
+    if not clips:
+        raise DataError(f"{p}: manifest has no rows")
+    return clips
+
+
+@dataclass
+class PatchSet:
+    """Log-mel patches of many clips.
+
+    Attributes:
+        patches: float32 ``[N, 96, 64]``.
+        clip_index: int32 ``[N]``, index into ``clips`` of each patch's clip.
+        clips: the clips that yielded patches.
+        skipped: ``(path, reason)`` for each clip that could not be read.
+    """
+
+    patches: np.ndarray
+    clip_index: np.ndarray
+    clips: list[Clip]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def labels(self) -> np.ndarray:
+        """Label string of every patch, object ``[N]``."""
+        return np.array([self.clips[i].label for i in self.clip_index], dtype=object)
+
+    def groups(self) -> np.ndarray:
+        """Group string of every patch, object ``[N]``."""
+        return np.array([self.clips[i].group for i in self.clip_index], dtype=object)
+
+    def subset_clips(self, keep: Iterable[int]) -> "PatchSet":
+        """The patches of the clips whose indices are in ``keep`` (clip indices renumbered)."""
+        keep = sorted(set(int(k) for k in keep))
+        remap = -np.ones(len(self.clips), dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+        mask = remap[self.clip_index] >= 0
+        return PatchSet(self.patches[mask], remap[self.clip_index[mask]].astype(np.int32),
+                        [self.clips[k] for k in keep], list(self.skipped))
+
+
+def _params_key(params: DspParams) -> str:
+    from dataclasses import asdict
+
+    return hashlib.sha1(json.dumps(asdict(params), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _clip_patches(args: tuple[str, DspParams, str | None]) -> tuple[np.ndarray | None, str | None]:
+    from cryblock.blocks.dsp.features import file_to_patches
+
+    path, params, cache_dir = args
+    cache_file = None
+    if cache_dir:
+        st = os.stat(path) if os.path.exists(path) else None
+        if st is not None:
+            h = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}|{_params_key(params)}".encode()).hexdigest()
+            cache_file = Path(cache_dir) / f"{h}.npy"
+            if cache_file.exists():
+                try:
+                    return np.load(cache_file), None
+                except (OSError, ValueError):
+                    pass
+    try:
+        pt = file_to_patches(path, params)
+    except AudioError as e:
+        return None, str(e)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, pt)
+        os.replace(tmp, cache_file)
+    return pt, None
+
+
+def default_cache_dir() -> Path:
+    """``$CRYBLOCK_CACHE`` or ``~/.cache/cryblock`` (features and teacher scores)."""
+    return Path(os.environ.get("CRYBLOCK_CACHE") or Path.home() / ".cache" / "cryblock")
+
+
+def compute_patches(clips: Sequence[Clip], params: DspParams = DspParams(), *, workers: int | None = None,
+                    cache_dir: str | os.PathLike | None = None,
+                    progress: Callable[[int], None] | None = None) -> PatchSet:
+    """Log-mel patches of every clip; unreadable clips are skipped and listed, not fatal.
+
+    Args:
+        clips: clips to process.
+        params: front-end parameters.
+        workers: processes (default: ``os.cpu_count()``, 1 = in-process).
+        cache_dir: if given, per-clip patches are cached there (keyed by path, size, mtime
+            and parameters).
+        progress: called with the number of clips finished since the last call.
+
+    Returns:
+        :class:`PatchSet`.
+
+    Raises:
+        DataError: no clip yielded any patch.
+    """
+    workers = workers or os.cpu_count() or 1
+    jobs = [(str(c.path), params, str(cache_dir) if cache_dir else None) for c in clips]
+    if workers > 1 and len(jobs) > 8:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            results = []
+            for r in ex.map(_clip_patches, jobs, chunksize=8):
+                results.append(r)
+                if progress:
+                    progress(1)
+    else:
+        results = []
+        for j in jobs:
+            results.append(_clip_patches(j))
+            if progress:
+                progress(1)
+    kept, arrays, index, skipped = [], [], [], []
+    for clip, (pt, err) in zip(clips, results):
+        if pt is None:
+            skipped.append((str(clip.path), err or "unknown error"))
+            continue
+        index.append(np.full(len(pt), len(kept), dtype=np.int32))
+        arrays.append(pt)
+        kept.append(clip)
+    if not arrays:
+        raise DataError(f"none of {len(clips)} clip(s) could be read; first error: "
+                        f"{skipped[0][1] if skipped else 'no clips'}")
+    return PatchSet(np.concatenate(arrays), np.concatenate(index), kept, skipped)
+
+
+def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validation_fraction: float = 0.2,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split clip indices into train / validation / test **by group**, stratified by label.
+
+    Uses scikit-learn's ``StratifiedGroupKFold``: the test split is one fold of
+    ``round(1/test_fraction)``; validation is one fold of ``round(1/validation_fraction)`` of
+    the rest. No group appears in two splits.
+
+    Returns:
+        (train_idx, val_idx, test_idx): int arrays of clip indices.
+
+    Raises:
+        DataError: fewer than 3 groups, or a label that ends up missing from the test split.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.array([c.label for c in clips])
+    groups = np.array([c.group for c in clips])
+    if len(set(groups)) < 3:
+        raise DataError(f"need ≥ 3 groups to split train/validation/test by group, got {len(set(groups))}")
+    if len(set(labels)) < 2:
+        raise DataError(f"need ≥ 2 labels, got only {sorted(set(labels))}")
+
+    def one_fold(idx: np.ndarray, frac: float, rs: int) -> tuple[np.ndarray, np.ndarray]:
+        k = max(2, int(round(1 / frac)))
+        k = min(k, len(set(groups[idx])))
+        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=rs)
+        rest, held = next(cv.split(np.zeros(len(idx)), labels[idx], groups[idx]))
+        return idx[rest], idx[held]
+
+    all_idx = np.arange(len(clips))
+    rest, test = one_fold(all_idx, test_fraction, seed)
+    train, val = one_fold(rest, validation_fraction, seed + 1)
+    for name, part in (("test", test), ("validation", val), ("train", train)):
+        missing = set(labels) - set(labels[part])
+        if missing:
+            raise DataError(f"label(s) {sorted(missing)} have too few groups to appear in the {name} split")
+    return np.sort(train), np.sort(val), np.sort(test)

@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad file, a bad parameter, a missing teacher) raises
+:class:`CryblockError` with a one-line message that names the file or parameter and the
+problem. The CLI prints that line and exits with status 2; it never shows a traceback for them.
+"""
+from __future__ import annotations
+
+
+class CryblockError(Exception):
+    """A user-correctable problem: bad input file, bad parameter, missing resource."""
+
+
+class AudioError(CryblockError):
+    """An audio file cannot be read or holds unusable samples (names the file)."""
+
+
+class ParameterError(CryblockError, ValueError):
+    """A parameter is out of range or inconsistent (names the parameter)."""
+
+
+class DataError(CryblockError):
+    """A dataset (manifest, Edge Impulse .npy split) is malformed (names the file)."""
