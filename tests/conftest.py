@@ -1,0 +1,44 @@
+"""Shared fixtures: the real teacher and recordings, found through environment variables.
+
+``CRYBLOCK_TEACHER`` → yamnet.tflite, ``CRYBLOCK_DATA`` → folder with manifest.csv (CI sets
+both to ../shared/...). Tests that need them are skipped with a reason when unset.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _env_path(var: str) -> Path | None:
+    v = os.environ.get(var)
+    return Path(v).resolve() if v else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Folder of the shared recordings (holds manifest.csv)."""
+    p = _env_path("CRYBLOCK_DATA")
+    if p is None:
+        pytest.skip("CRYBLOCK_DATA is not set (point it at shared/data)")
+    assert (p / "manifest.csv").is_file(), f"{p}/manifest.csv missing"
+    return p
+
+
+@pytest.fixture(scope="session")
+def teacher_path() -> Path:
+    """The real YAMNet TFLite teacher."""
+    p = _env_path("CRYBLOCK_TEACHER")
+    if p is None:
+        pytest.skip("CRYBLOCK_TEACHER is not set (point it at shared/models/yamnet.tflite)")
+    assert p.is_file(), f"{p} missing"
+    return p
+
+
+@pytest.fixture(scope="session")
+def clips(data_dir):
+    """All clips of the shared manifest (list of cryblock.data.Clip)."""
+    from cryblock.data import load_manifest
+
+    return load_manifest(data_dir / "manifest.csv")

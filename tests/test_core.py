@@ -1,0 +1,94 @@
+"""Parameters object, manifest and group split, serial log format."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cryblock import logformat
+from cryblock.data import load_manifest, split_by_group
+from cryblock.errors import DataError, ParameterError
+from cryblock.params import DetectorParams, DspParams, LearnParams, Params
+
+
+def test_dsp_defaults_are_yamnet_sizes():
+    d = DspParams()
+    assert (d.window_length_samples, d.hop_length_samples, d.fft_length) == (400, 160, 512)
+    assert d.num_spectrogram_bins == 257
+    assert d.patch_shape == (96, 64) and d.patch_hop_frames == 48
+    assert d.patch_samples == 15600 and d.patch_hop_samples == 7680
+
+
+@pytest.mark.parametrize("section,kw,name", [
+    ("dsp", {"mel_max_hz": 9000.0}, "mel_max_hz"),
+    ("learn", {"alpha": 1.5}, "alpha"),
+    ("learn", {"filter_pos": 0.01, "filter_neg": 0.05}, "filter_pos"),
+    ("learn", {"positive_label": "dog"}, "positive_label"),
+    ("detector", {"vote_n": 4, "vote_m": 3}, "vote_n"),
+])
+def test_bad_parameters_name_the_parameter(section, kw, name):
+    with pytest.raises(ParameterError, match=name):
+        Params().replace(**{section: kw})
+
+
+def test_params_json_round_trip(tmp_path):
+    p = Params().replace(learn={"temperature": 4.0, "labels": ["a", "b", "c"], "preset": "general"},
+                         detector={"vote_n": 3, "vote_m": 5})
+    f = tmp_path / "params.json"
+    p.save(f)
+    assert Params.load(f) == p
+    assert json.loads(f.read_text())["learn"]["labels"] == ["a", "b", "c"]
+
+
+def test_params_load_errors_name_the_file(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text("{not json")
+    with pytest.raises(ParameterError, match="p.json"):
+        Params.load(bad)
+    bad.write_text('{"dsp": {"no_such": 1}}')
+    with pytest.raises(ParameterError, match="no_such"):
+        Params.load(bad)
+
+
+def test_group_split_never_shares_a_group(clips):
+    tr, va, te = split_by_group(clips, seed=0)
+    groups = [set(clips[i].group for i in part) for part in (tr, va, te)]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+    assert len(tr) + len(va) + len(te) == len(clips)
+    for part in (tr, va, te):
+        assert {clips[i].label for i in part} == {"cry", "not_cry"}
+    # deterministic for a seed, different for another
+    assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), split_by_group(clips, seed=0)))
+    assert not np.array_equal(te, split_by_group(clips, seed=1)[2])
+
+
+def test_manifest_errors(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("path,label\nx.wav,cry\n")
+    with pytest.raises(DataError, match="group"):
+        load_manifest(m)
+    m.write_text("path,label,group\nx.wav,,g1\n")
+    with pytest.raises(DataError, match=r"m.csv:2"):
+        load_manifest(m)
+    with pytest.raises(DataError, match="not found"):
+        load_manifest(tmp_path / "missing.csv")
+
+
+def test_split_needs_two_labels(clips):
+    one = [c for c in clips if c.label == "cry"]
+    with pytest.raises(DataError, match="labels"):
+        split_by_group(one)
+
+
+def test_log_line_round_trip_and_corruption():
+    line = logformat.format_line("INF", t_ms=1234, seq=7, fe_us=812, inv_us=23500, score=0.9123, pos=1, votes=2, det=1)
+    rec = logformat.parse_line(line)
+    assert rec.kind == "INF" and rec.fields["score"] == "0.9123" and rec.num("inv_us") == 23500
+    # one flipped character → checksum mismatch → dropped
+    assert logformat.parse_line(line.replace("0.9123", "0.9124")) is None
+    assert logformat.parse_line(line[:-3]) is None  # truncated
+    assert logformat.parse_line("ESP-ROM:esp32s3-20210327") is None
+    # garbage before the magic (e.g. after a reset) is tolerated
+    assert logformat.parse_line(b"\x00\xff" + line.encode()).kind == "INF"
+    assert logformat.parse_line(line.replace("CRYB/1", "CRYB/2")) is None
