@@ -1,6 +1,221 @@
-"""CLI commands of this stage (filled in by its owner)."""
+"""DSP stage commands: ``cryblock features`` and ``cryblock dsp serve``.
+
+``cryblock features IN... --out patches.npz`` computes YAMNet log-mel patches of audio files
+(directories are searched recursively for :data:`AUDIO_EXTENSIONS`);
+``cryblock features --manifest manifest.csv --out patches.npz`` does the same for a dataset
+manifest and also stores labels and groups. The ``.npz`` (written atomically) holds:
+
+* ``patches`` float32 ``[N, 96, 64]``; ``clip_index`` int32 ``[N]`` (index into ``paths``);
+  ``starts`` float32 ``[N]`` (patch start in seconds within its clip, k · 0.48);
+* ``paths`` str ``[C]`` (clips that yielded patches); with ``--manifest`` also ``labels`` and
+  ``groups`` str ``[C]``;
+* ``skipped`` str ``[S]`` (one ``<file>: <reason>`` line per unreadable file);
+* ``params`` 0-d str: JSON of the :class:`~cryblock.params.DspParams` used.
+
+Unreadable files are skipped and reported (count + reasons on stderr); a single input file
+that cannot be read is an error (``error: <file>: <problem>``, exit 2), as is an input set of
+which nothing could be read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
 import click
+import numpy as np
+
+from cryblock.errors import AudioError, CryblockError, DataError
+from cryblock.params import DspParams, Params
+
+#: File extensions collected from directories (case-insensitive); all are read by libsndfile.
+AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
+                              ".aifc", ".au", ".snd", ".w64", ".caf", ".rf64"})
+
+#: CLI flag → DspParams field.
+_DSP_FLAGS = {
+    "sample_rate": "sample_rate",
+    "window_seconds": "stft_window_seconds",
+    "hop_seconds": "stft_hop_seconds",
+    "mel_bands": "mel_bands",
+    "mel_min_hz": "mel_min_hz",
+    "mel_max_hz": "mel_max_hz",
+    "log_offset": "log_offset",
+    "patch_seconds": "patch_window_seconds",
+    "patch_hop_seconds": "patch_hop_seconds",
+}
+
+
+def collect_audio_files(inputs: list[Path]) -> list[Path]:
+    """Expand files and directories (recursive, :data:`AUDIO_EXTENSIONS`) into a sorted,
+    de-duplicated file list. Explicit files are kept whatever their extension.
+
+    Raises:
+        AudioError: an input does not exist, or a directory holds no audio file.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for p in inputs:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
+            if not found:
+                raise AudioError(f"{p}: directory holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+        elif p.exists():
+            found = [p]
+        else:
+            raise AudioError(f"{p}: file not found")
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    return out
+
+
+def dsp_params_from_options(params_file: Path | None, **flags: float | int | None) -> DspParams:
+    """DspParams from an optional params.json (its ``dsp`` section) overridden by CLI flags.
+
+    Raises:
+        ParameterError: bad file or out-of-range value (names the parameter).
+    """
+    dsp = Params.load(params_file).dsp if params_file else DspParams()
+    changes = {_DSP_FLAGS[k]: v for k, v in flags.items() if v is not None}
+    return dataclasses.replace(dsp, **changes) if changes else dsp
+
+
+def _starts(clip_index: np.ndarray, dsp: DspParams) -> np.ndarray:
+    """Start second of each patch within its clip (patches of a clip are consecutive)."""
+    if clip_index.size == 0:
+        return np.zeros(0, np.float32)
+    first = np.r_[True, clip_index[1:] != clip_index[:-1]]
+    run_start = np.maximum.accumulate(np.where(first, np.arange(clip_index.size), 0))
+    k = np.arange(clip_index.size) - run_start
+    return (k * dsp.patch_hop_samples / dsp.sample_rate).astype(np.float32)
+
+
+def _str_array(items) -> np.ndarray:
+    items = [str(s) for s in items]
+    return np.array(items, dtype=str) if items else np.zeros(0, dtype="<U1")
+
+
+def _dsp_options(f):
+    opts = [
+        click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="params.json whose 'dsp' section is used (flags below override it)."),
+        click.option("--sample-rate", type=float, help="Resample to this rate, Hz [16000]."),
+        click.option("--window-seconds", type=float, help="STFT window, s [0.025]."),
+        click.option("--hop-seconds", type=float, help="STFT hop, s [0.010]."),
+        click.option("--mel-bands", type=int, help="Mel bands [64]."),
+        click.option("--mel-min-hz", type=float, help="Lowest mel edge, Hz [125]."),
+        click.option("--mel-max-hz", type=float, help="Highest mel edge, Hz [7500]."),
+        click.option("--log-offset", type=float, help="log(mel + offset) [0.001]."),
+        click.option("--patch-seconds", type=float, help="Patch length, s [0.96]."),
+        click.option("--patch-hop-seconds", type=float, help="Patch hop, s [0.48]."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@click.command("features")
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path),
+              help="Dataset manifest CSV (path,label,group,...) instead of INPUTS; stores labels and groups.")
+@click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
+              help="Output .npz (written atomically).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes [all CPU cores].")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache per-clip patches here [$CRYBLOCK_CACHE if set, else no cache].")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_dsp_options
+def features_cmd(inputs: tuple[Path, ...], manifest: Path | None, out: Path, workers: int | None,
+                 cache_dir: Path | None, no_cache: bool, quiet: bool, params_file: Path | None,
+                 **flags) -> None:
+    """Compute YAMNet log-mel patches [N, 96, 64] of audio files or directories (INPUTS) or of a
+    --manifest, and save them with clip index, paths and parameters to --out (.npz)."""
+    from tqdm import tqdm
+
+    from cryblock.blocks.dsp.features import file_to_patches
+    from cryblock.data import Clip, compute_patches, load_manifest
+    from cryblock.io import atomic_save_npz
+
+    if manifest is not None and inputs:
+        raise click.UsageError("give either INPUTS or --manifest, not both")
+    if manifest is None and not inputs:
+        raise click.UsageError("give audio files/directories (INPUTS) or --manifest")
+    if out.is_dir():
+        raise CryblockError(f"{out}: --out is a directory; give a .npz file path")
+    dsp = dsp_params_from_options(params_file, **flags)
+    if no_cache:
+        cache_dir = None
+    elif cache_dir is None and os.environ.get("CRYBLOCK_CACHE"):
+        cache_dir = Path(os.environ["CRYBLOCK_CACHE"])
+
+    if manifest is not None:
+        clips = load_manifest(manifest)
+    else:
+        clips = [Clip(path=f, label="", group="") for f in collect_audio_files(list(inputs))]
+
+    bar = tqdm(total=len(clips), unit="file", desc="features", disable=quiet, file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        if len(clips) == 1 and manifest is None:
+            # One file: its problem is the error (exit 2), not a skip.
+            pt = file_to_patches(clips[0].path, dsp)
+            bar.update(1)
+            patches, clip_index, kept, skipped = pt, np.zeros(len(pt), np.int32), clips, []
+        else:
+            try:
+                ps = compute_patches(clips, dsp, workers=workers, cache_dir=cache_dir, progress=bar.update)
+            except DataError as e:
+                raise DataError(f"nothing readable: {e}") from None
+            patches, clip_index, kept, skipped = ps.patches, ps.clip_index, ps.clips, ps.skipped
+    finally:
+        bar.close()
+
+    arrays = dict(
+        patches=np.ascontiguousarray(patches, dtype=np.float32),
+        clip_index=np.asarray(clip_index, dtype=np.int32),
+        starts=_starts(np.asarray(clip_index), dsp),
+        paths=_str_array(c.path for c in kept),
+        skipped=_str_array(reason for _, reason in skipped),
+        params=np.array(json.dumps(dataclasses.asdict(dsp), sort_keys=True)),
+    )
+    if manifest is not None:
+        arrays["labels"] = _str_array(c.label for c in kept)
+        arrays["groups"] = _str_array(c.group for c in kept)
+    atomic_save_npz(out, **arrays)
+
+    if skipped:
+        click.echo(f"skipped {len(skipped)} of {len(clips)} file(s) that could not be read:", err=True)
+        for _, reason in skipped:
+            click.echo(f"  {reason}", err=True)
+    click.echo(f"wrote {out}: {len(arrays['patches'])} patches from {len(kept)} file(s)"
+               + (f", {len(skipped)} skipped" if skipped else ""), err=True)
+
+
+@click.group("dsp")
+def dsp_group() -> None:
+    """DSP block (Edge Impulse custom processing block)."""
+
+
+@dsp_group.command("serve")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=4446, show_default=True,
+              help="TCP port (Edge Impulse expects 4446).")
+@click.option("--quiet", "-q", is_flag=True, help="Do not log requests.")
+def serve_cmd(host: str, port: int, quiet: bool) -> None:
+    """Serve the block over HTTP: GET /, GET /parameters, POST /run, POST /batch."""
+    from cryblock.blocks.dsp.server import serve
+
+    serve(host, port, quiet=quiet)
 
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to the ``cryblock`` group."""
+    """Add ``features`` and ``dsp serve`` to the ``cryblock`` group."""
+    group.add_command(features_cmd)
+    group.add_command(dsp_group)
