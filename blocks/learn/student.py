@@ -1,0 +1,145 @@
+"""The student: a small depthwise-separable CNN (DS-CNN) on one YAMNet log-mel patch.
+
+Architecture (all ops run in TFLite Micro with ESP-NN kernels: CONV_2D, DEPTHWISE_CONV_2D,
+MEAN, FULLY_CONNECTED, LOGISTIC/SOFTMAX, RESHAPE)::
+
+    input [96, 64, 1] (or flat [6144] → Reshape, for Edge Impulse)
+    Conv 3×3 stride 2, ``width`` ch, BN, ReLU                      → [48, 32, width]
+    ``depth`` × DS block: DW 3×3 (stride 2 on odd blocks), BN, ReLU,
+                          PW 1×1 (channels ×2 on odd blocks), BN, ReLU
+    GlobalAveragePooling                                           → penultimate features
+    Dense(n_out) "logits" → sigmoid (binary cry preset, n_out = 1) or softmax (general labels)
+
+The design follows Zhang et al., "Hello Edge: Keyword Spotting on Microcontrollers" (2017),
+DS-CNN. Defaults (width 32, depth 4) give ≈ 16 K parameters, ≈ 6 M MACs per patch and an INT8
+TFLite file of ≈ 30 KB (≤ 64 KB budget of the issue).
+
+:func:`build_student` returns the inference model (probabilities) and the training model
+(logits, plus the embedding projection when requested; it shares the same layers).
+:func:`count_macs` / :func:`count_params` give the cost printed in reports.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cryblock.params import DspParams, LearnParams
+
+#: Teacher embedding width (YAMNet penultimate layer, 1024-d).
+TEACHER_EMBEDDING_DIM = 1024
+
+
+@dataclass
+class StudentModels:
+    """The Keras models of one student.
+
+    Attributes:
+        model: inference model, input float32 ``[None, 96, 64, 1]`` (or ``[None, 6144]`` when
+            ``flat_input``), output ``[None, n_out]`` probabilities (sigmoid or softmax).
+        train_model: same layers; outputs ``[logits [None, n_out], emb [None, 1024]]`` when an
+            embedding projection was requested, else ``[logits]``.
+        n_out: number of output units.
+        activation: ``"sigmoid"`` or ``"softmax"``.
+    """
+
+    model: object
+    train_model: object
+    n_out: int
+    activation: str
+
+
+def channel_plan(width: int, depth: int) -> list[tuple[int, int]]:
+    """(stride, out_channels) of each DS block: odd blocks stride 2 and double the channels."""
+    plan, ch = [], width
+    for i in range(depth):
+        stride = 2 if i % 2 == 1 else 1
+        if stride == 2:
+            ch *= 2
+        plan.append((stride, ch))
+    return plan
+
+
+def build_student(learn: LearnParams = LearnParams(), dsp: DspParams = DspParams(), *, n_out: int | None = None,
+                  embedding_projection: bool = False, flat_input: bool = False, seed: int | None = None) -> StudentModels:
+    """Build the DS-CNN student.
+
+    Args:
+        learn: width/depth/preset/labels are read from it.
+        dsp: patch shape (frames × mel bands, default 96 × 64).
+        n_out: output units; default 1 (sigmoid) for preset "cry", ``len(labels)`` (softmax)
+            for preset "general".
+        embedding_projection: add a Dense(1024) projection of the penultimate features to the
+            training model (SEA-style embedding-approximation loss); not part of ``model``.
+        flat_input: input is a flat ``[frames·bands]`` vector (Edge Impulse layout), reshaped
+            inside the model.
+        seed: weight-initialisation seed (default ``learn.seed``).
+
+    Returns:
+        :class:`StudentModels`.
+    """
+    import keras
+    from keras import layers
+
+    seed = learn.seed if seed is None else seed
+    keras.utils.set_random_seed(seed)
+    if n_out is None:
+        n_out = 1 if learn.preset == "cry" else len(learn.labels)
+    activation = "sigmoid" if n_out == 1 else "softmax"
+    frames, bands = dsp.patch_shape
+    if flat_input:
+        inp = keras.Input((frames * bands,), name="features")
+        x = layers.Reshape((frames, bands, 1))(inp)
+    else:
+        inp = keras.Input((frames, bands, 1), name="patch")
+        x = inp
+    x = layers.Conv2D(learn.width, 3, strides=2, padding="same", use_bias=False, name="conv0")(x)
+    x = layers.BatchNormalization(momentum=0.9, name="conv0_bn")(x)
+    x = layers.ReLU(name="conv0_relu")(x)
+    for i, (stride, ch) in enumerate(channel_plan(learn.width, learn.depth)):
+        x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"ds{i}_dw")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"ds{i}_dw_bn")(x)
+        x = layers.ReLU(name=f"ds{i}_dw_relu")(x)
+        x = layers.Conv2D(ch, 1, use_bias=False, name=f"ds{i}_pw")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"ds{i}_pw_bn")(x)
+        x = layers.ReLU(name=f"ds{i}_pw_relu")(x)
+    feat = layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = layers.Dense(n_out, name="logits")(feat)
+    probs = layers.Activation(activation, name="probs")(logits)
+    model = keras.Model(inp, probs, name="cryblock_student")
+    outs = [logits]
+    if embedding_projection:
+        outs.append(layers.Dense(TEACHER_EMBEDDING_DIM, name="emb_proj")(feat))
+    train_model = keras.Model(inp, outs, name="cryblock_student_train")
+    return StudentModels(model, train_model, n_out, activation)
+
+
+def count_params(model) -> int:
+    """Number of weights of ``model`` (trainable + BatchNorm statistics, before BN folding)."""
+    return int(sum(int(np.prod(w.shape)) for w in model.weights))
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulates of one inference, from the Keras layers.
+
+    Counts Conv2D (H_out·W_out·k_h·k_w·C_in·C_out), DepthwiseConv2D (H_out·W_out·k_h·k_w·C_in·mult)
+    and Dense (in·out). BatchNorm (folded into the convolutions by the converter), ReLU,
+    pooling and the output activation are not counted.
+    """
+    from keras import layers
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.DepthwiseConv2D):
+            _, h, w, _ = layer.output.shape
+            kh, kw = layer.kernel_size
+            c_in = layer.input.shape[-1]
+            total += h * w * kh * kw * c_in * layer.depth_multiplier
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            c_in = layer.input.shape[-1]
+            total += h * w * kh * kw * c_in * c_out
+        elif isinstance(layer, layers.Dense):
+            total += int(layer.input.shape[-1]) * int(layer.units)
+    return int(total)

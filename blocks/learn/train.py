@@ -1,0 +1,306 @@
+"""The learning stage end to end: manifest → patches → group split → teacher → distil → export →
+evaluate → report.
+
+:func:`train_from_manifest` is what ``cryblock train`` / ``cryblock demo`` run;
+:func:`train_arrays` is the shared core (also used by the Edge Impulse entry point
+:mod:`cryblock.blocks.learn.ei_train`, which has no clips or groups).
+
+Run folder contents (all written into a hidden staging folder inside ``out_dir`` and moved into
+place only when everything succeeded, so a failed run leaves no half-written outputs)::
+
+    model.tflite                     float32 student
+    model_quantized_int8_io.tflite   INT8 student (int8 in/out), the one deployed
+    saved_model.zip                  saved_model/ (Edge Impulse layout)
+    metrics.json, report.md, report.html, params.json
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cryblock.errors import CryblockError, DataError
+from cryblock.params import Params
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Split:
+    """Window arrays of one split. ``clip_index`` numbers the split's clips 0..C-1 (windows of a
+    clip contiguous, in time order); ``clip_y`` their label indices; ``clip_names`` for reports."""
+
+    x: np.ndarray
+    y: np.ndarray
+    clip_index: np.ndarray
+    clip_y: np.ndarray
+    clip_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    """What a training run produced."""
+
+    out_dir: Path
+    metrics: dict
+    table: str
+
+
+def _subset(ps, clip_ids: np.ndarray, label_index: dict[str, int]) -> Split:
+    sub = ps.subset_clips(clip_ids)
+    y_clip = np.array([label_index[c.label] for c in sub.clips], dtype=np.int64)
+    return Split(sub.patches, y_clip[sub.clip_index], sub.clip_index.astype(np.int64), y_clip,
+                 [str(c.path) for c in sub.clips])
+
+
+def sample_clips(clips, max_clips: int, seed: int = 0):
+    """At most ``max_clips`` clips, drawn at random per label in proportion to the label counts
+    (fixed seed), in manifest order. Used for quick runs (``--max-clips``)."""
+    if max_clips is None or max_clips >= len(clips):
+        return list(clips)
+    if max_clips < 6:
+        raise CryblockError(f"--max-clips must be ≥ 6 (train/validation/test need both labels), got {max_clips}")
+    rng = np.random.default_rng(seed)
+    labels = np.array([c.label for c in clips])
+    keep = []
+    for lab in sorted(set(labels)):
+        idx = np.flatnonzero(labels == lab)
+        k = max(3, int(round(max_clips * len(idx) / len(clips))))
+        keep.extend(rng.choice(idx, size=min(k, len(idx)), replace=False).tolist())
+    return [clips[i] for i in sorted(keep)]
+
+
+def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, params: Params = Params(), *,
+                        teacher=None, max_clips: int | None = None, cache_dir: str | os.PathLike | None = None,
+                        workers: int | None = None, log: Log = print) -> RunResult:
+    """Train, export, evaluate and report one run from a manifest CSV.
+
+    Args:
+        manifest: manifest CSV (``path,label,group`` …) or a folder holding ``manifest.csv``.
+        out_dir: run folder (created; existing outputs of the same names are replaced).
+        params: all parameters; ``learn`` drives the split and training, ``detector`` the
+            false-alert evaluation. For preset "general" the labels are taken from the manifest
+            when they differ from ``params.learn.labels``.
+        teacher: a loaded teacher, a path to one, or None (``$CRYBLOCK_TEACHER``/cache/download).
+        max_clips: use a label-stratified random subset of this many clips (quick runs).
+        cache_dir: feature and teacher-output cache (default ``$CRYBLOCK_CACHE`` or
+            ``~/.cache/cryblock``).
+        workers: feature-extraction processes.
+        log: progress lines.
+
+    Returns:
+        :class:`RunResult`.
+
+    Raises:
+        CryblockError: bad manifest, too few groups, one class only, a label missing from a split,
+            missing/corrupt teacher, … (nothing is written to ``out_dir`` then).
+    """
+    from cryblock.data import compute_patches, default_cache_dir, load_manifest, split_by_group
+
+    t_start = time.perf_counter()
+    mp = Path(manifest)
+    if mp.is_dir():
+        mp = mp / "manifest.csv"
+    clips = sample_clips(load_manifest(mp), max_clips, params.learn.seed) if max_clips else load_manifest(mp)
+    learn = params.learn
+    found = sorted({c.label for c in clips})
+    if learn.preset == "cry":
+        if learn.positive_label not in found:
+            raise DataError(f"{mp}: no clip has the positive label {learn.positive_label!r} (labels: {found})")
+        if len(found) < 2:
+            raise DataError(f"{mp}: only one label {found}; need positive and negative clips")
+    elif set(found) != set(learn.labels):
+        params = params.replace(learn={"labels": found})
+        learn = params.learn
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    t0 = time.perf_counter()
+    ps = compute_patches(clips, params.dsp, workers=workers, cache_dir=cache)
+    t_feat = time.perf_counter() - t0
+    log(f"features: {len(ps.patches)} patches of {len(ps.clips)} clips in {t_feat:.1f} s"
+        + (f" ({len(ps.skipped)} clip(s) skipped, first: {ps.skipped[0][1]})" if ps.skipped else ""))
+    tr, va, te = split_by_group(ps.clips, learn.test_fraction, learn.validation_fraction, learn.seed)
+    if learn.preset == "cry":
+        label_index = {lab: int(lab == learn.positive_label) for lab in found}
+    else:
+        label_index = {lab: i for i, lab in enumerate(learn.labels)}
+    splits = {name: _subset(ps, ids, label_index) for name, ids in (("train", tr), ("val", va), ("test", te))}
+    log("split by group: " + ", ".join(f"{k} {len(s.clip_y)} clips / {len(s.x)} windows" for k, s in splits.items()))
+    info = {"manifest": str(mp), "clips": len(ps.clips), "patches": int(len(ps.patches)),
+            "skipped": [list(s) for s in ps.skipped], "features_seconds": t_feat,
+            "split": {k: {"clips": int(len(s.clip_y)), "windows": int(len(s.x)),
+                          "positive_clips": int(np.sum(s.clip_y == 1)) if learn.preset == "cry" else None}
+                      for k, s in splits.items()}}
+    return train_arrays(splits["train"], splits["val"], splits["test"], out_dir, params, teacher=teacher,
+                        cache_dir=cache / "teacher", log=log, data_info=info, t_start=t_start)
+
+
+def _teacher(teacher):
+    if teacher is None or isinstance(teacher, (str, os.PathLike)):
+        from cryblock.blocks.learn.teacher import load_teacher
+
+        return load_teacher(teacher)
+    return teacher
+
+
+def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLike, params: Params = Params(), *,
+                 teacher=None, cache_dir: str | os.PathLike | None = None, log: Log = print,
+                 data_info: dict | None = None, flat_input: bool = False, t_start: float | None = None,
+                 write_report: bool = True) -> RunResult:
+    """Distil, export, evaluate and report from split window arrays.
+
+    Args:
+        train, val, test: :class:`Split` (x float32 ``[N, 96, 64]``). Labels are 0/1 with
+            1 = positive (preset "cry") or indices into ``params.learn.labels`` ("general").
+        out_dir: run folder.
+        params: parameters.
+        teacher: loaded teacher / path / None.
+        cache_dir: where teacher outputs are cached (None = no cache).
+        log: progress lines.
+        data_info: dataset description stored in metrics.json.
+        flat_input: student takes flat ``[6144]`` input (Edge Impulse).
+        write_report: also write report.md/report.html (metrics.json and params.json always).
+
+    Returns:
+        :class:`RunResult`.
+    """
+    from cryblock.blocks.learn import distill, evaluate, export, report
+    from cryblock.blocks.learn.student import build_student, count_macs, count_params
+
+    t_start = t_start or time.perf_counter()
+    learn = params.learn
+    cry = learn.preset == "cry"
+    n_labels = 2 if cry else len(learn.labels)
+    for name, s in (("train", train), ("validation", val), ("test", test)):
+        if len(s.x) == 0:
+            raise DataError(f"the {name} split has no windows")
+        present = set(np.unique(s.y).tolist())
+        if len(present) < 2:
+            raise DataError(f"the {name} split has only one class ({sorted(present)}); need positive and negative windows")
+        if name != "validation" and len(present) < n_labels:
+            names = ["negative", "positive"] if cry else list(learn.labels)
+            miss = [names[i] for i in range(n_labels) if i not in present]
+            raise DataError(f"label(s) {miss} missing from the {name} split")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = _teacher(teacher)
+
+    # --- teacher outputs (cached) on all windows
+    t0 = time.perf_counter()
+    all_x = np.concatenate([train.x, val.x, test.x]).reshape(-1, *params.dsp.patch_shape)
+    scores, emb = distill.teacher_outputs(teacher, all_x, cache_dir, log=log)
+    t_teacher = time.perf_counter() - t0
+    n_tr, n_va = len(train.x), len(val.x)
+    sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}
+    head = None
+    if cry:
+        p_all = distill._cry_probability(scores)
+        zt_train = distill.logit(p_all[sl["train"]])[:, None]
+        teacher_test_prob = p_all[sl["test"]]
+        pos_index = 1
+    else:
+        head = distill.fit_teacher_head(emb[sl["train"]], train.y, learn.labels, learn.seed)
+        zt_train = head.logits(emb[sl["train"]])
+        probs_all = head.proba(emb)
+        pos_index = learn.labels.index(learn.positive_label) if learn.positive_label in learn.labels else 1
+        p_all = probs_all[np.arange(len(all_x)), np.concatenate([train.y, val.y, test.y])]  # own-label prob
+        teacher_test_prob = probs_all[sl["test"]]
+
+    # --- teacher-as-filter
+    y_tr = np.asarray(train.y)
+    if cry:
+        keep = distill.teacher_filter(y_tr == 1, p_all[sl["train"]], learn.filter_pos, learn.filter_neg)
+        pos_mask_all = y_tr == 1
+    else:  # general: keep windows whose teacher-head probability of their own label > filter_pos
+        keep = p_all[sl["train"]] > learn.filter_pos
+        pos_mask_all = y_tr == pos_index
+    filt = {"positive_windows": int(np.sum(pos_mask_all)), "positive_kept": int(np.sum(pos_mask_all & keep)),
+            "negative_windows": int(np.sum(~pos_mask_all)), "negative_kept": int(np.sum(~pos_mask_all & keep))}
+    log(f"teacher filter: kept {filt['positive_kept']}/{filt['positive_windows']} positive windows "
+        f"(p > {learn.filter_pos}), {filt['negative_kept']}/{filt['negative_windows']} negative"
+        + (f" (p < {learn.filter_neg})" if cry else f" (own-label p > {learn.filter_pos})"))
+    if filt["positive_kept"] == 0 or filt["negative_kept"] == 0:
+        raise DataError(f"the teacher filter left {filt['positive_kept']} positive / {filt['negative_kept']} "
+                        f"negative training windows; loosen filter_pos/filter_neg")
+    data = distill.DistillData(train.x[keep], y_tr[keep], zt_train[keep],
+                               emb[sl["train"]][keep] if learn.embedding_weight > 0 else None, pos_mask_all[keep])
+
+    # --- student
+    t0 = time.perf_counter()
+    models = build_student(learn, params.dsp, n_out=1 if cry else n_labels,
+                           embedding_projection=learn.embedding_weight > 0, flat_input=flat_input)
+    fit = distill.fit_student(models, data, val.x, val.y, learn, log=log)
+    t_train = time.perf_counter() - t0
+
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        t0 = time.perf_counter()
+        rep = export.representative_patches(train.x[keep], 300, learn.seed)
+        exp = export.export_all(models.model, rep, staging)
+        t_export = time.perf_counter() - t0
+
+        # --- evaluation on the test split
+        t0 = time.perf_counter()
+        x_test = test.x.reshape(len(test.x), -1) if flat_input else test.x[..., None]
+        float_probs = distill.predict_batches(models.model, x_test)
+        arena = evaluate.min_arena_bytes(exp.int8_tflite)
+        runner = evaluate.TflmRunner(exp.int8_tflite, arena_size=arena + 1024)
+        int8_probs = runner.predict(test.x)
+        t_eval_int8 = time.perf_counter() - t0
+
+        def score(p):
+            p = np.asarray(p)
+            return p.reshape(-1) if p.ndim == 1 or p.shape[1] == 1 else p[:, pos_index]
+
+        y_bin = (np.asarray(test.y) == pos_index).astype(int)
+        clip_bin = (np.asarray(test.clip_y) == pos_index).astype(int)
+        results = {}
+        for name, p in (("teacher", teacher_test_prob), ("float", float_probs), ("int8", int8_probs)):
+            results[name] = evaluate.evaluate_scores(score(p), y_bin, test.clip_index, clip_bin,
+                                                     params.detector, params.dsp)
+            if not cry:
+                results[name]["accuracy"] = float(np.mean(np.argmax(p, axis=1) == test.y))
+                results[name]["macro_auc"] = distill.val_auc(test.y, p)
+        diff = np.abs(score(int8_probs) - score(float_probs))
+        thr = params.detector.threshold
+        agreement = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+                     "decision_agreement": float(np.mean((score(int8_probs) >= thr) == (score(float_probs) >= thr)))}
+        cost = {"int8_bytes": len(exp.int8_tflite), "float_bytes": len(exp.float_tflite),
+                "params": count_params(models.model), "macs": count_macs(models.model), "arena_bytes": arena,
+                "tflm_ms_per_window_host": 1000 * t_eval_int8 / max(1, len(test.x))}
+        t_eval = time.perf_counter() - t0
+        metrics = {
+            "preset": learn.preset, "labels": list(learn.labels), "positive_index": pos_index,
+            "data": data_info or {}, "filter": filt,
+            "training": {"history": fit.history, "best_epoch": fit.best_epoch, "best_val_auc": fit.best_val_auc,
+                         "windows_kept": int(np.sum(keep))},
+            "teacher": results["teacher"], "float": results["float"], "int8": results["int8"],
+            "int8_vs_float": agreement, "cost": cost,
+            "timing": {"teacher_seconds": t_teacher, "train_seconds": t_train, "export_seconds": t_export,
+                       "eval_seconds": t_eval, "total_seconds": time.perf_counter() - t_start},
+        }
+        params.save(staging / "params.json")
+        table = report.results_table(metrics)
+        if write_report:
+            longest = int(np.argmax(np.bincount(test.clip_index, minlength=len(test.clip_y))))
+            m = test.clip_index == longest
+            timeline = {"name": test.clip_names[longest] if test.clip_names else f"clip {longest}",
+                        "hop_seconds": params.dsp.patch_hop_seconds,
+                        "teacher": score(teacher_test_prob)[m], "float": score(float_probs)[m],
+                        "int8": score(int8_probs)[m], "label": int(clip_bin[longest])}
+            curves = {name: (y_bin, score(p), clip_bin, evaluate.clip_max(score(p), test.clip_index, len(clip_bin)))
+                      for name, p in (("teacher", teacher_test_prob), ("float", float_probs), ("int8", int8_probs))}
+            report.write_reports(staging, metrics, params, curves, timeline)
+        report.write_metrics(staging, metrics)
+        # --- move everything into place
+        for f in sorted(staging.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(table)
+    return RunResult(out, metrics, table)
