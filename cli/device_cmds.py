@@ -1,6 +1,114 @@
-"""CLI commands of this stage (filled in by its owner)."""
+"""Device commands: ``flash``, ``monitor``, ``bench``, ``config`` (see :mod:`cryblock.device`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
 import click
+
+from cryblock import device
+
+
+@click.command("flash")
+@click.option("--port", required=True, help="Serial port of the ESP32-S3 (e.g. /dev/ttyACM0, COM5).")
+@click.option("--project", type=click.Path(file_okay=False), default=None,
+              help="ESP-IDF project folder; its build/ folder is flashed.")
+@click.option("--build-dir", type=click.Path(file_okay=False), default=None,
+              help="ESP-IDF build folder holding flasher_args.json (instead of --project).")
+@click.option("--baud", type=click.IntRange(9600, 5_000_000), default=device.FLASH_BAUD, show_default=True,
+              help="Flashing speed after the stub is loaded.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Read back MD5 digests of every region after writing (verify_flash).")
+def flash_cmd(port: str, project: str | None, build_dir: str | None, baud: int, verify: bool) -> None:
+    """Flash an ESP-IDF build (flasher_args.json) to an ESP32-S3, verify, hard-reset."""
+    if project is None and build_dir is None:
+        project = "."
+    bd = device.find_build_dir(project=project, build_dir=build_dir)
+    plan = device.load_flasher_args(bd)
+    for off, p in plan.files:
+        click.echo(f"  0x{off:06x}  {p.stat().st_size:8d} B  {p}")
+    rep = device.flash(plan, port, baud=baud, verify=verify)
+    click.echo(f"flashed {len(rep.regions)} region(s) to {rep.chip} on {rep.port}"
+               f"{', verified' if rep.verified else ''}; reset: {rep.reset}")
+
+
+def _live_printer(quiet: bool):
+    def on_line(raw: bytes, rec):
+        if quiet:
+            return
+        if rec is not None:
+            click.echo(device.format_record(rec))
+        elif raw.strip():
+            click.echo("# " + raw.decode("utf-8", errors="replace"), err=True)
+    return on_line
+
+
+@click.command("monitor")
+@click.option("--port", required=True, help="Serial port of the board.")
+@click.option("--baud", type=click.IntRange(300, 5_000_000), default=device.CONSOLE_BAUD, show_default=True)
+@click.option("--out", "out_csv", type=click.Path(dir_okay=False), default=None,
+              help="Write all records as CSV (one row per record).")
+@click.option("--json", "out_json", type=click.Path(dir_okay=False), default=None,
+              help="Write summary + records as JSON.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds (default: until Ctrl-C or the port goes away).")
+@click.option("--send", multiple=True, metavar="LINE",
+              help="Command line to send after opening, e.g. 'set threshold 0.6' (repeatable).")
+@click.option("--reset", is_flag=True, help="Pulse EN via RTS after opening so the log starts at BOOT.")
+@click.option("--quiet", is_flag=True, help="Do not print lines live; only the summary.")
+def monitor_cmd(port: str, baud: int, out_csv: str | None, out_json: str | None, seconds: float | None,
+                send: tuple[str, ...], reset: bool, quiet: bool) -> None:
+    """Print the firmware's CRYB/1 log live; on exit summarise it and write CSV/JSON."""
+    res = device.capture(port, baud=baud, seconds=seconds, send=send, reset=reset,
+                         on_line=_live_printer(quiet))
+    _finish(res, out_csv, out_json)
+
+
+def _finish(res: device.CaptureResult, out_csv, out_json) -> dict:
+    s = res.summary()
+    if res.port_lost:
+        click.echo(f"warning: serial port went away ({res.stop_reason}); summarising what was captured",
+                   err=True)
+    click.echo(device.format_summary(s))
+    for p in device.write_capture(res, out_csv, out_json):
+        click.echo(f"wrote {p}")
+    return s
+
+
+@click.command("bench")
+@click.option("--port", required=True, help="Serial port of the board.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), required=True,
+              help="Capture duration in seconds.")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="cryblock-bench", show_default=True,
+              help="Folder for bench.csv (records) and bench.json (summary + records).")
+@click.option("--baud", type=click.IntRange(300, 5_000_000), default=device.CONSOLE_BAUD, show_default=True)
+@click.option("--reset", is_flag=True, help="Pulse EN via RTS first so BOOT (arena) is captured.")
+def bench_cmd(port: str, seconds: float, out_dir: str, baud: int, reset: bool) -> None:
+    """Capture the log for SECONDS and report latency percentiles, arena, rates, resets."""
+    res = device.capture(port, baud=baud, seconds=seconds, reset=reset)
+    d = Path(out_dir)
+    _finish(res, d / "bench.csv", d / "bench.json")
+
+
+@click.command("config")
+@click.option("--port", required=True, help="Serial port of the board.")
+@click.option("--threshold", type=float, default=None, help="Score threshold in [0, 1].")
+@click.option("--vote", default=None, metavar="N/M", help="N-of-M voting, e.g. 2/3.")
+@click.option("--hold-ms", type=int, default=None, help="Hold time after the last vote, ms.")
+@click.option("--baud", type=click.IntRange(300, 5_000_000), default=device.CONSOLE_BAUD, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=3.0,
+              show_default=True, help="Seconds to wait for each CFG answer.")
+def config_cmd(port: str, threshold: float | None, vote: str | None, hold_ms: int | None, baud: int,
+               timeout_s: float) -> None:
+    """Set/read the detector configuration of the running firmware (answers with a CFG line)."""
+    v = device.parse_vote(vote) if vote is not None else None
+    cfg = device.configure(port, threshold=threshold, vote=v, hold_ms=hold_ms, baud=baud,
+                           timeout_s=timeout_s)
+    click.echo("config " + json.dumps(cfg))
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the ``cryblock`` group."""
+    for cmd in (flash_cmd, monitor_cmd, bench_cmd, config_cmd):
+        group.add_command(cmd)
+
