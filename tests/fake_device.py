@@ -62,6 +62,8 @@ ROM_CHATTER_SWRESET = [
     b"\x1b[0;32mI (301) main_task: Calling app_main()\x1b[0m",
 ]
 
+TAIL = b"CRYB/1 INF t_ms=2" + bytes([0xE2, 0x80])  # a line cut by the port vanishing (half a UTF-8 char)
+
 BOOT_FIELDS = dict(model_bytes=61344, arena_bytes=98304, arena_used=71236, ops=9, sr=16000,
                    threshold=0.5, vote="2/3", hold_ms=2000, fw="0.1.0")
 
@@ -92,6 +94,7 @@ class Truth:
     sessions: dict[int, list[int]] = field(default_factory=dict)  # session -> valid INF seqs
     session_t_ms: dict[int, list[int]] = field(default_factory=dict)
     lines: int = 0
+    unterminated_bytes: int = 0   # bytes of a last line cut off by the port vanishing
 
     @property
     def device_s(self) -> float:
@@ -200,7 +203,7 @@ def build_scenario(seed: int = 7, n1: int = 70, n2: int = 40, pace_s: float = 0.
     valid line (25), a line split over two writes (30), a non-UTF-8 line (35), an ESP_LOG warning
     (40), a ``CRYB/2`` line (45), a blank line (50), a bad checksum (55); the last INF is cut
     mid-line by a software reset. Session 2 (``n2`` inferences, burst at 15-20): reset ROM
-    chatter, a second BOOT, INF lines.
+    chatter, a second BOOT, INF lines, then half a line (:data:`TAIL`) before the port vanishes.
     """
     rng = np.random.default_rng(seed)
     b = _Builder(pace_s)
@@ -253,6 +256,9 @@ def build_scenario(seed: int = 7, n1: int = 70, n2: int = 40, pace_s: float = 0.
         b.record("INF", fields, pace_s)
         if event:
             b.record("EVT", dict(t_ms=fields["t_ms"], state=event, score=fields["score"]))
+    # The port vanishes in the middle of a line: those bytes are not a line at all.
+    b.chunks.append(Chunk(TAIL))
+    b.truth.unterminated_bytes = len(TAIL)
     b.truth.lost_inferences = lost_mid
     return b.chunks, b.truth
 
