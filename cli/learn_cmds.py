@@ -1,6 +1,109 @@
-"""CLI commands of this stage (filled in by its owner)."""
+"""``cryblock train`` and ``cryblock demo``: the learning stage from the command line.
+
+* ``cryblock train --data manifest.csv --out runs/NAME [--teacher PATH] [--epochs N]
+  [--temperature T --alpha A ...] [--max-clips N]`` — distil YAMNet into the DS-CNN student,
+  export float/INT8/SavedModel, evaluate teacher/float/INT8 on the group-held-out test split and
+  write metrics.json, report.md, report.html, params.json into ``--out``.
+* ``cryblock demo`` — the main job: the same on the whole shared manifest found through
+  ``$CRYBLOCK_DATA`` (or ``--data``), printing the results table.
+
+One progress line per epoch is printed. Errors in the user's input print ``error: …`` (exit 2).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
 import click
+
+from cryblock.errors import CryblockError
+
+# LearnParams fields settable from the command line: (flag, field, type)
+_LEARN_FLAGS = [
+    ("--epochs", "epochs", int, "training epochs (early stopping may end sooner)"),
+    ("--temperature", "temperature", float, "KD temperature T"),
+    ("--alpha", "alpha", float, "weight of the hard-label loss (1 = hard labels only)"),
+    ("--neg-per-pos", "neg_per_pos", float, "negatives per positive window drawn each epoch"),
+    ("--filter-pos", "filter_pos", float, "keep positive windows with teacher p > this"),
+    ("--filter-neg", "filter_neg", float, "keep negative windows with teacher p < this"),
+    ("--width", "width", int, "student channels of the first block"),
+    ("--depth", "depth", int, "student depthwise-separable blocks"),
+    ("--embedding-weight", "embedding_weight", float, "weight of the embedding-approximation loss"),
+    ("--learning-rate", "learning_rate", float, "Adam learning rate (cosine-decayed)"),
+    ("--batch-size", "batch_size", int, "batch size"),
+    ("--patience", "patience", int, "early-stopping patience (epochs) on validation AUC"),
+    ("--seed", "seed", int, "random seed (split, sampling, initialisation)"),
+    ("--preset", "preset", click.Choice(["cry", "general"]), "cry (sigmoid, teacher cry classes) or general "
+                                                              "(softmax over the manifest's labels)"),
+]
+
+
+def _learn_options(f):
+    for flag, _field, typ, help_ in reversed(_LEARN_FLAGS):
+        f = click.option(flag, _field, type=typ, default=None, help=help_)(f)
+    return f
+
+
+def _quiet_tf() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    warnings.filterwarnings("ignore", module="tensorflow")
+
+
+def _params(params_file: str | None, overrides: dict):
+    from cryblock.params import Params
+
+    p = Params.load(params_file) if params_file else Params()
+    upd = {k: v for k, v in overrides.items() if v is not None}
+    return p.replace(learn=upd) if upd else p
+
+
+def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
+         workers: int | None, overrides: dict) -> None:
+    _quiet_tf()
+    from cryblock.blocks.learn.train import train_from_manifest
+
+    params = _params(params_file, overrides)
+    t0 = time.perf_counter()
+    res = train_from_manifest(data, out, params, teacher=teacher, max_clips=max_clips, workers=workers,
+                              log=lambda s: click.echo(s))
+    m = res.metrics
+    click.echo(f"\nINT8 cost: {m['cost']['int8_bytes']:,} B, {m['cost']['params']:,} params, "
+               f"{m['cost']['macs']:,} MACs/patch, arena {m['cost']['arena_bytes']:,} B")
+    click.echo(f"wrote {res.out_dir}/ (model_quantized_int8_io.tflite, model.tflite, saved_model.zip, "
+               f"metrics.json, report.md, report.html, params.json) in {time.perf_counter() - t0:.0f} s")
 
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to the ``cryblock`` group."""
+    """Add ``train`` and ``demo`` to the ``cryblock`` group."""
+
+    @group.command("train")
+    @click.option("--data", required=True, type=click.Path(), help="manifest CSV (or folder holding manifest.csv)")
+    @click.option("--out", required=True, type=click.Path(), help="run folder to write")
+    @click.option("--teacher", type=click.Path(), default=None,
+                  help="YAMNet file (.tflite/.h5/SavedModel); default $CRYBLOCK_TEACHER, cache or download")
+    @click.option("--params", "params_file", type=click.Path(), default=None, help="params.json to start from")
+    @click.option("--max-clips", type=int, default=None, help="use a random label-stratified subset (quick run)")
+    @click.option("--workers", type=int, default=None, help="feature-extraction processes")
+    @_learn_options
+    def train_cmd(data, out, teacher, params_file, max_clips, workers, **overrides):
+        """Distil YAMNet into the INT8 student; export, evaluate and report."""
+        _run(data, out, teacher, params_file, max_clips, workers, overrides)
+
+    @group.command("demo")
+    @click.option("--data", type=click.Path(), default=None,
+                  help="manifest CSV or folder; default $CRYBLOCK_DATA/manifest.csv")
+    @click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="run folder")
+    @click.option("--teacher", type=click.Path(), default=None, help="YAMNet file; default $CRYBLOCK_TEACHER/cache/download")
+    @click.option("--max-clips", type=int, default=None, help="use a subset (quick check)")
+    @_learn_options
+    def demo_cmd(data, out, teacher, max_clips, **overrides):
+        """The main job: train on the full shared manifest and print the results table."""
+        if data is None:
+            env = os.environ.get("CRYBLOCK_DATA")
+            if not env:
+                raise CryblockError("no data: pass --data or set CRYBLOCK_DATA to the folder holding manifest.csv")
+            data = str(Path(env) / "manifest.csv")
+        _run(data, out, teacher, None, max_clips, None, overrides)

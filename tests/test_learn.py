@@ -1,0 +1,399 @@
+"""Learning block: KD losses, teacher filter, resampling, detector, a real quick training run
+(real teacher, real recordings, group split), INT8 vs float, the Edge Impulse entry point as the
+platform runs it, and bad inputs.
+
+Runtime budget ≈ 1.5–3 min on 2 cores (one shared training run of 80 clips + one EI subprocess).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryblock.errors import CryblockError, DataError
+from cryblock.params import DetectorParams, LearnParams, Params
+
+QUICK = {"epochs": 3, "width": 8, "depth": 2, "batch_size": 16, "patience": 3}
+
+
+# ----------------------------------------------------------------------------- losses (no data needed)
+def test_binary_kd_alpha_one_is_pure_hard_label_loss():
+    import tensorflow as tf
+
+    from cryblock.blocks.learn.distill import binary_kd_loss
+
+    y = np.array([1, 0, 1, 0], np.float32)
+    zs = np.array([2.0, -1.0, -0.5, 0.3], np.float32)
+    expected = float(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=zs)))
+    for zt in (np.zeros(4, np.float32), np.array([9, -9, 9, -9], np.float32), np.array([-5, 5, -5, 5], np.float32)):
+        assert float(binary_kd_loss(y, zs, zt, 4.0, 1.0)) == pytest.approx(expected, abs=1e-6)
+    # α < 1: the teacher does change the loss
+    assert float(binary_kd_loss(y, zs, np.array([-5, 5, -5, 5], np.float32), 4.0, 0.5)) > expected + 0.1
+
+
+def test_softmax_kd_alpha_one_is_pure_cross_entropy():
+    from cryblock.blocks.learn.distill import softmax_kd_loss
+
+    y = np.eye(3, dtype=np.float32)[[0, 2, 1]]
+    zs = np.array([[2, 0, -1], [0, 0, 1], [0.5, 0.2, 0.1]], np.float32)
+    ls = zs - np.log(np.exp(zs).sum(1, keepdims=True))
+    expected = -np.mean(np.sum(y * ls, axis=1))
+    for zt in (np.zeros((3, 3), np.float32), 10 * np.eye(3, dtype=np.float32)):
+        assert float(softmax_kd_loss(y, zs, zt, 3.0, 1.0)) == pytest.approx(expected, abs=1e-5)
+
+
+def test_binary_kd_temperature_known_values():
+    from cryblock.blocks.learn.distill import binary_kd_loss
+
+    y = np.array([1.0], np.float32)
+    zs = np.array([0.0], np.float32)
+    zt = np.array([math.log(9.0)], np.float32)  # teacher p = 0.9
+    # T = 2: teacher soft p = σ(ln9 / 2) = 0.75, student 0.5;
+    # KL = 0.75 ln 1.5 + 0.25 ln 0.5 = 0.130812; × T² = 0.523248
+    assert float(binary_kd_loss(y, zs, zt, 2.0, 0.0)) == pytest.approx(4 * (0.75 * math.log(1.5) + 0.25 * math.log(0.5)),
+                                                                     abs=1e-5)
+    # T → ∞: T²·KL → (z_t − z_s)² / 8
+    assert float(binary_kd_loss(y, zs, zt, 200.0, 0.0)) == pytest.approx(math.log(9.0) ** 2 / 8, rel=1e-3)
+    # soft term vanishes when the student matches the teacher, at any T
+    for t in (1.0, 2.0, 5.0):
+        assert float(binary_kd_loss(y, zt, zt, t, 0.0)) == pytest.approx(0.0, abs=1e-6)
+    # mixing: α·hard + (1−α)·T²·soft
+    hard = math.log(2.0)
+    soft = 4 * (0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    assert float(binary_kd_loss(y, zs, zt, 2.0, 0.3)) == pytest.approx(0.3 * hard + 0.7 * soft, abs=1e-5)
+
+
+def test_softmax_kd_temperature_known_value():
+    from cryblock.blocks.learn.distill import softmax_kd_loss
+
+    zt = np.array([[2.0, 0.0]], np.float32)
+    zs = np.array([[0.0, 0.0]], np.float32)
+    y = np.array([[1.0, 0.0]], np.float32)
+    t = 2.0
+    p = np.exp(zt[0] / t) / np.exp(zt[0] / t).sum()
+    kl = float(np.sum(p * np.log(p / 0.5)))
+    assert float(softmax_kd_loss(y, zs, zt, t, 0.0)) == pytest.approx(t * t * kl, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- filter, resampling, detector
+def test_teacher_filter_thresholds():
+    from cryblock.blocks.learn.distill import teacher_filter
+
+    y = np.array([1, 1, 1, 0, 0, 0], bool)
+    p = np.array([0.9, 0.30, 0.1, 0.01, 0.05, 0.6], np.float32)
+    assert teacher_filter(y, p, 0.30, 0.05).tolist() == [True, False, False, True, False, False]
+
+
+def test_resample_ratio():
+    from cryblock.blocks.learn.distill import resample_epoch
+
+    rng = np.random.default_rng(0)
+    pos, neg = np.arange(10), np.arange(10, 110)
+    a = resample_epoch(pos, neg, 3.0, rng)
+    b = resample_epoch(pos, neg, 3.0, rng)
+    assert len(a) == 40 and len(set(a.tolist())) == 40
+    assert np.sum(a < 10) == 10 and np.sum(a >= 10) == 30
+    assert set(a[a >= 10].tolist()) != set(b[b >= 10].tolist())  # fresh negatives each epoch
+    c = resample_epoch(pos, np.arange(10, 25), 3.0, rng)  # fewer negatives than wanted → all of them
+    assert sorted(c.tolist()) == list(range(25))
+
+
+def test_detector_votes_and_hold():
+    from cryblock.blocks.learn.evaluate import count_alerts, false_alerts_per_hour, run_detector
+
+    det = DetectorParams(threshold=0.5, vote_n=2, vote_m=3, hold_seconds=0.96)  # hold = 2 windows
+    s = np.array([0.9, 0.1, 0.1, 0.1, 0.9, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9])
+    st = run_detector(s, det, 0.48)
+    # votes satisfied at t=6 (4,6 in window 4..6) and t=13 (12,13); hold 2 windows after each
+    assert st.tolist() == [False] * 6 + [True, True, True] + [False] * 4 + [True]
+    assert count_alerts(st) == 2
+    fa = false_alerts_per_hour(s, np.zeros(len(s), int), np.array([True]), det, 0.48)
+    assert fa["false_alerts"] == 2 and fa["per_hour"] == pytest.approx(2 / (14 * 0.48 / 3600))
+
+
+def test_count_macs_by_hand():
+    from cryblock.blocks.learn.student import build_student, count_macs
+
+    m = build_student(LearnParams(width=8, depth=2)).model
+    # conv0 48·32·9·1·8; ds0 dw 48·32·9·8 + pw 48·32·8·8; ds1 dw 24·16·9·8 + pw 24·16·8·16; dense 16·1
+    want = 48 * 32 * 9 * 8 + 48 * 32 * 9 * 8 + 48 * 32 * 64 + 24 * 16 * 9 * 8 + 24 * 16 * 128 + 16
+    assert count_macs(m) == want
+
+
+def test_default_student_fits_64k_int8(tmp_path):
+    from cryblock.blocks.learn.export import export_all
+    from cryblock.blocks.learn.student import build_student
+
+    m = build_student(LearnParams()).model
+    x = np.random.default_rng(0).normal(-4, 2, (20, 96, 64)).astype(np.float32)
+    e = export_all(m, x, tmp_path)
+    assert len(e.int8_tflite) <= 64 * 1024
+
+
+# ----------------------------------------------------------------------------- real quick run
+@pytest.fixture(scope="module")
+def teacher(teacher_path):
+    from cryblock.blocks.learn.teacher import load_teacher
+
+    return load_teacher(teacher_path)
+
+
+@pytest.fixture(scope="module")
+def quick_run(data_dir, teacher, tmp_path_factory):
+    from cryblock.blocks.learn.train import train_from_manifest
+
+    out = tmp_path_factory.mktemp("run") / "quick"
+    lines = []
+    res = train_from_manifest(data_dir / "manifest.csv", out, Params().replace(learn=QUICK), teacher=teacher,
+                              max_clips=80, log=lines.append)
+    return res, lines
+
+
+def test_quick_run_files_and_metrics(quick_run):
+    res, lines = quick_run
+    out = res.out_dir
+    for f in ("model.tflite", "model_quantized_int8_io.tflite", "saved_model.zip", "metrics.json", "report.md",
+              "report.html", "params.json"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging left behind"
+    m = json.loads((out / "metrics.json").read_text())
+    for model in ("teacher", "float", "int8"):
+        for level in ("window", "clip"):
+            assert set(m[model][level]) >= {"auc", "best_f1", "threshold", "fpr"}
+        assert set(m[model]["detector"]) >= {"false_alerts", "hours", "per_hour"}
+    assert m["cost"]["int8_bytes"] == (out / "model_quantized_int8_io.tflite").stat().st_size
+    assert m["cost"]["macs"] > 0 and m["cost"]["params"] > 0 and m["cost"]["arena_bytes"] > 0
+    # the teacher on real cries is strong; the split is by group
+    assert m["teacher"]["clip"]["auc"] > 0.9
+    assert len([ln for ln in lines if ln.startswith("epoch")]) == QUICK["epochs"]
+    assert Params.load(out / "params.json").learn.width == QUICK["width"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    with zipfile.ZipFile(out / "saved_model.zip") as z:
+        names = z.namelist()
+    assert "saved_model/saved_model.pb" in names and all(n.startswith("saved_model/") for n in names)
+
+
+def test_quick_run_filter_counts_match_teacher(quick_run, teacher):
+    m = quick_run[0].metrics
+    f = m["filter"]
+    assert 0 < f["positive_kept"] <= f["positive_windows"]
+    assert 0 < f["negative_kept"] <= f["negative_windows"]
+    assert m["training"]["windows_kept"] == f["positive_kept"] + f["negative_kept"]
+    # epoch size = kept positives + min(kept negatives, 3 × kept positives)
+    want = f["positive_kept"] + min(f["negative_kept"], round(3 * f["positive_kept"]))
+    assert all(h["windows"] == want for h in m["training"]["history"])
+
+
+def test_int8_matches_float_in_tflm(quick_run, data_dir):
+    """The INT8 model in TFLite Micro agrees with the float model on real test patches."""
+    from cryblock.blocks.learn.evaluate import TflmRunner
+    from cryblock.data import compute_patches, load_manifest
+    import tensorflow as tf
+
+    out = quick_run[0].out_dir
+    clips = [c for c in load_manifest(data_dir / "manifest.csv")][:6]
+    x = compute_patches(clips, workers=1).patches[:30]
+    r = TflmRunner((out / "model_quantized_int8_io.tflite").read_bytes())
+    p8 = r.predict(x).reshape(-1)
+    interp = tf.lite.Interpreter(model_content=(out / "model.tflite").read_bytes())
+    interp.allocate_tensors()
+    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+    pf = []
+    for k in range(len(x)):
+        interp.set_tensor(i["index"], x[k][None, ..., None])
+        interp.invoke()
+        pf.append(float(interp.get_tensor(o["index"]).reshape(-1)[0]))
+    pf = np.array(pf)
+    assert np.max(np.abs(p8 - pf)) < 0.08, (p8, pf)
+    m = quick_run[0].metrics
+    assert abs(m["int8"]["window"]["auc"] - m["float"]["window"]["auc"]) < 0.05
+    assert m["int8_vs_float"]["decision_agreement"] > 0.9
+
+
+def test_teacher_cache_reused(teacher, tmp_path):
+    from cryblock.blocks.learn.distill import teacher_outputs
+
+    x = np.random.default_rng(1).normal(-4, 2, (5, 96, 64)).astype(np.float32)
+    msgs = []
+    s1, e1 = teacher_outputs(teacher, x, tmp_path, log=msgs.append)
+    s2, e2 = teacher_outputs(teacher, x, tmp_path, log=msgs.append)
+    assert "cached" in msgs[1] and len(list(tmp_path.glob("teacher-*.npz"))) == 1
+    np.testing.assert_allclose(s1, s2)
+    np.testing.assert_allclose(e1, e2, atol=1e-2 * (1 + np.abs(e1).max()))
+
+
+# ----------------------------------------------------------------------------- Edge Impulse entry point
+@pytest.fixture(scope="module")
+def ei_data(data_dir, tmp_path_factory):
+    """EI-format .npy files from a small real subset (cry and not_cry clips, flat rows, one-hot Y)."""
+    from cryblock.blocks.learn.train import sample_clips
+    from cryblock.data import compute_patches, load_manifest
+
+    clips = sample_clips(load_manifest(data_dir / "manifest.csv"), 50, seed=3)
+    ps = compute_patches(clips, workers=1)
+    y = np.array([0 if ps.clips[i].label == "cry" else 1 for i in ps.clip_index])  # EI sorts labels: cry, not_cry
+    rng = np.random.default_rng(0)
+    test = np.zeros(len(y), bool)
+    for c in (0, 1):
+        idx = np.flatnonzero(y == c)
+        test[rng.choice(idx, size=len(idx) // 4, replace=False)] = True
+    d = tmp_path_factory.mktemp("ei") / "data"
+    d.mkdir()
+    x = ps.patches.reshape(len(y), -1)
+    np.save(d / "X_split_train.npy", x[~test])
+    np.save(d / "Y_split_train.npy", np.eye(2, dtype=np.float32)[y[~test]])
+    np.save(d / "X_split_test.npy", x[test])
+    np.save(d / "Y_split_test.npy", np.eye(2, dtype=np.float32)[y[test]])
+    return d
+
+
+def test_ei_entry_point_as_platform_runs_it(ei_data, tmp_path):
+    from cryblock.blocks.learn.evaluate import TflmRunner
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cryblock.blocks.learn.ei_train", "--data-directory", str(ei_data),
+           "--out-directory", str(out), "--epochs", "2", "--learning-rate", "0.003", "--width", "8", "--depth", "2",
+           "--temperature", "3", "--alpha", "0.5", "--neg-per-pos", "3", "--filter-pos", "0.3", "--filter-neg",
+           "0.05", "--embedding-weight", "0.1", "--some-future-flag", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for f in ("model.tflite", "model_quantized_int8_io.tflite", "saved_model.zip"):
+        assert (out / f).is_file(), f
+    with zipfile.ZipFile(out / "saved_model.zip") as z:
+        assert "saved_model/saved_model.pb" in z.namelist()
+    runner = TflmRunner((out / "model_quantized_int8_io.tflite").read_bytes())
+    x = np.load(ei_data / "X_split_test.npy")[:8]
+    p = runner.predict(x)
+    assert p.shape == (8, 2) and np.allclose(p.sum(axis=1), 1.0, atol=0.05)
+    assert tuple(runner.inp["shape"]) == (1, 96 * 64)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["preset"] == "general" and m["data"]["source"] == "edge-impulse"
+    assert Params.load(out / "params.json").learn.temperature == 3.0
+
+
+def test_ei_labels_one_hot_and_legacy(tmp_path):
+    from cryblock.blocks.learn.ei_train import load_labels
+
+    np.save(tmp_path / "a.npy", np.eye(3, dtype=np.float32)[[2, 0, 1]])
+    y, k = load_labels(tmp_path / "a.npy")
+    assert y.tolist() == [2, 0, 1] and k == 3
+    np.save(tmp_path / "b.npy", np.array([[2, 7], [1, 9], [3, 4]]))  # legacy: 1-based in column 0
+    y, k = load_labels(tmp_path / "b.npy")
+    assert y.tolist() == [1, 0, 2] and k is None
+    np.save(tmp_path / "c.npy", np.array([0, 1, 2]))  # 0 is not a 1-based label
+    with pytest.raises(DataError, match="1-based"):
+        load_labels(tmp_path / "c.npy")
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def _ei_write(d: Path, xtr, ytr, xte, yte):
+    d.mkdir(parents=True, exist_ok=True)
+    for name, a in (("X_split_train", xtr), ("Y_split_train", ytr), ("X_split_test", xte), ("Y_split_test", yte)):
+        np.save(d / f"{name}.npy", a)
+
+
+def test_ei_bad_inputs(tmp_path):
+    from cryblock.blocks.learn.ei_train import load_split
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty"):
+        load_split(empty)
+    x = np.zeros((10, 6144), np.float32)
+    y = np.eye(2, dtype=np.float32)[[0, 1] * 5]
+    _ei_write(tmp_path / "mismatch", x, y[:9], x, y)
+    with pytest.raises(DataError, match="10 rows but .* has 9"):
+        load_split(tmp_path / "mismatch")
+    _ei_write(tmp_path / "len", np.zeros((10, 6000), np.float32), y, x, y)
+    with pytest.raises(DataError, match="6144"):
+        load_split(tmp_path / "len")
+    _ei_write(tmp_path / "oneclass", x, np.eye(2, dtype=np.float32)[[0] * 10], x, y)
+    with pytest.raises(DataError, match="only one class"):
+        load_split(tmp_path / "oneclass")
+    _ei_write(tmp_path / "notest", x, y, x, np.eye(2, dtype=np.float32)[[0] * 10])
+    with pytest.raises(DataError, match="missing from the test split"):
+        load_split(tmp_path / "notest")
+    (tmp_path / "corrupt").mkdir()
+    _ei_write(tmp_path / "corrupt", x, y, x, y)
+    (tmp_path / "corrupt" / "X_split_test.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match="X_split_test.npy"):
+        load_split(tmp_path / "corrupt")
+
+
+def test_ei_empty_dir_exits_2_with_one_line(tmp_path):
+    from cryblock.blocks.learn.ei_train import main
+
+    (tmp_path / "d").mkdir()
+    assert main(["--data-directory", str(tmp_path / "d"), "--out-directory", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def _manifest(path: Path, rows, data_dir: Path):
+    lines = ["path,label,group"] + [f"{r.path},{lab},{r.group}" for r, lab in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_one_class_manifest_is_rejected(clips, data_dir, tmp_path, teacher):
+    from cryblock.blocks.learn.train import train_from_manifest
+
+    neg = [c for c in clips if c.label == "not_cry"][:12]
+    man = _manifest(tmp_path / "m.csv", [(c, c.label) for c in neg], data_dir)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="positive label"):
+        train_from_manifest(man, out, Params().replace(learn=QUICK), teacher=teacher)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_label_missing_from_test_split_is_rejected(tmp_path, teacher):
+    from cryblock.blocks.learn.train import Split, train_arrays
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(-4, 2, (12, 96, 64)).astype(np.float32)
+    y = np.array([0, 1] * 6)
+    ok = Split(x, y, np.arange(12), y.copy())
+    bad = Split(x[:4], np.zeros(4, int), np.arange(4), np.zeros(4, int))
+    with pytest.raises(DataError, match="test split has only one class"):
+        train_arrays(ok, ok, bad, tmp_path / "o", Params().replace(learn=QUICK), teacher=teacher)
+    g = Params().replace(learn={**QUICK, "preset": "general", "labels": ["a", "b", "c"]})
+    y3 = np.array([0, 1, 2] * 4)
+    s3 = Split(x, y3, np.arange(12), y3.copy())
+    t3 = Split(x[:4], np.array([0, 1, 0, 1]), np.arange(4), np.array([0, 1, 0, 1]))
+    with pytest.raises(DataError, match=r"\['c'\] missing from the test split"):
+        train_arrays(s3, s3, t3, tmp_path / "o", g, teacher=teacher)
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_or_corrupt_teacher(data_dir, tmp_path):
+    from cryblock.blocks.learn.train import train_from_manifest
+
+    man = data_dir / "manifest.csv"
+    with pytest.raises(CryblockError):
+        train_from_manifest(man, tmp_path / "a", Params().replace(learn=QUICK), teacher=tmp_path / "nope.tflite",
+                            max_clips=40)
+    bad = tmp_path / "yamnet.tflite"
+    bad.write_bytes(b"\x00\x00\x00\x00TFL3garbage" * 10)
+    with pytest.raises(CryblockError):
+        train_from_manifest(man, tmp_path / "b", Params().replace(learn=QUICK), teacher=bad, max_clips=40)
+    for d in ("a", "b"):
+        assert not (tmp_path / d).exists() or not any((tmp_path / d).iterdir())
+
+
+def test_cli_train_bad_input_prints_error(tmp_path):
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "error:" in r.output and "manifest not found" in r.output
+    r = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o"),
+                                 "--alpha", "1.5"])
+    assert r.exit_code == 2 and "alpha" in r.output
