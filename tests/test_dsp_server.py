@@ -1,0 +1,248 @@
+"""Edge Impulse DSP block: parameters.json, generate_features and the HTTP server, exercised
+with real HTTP requests carrying real recordings from $CRYBLOCK_DATA (int16 scale, as
+Edge Impulse sends audio)."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cryblock.blocks.dsp import ei
+from cryblock.blocks.dsp.features import waveform_to_patches
+from cryblock.blocks.dsp.server import serve_in_thread
+from cryblock.io import prepare_waveform
+from cryblock.params import DspParams
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv, thread = serve_in_thread("127.0.0.1", 0)
+    host, port = srv.server_address[:2]
+    yield f"http://{host}:{port}"
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=5)
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.headers.get("Content-Type"), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read()
+
+
+def _post(url: str, body) -> tuple[int, dict | bytes]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if r.headers.get("Content-Type") == "application/json" else raw
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _clip(clips, source: str, i: int = 0):
+    return sorted((c for c in clips if c.source == source), key=lambda c: str(c.path))[i]
+
+
+@pytest.fixture(scope="module")
+def windows(clips):
+    """Real int16 windows: {name: (int16 samples [n], rate)}."""
+    out = {}
+    for name, src, secs in (("16k", "theunissenlab/BabyCriesDiscomfortPain", 0.975),
+                            ("44k", "ESC-10", 2.0), ("8k", "donateacry-corpus", 0.975)):
+        c = _clip(clips, src)
+        x, sr = sf.read(str(c.path), dtype="int16")
+        start = len(x) // 3
+        out[name] = (x[start:start + int(round(secs * sr))], sr)
+    return out
+
+
+def _library(samples: np.ndarray, sr: int, dsp: DspParams = DspParams()) -> np.ndarray:
+    return waveform_to_patches(prepare_waveform(samples.astype(np.float64) / 32768.0, sr, dsp.sample_rate), dsp)
+
+
+# ---------------------------------------------------------------- parameters.json
+
+def test_parameters_json_follows_ei_conventions_and_matches_defaults():
+    root = json.loads((REPO / "parameters.json").read_text())
+    assert root == ei.load_parameters_json()  # top-level copy == packaged copy
+    assert root["version"] == 1 and "type" not in root
+    assert set(root["info"]) >= {"title", "author", "description", "name", "cppType", "preferConvolution",
+                                 "visualization", "experimental", "latestImplementationVersion"}
+    assert root["info"]["latestImplementationVersion"] == 1
+    defaults = dataclasses.asdict(DspParams())
+    seen = set()
+    for group in root["parameters"]:
+        assert set(group) == {"group", "items"}
+        for item in group["items"]:
+            assert set(item) == {"name", "value", "type", "help", "param"}
+            field = item["param"].replace("-", "_")
+            assert field in defaults, item
+            assert item["value"] == defaults[field] and item["type"] in ("int", "float")
+            seen.add(field)
+    assert seen == set(defaults)
+    # the defaults, as Studio would send them, build the default DspParams
+    assert ei.dsp_params_from_block({i["param"]: i["value"] for g in root["parameters"] for i in g["items"]}) == DspParams()
+
+
+def test_get_root_and_parameters(server):
+    code, ctype, body = _get(server + "/")
+    assert code == 200 and ctype.startswith("text/plain")
+    assert body.decode() == "Edge Impulse DSP block: YAMNet log-mel patches (cryblock) by cryblock"
+    code, ctype, body = _get(server + "/parameters")
+    assert code == 200 and ctype == "application/json"
+    assert json.loads(body) == ei.load_parameters_json()
+    assert _get(server + "/nope")[0] == 404
+
+
+# ---------------------------------------------------------------- /run and /batch
+
+def test_run_16k_window_equals_library(server, windows):
+    x, sr = windows["16k"]
+    assert sr == 16000 and len(x) == 15600
+    code, out = _post(server + "/run", {"features": x.tolist(), "params": {}, "sampling_freq": sr,
+                                        "draw_graphs": True, "axes": ["audio"], "implementation_version": 1})
+    assert code == 200 and out["success"] is True, out
+    want = _library(x, sr)
+    assert want.shape == (1, 96, 64)
+    np.testing.assert_array_equal(np.asarray(out["features"], dtype=np.float32), want.ravel())
+    assert out["output_config"] == {"type": "spectrogram", "shape": {"width": 64, "height": 96}}
+    (graph,) = out["graphs"]
+    assert graph["type"] == "image" and graph["imageMimeType"] == "image/png"
+    assert base64.b64decode(graph["image"])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_44k_longer_window_is_resampled_and_stacks_patches(server, windows):
+    x, sr = windows["44k"]
+    code, out = _post(server + "/run", {"features": x.tolist(), "params": {}, "sampling_freq": sr,
+                                        "draw_graphs": False, "axes": ["audio"]})
+    assert out["success"] is True, out
+    want = _library(x, sr)
+    assert len(want) == 4  # 2.0 s → YAMNet padding gives 1 + ceil((32000 - 15600) / 7680) patches
+    np.testing.assert_array_equal(np.asarray(out["features"], dtype=np.float32), want.ravel())
+    assert out["output_config"]["shape"] == {"width": 64, "height": 4 * 96}
+    assert out["graphs"] == []
+
+
+def test_run_with_block_parameters_both_spellings(server, windows):
+    x, sr = windows["8k"]
+    dsp = DspParams(mel_bands=32, mel_max_hz=4000.0, log_offset=0.01)
+    for params in ({"mel-bands": 32, "mel-max-hz": 4000, "log-offset": "0.01"},
+                   {"mel_bands": "32", "mel_max_hz": 4000.0, "log_offset": 0.01}):
+        code, out = _post(server + "/run", {"features": x.tolist(), "params": params, "sampling_freq": sr,
+                                            "draw_graphs": False})
+        assert out["success"] is True, out
+        np.testing.assert_array_equal(np.asarray(out["features"], dtype=np.float32), _library(x, sr, dsp).ravel())
+        assert out["output_config"]["shape"]["width"] == 32
+
+
+def test_run_stereo_axes_are_mixed(server, windows):
+    left, sr = windows["16k"]
+    right = np.roll(left, 777)
+    inter = np.stack([left, right], axis=1).ravel()
+    code, out = _post(server + "/run", {"features": inter.tolist(), "params": {}, "sampling_freq": sr,
+                                        "draw_graphs": False, "axes": ["left", "right"]})
+    assert out["success"] is True, out
+    mono = (left.astype(np.float64) + right) / 2
+    np.testing.assert_allclose(np.asarray(out["features"]), _library(mono, sr).ravel(), atol=1e-5)
+
+
+def test_batch_equals_run_per_example(server, windows):
+    xs = [windows["16k"][0], windows["16k"][0][::-1].copy(), (windows["16k"][0] // 4)]
+    code, out = _post(server + "/batch", {"features": [x.tolist() for x in xs], "params": {},
+                                          "sampling_freq": 16000, "axes": ["audio"], "implementation_version": 1})
+    assert code == 200 and out["success"] is True, out
+    assert len(out["features"]) == 3
+    for x, f in zip(xs, out["features"]):
+        np.testing.assert_array_equal(np.asarray(f, dtype=np.float32), _library(x, 16000).ravel())
+    assert out["output_config"] == {"type": "spectrogram", "shape": {"width": 64, "height": 96}}
+    assert out["labels"] == [] and out["state"] is None
+
+
+def test_generate_features_direct_call(windows):
+    x, sr = windows["16k"]
+    out = ei.generate_features(1, False, x.astype(np.float64), ["audio"], sr)
+    assert out["features"].dtype == np.float32
+    np.testing.assert_array_equal(out["features"], _library(x, sr).ravel())
+
+
+# ---------------------------------------------------------------- bad requests
+
+@pytest.mark.parametrize("body,pattern", [
+    ({"params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"missing field.*features"),
+    ({"features": [1, 2, 3], "sampling_freq": 16000, "draw_graphs": False}, r"missing field.*params"),
+    ({"features": [1, 2, 3], "params": {}, "draw_graphs": False}, r"missing field.*sampling_freq"),
+    ({"features": [1, 2, 3], "params": {}, "sampling_freq": 16000}, r"missing field.*draw_graphs"),
+    ({"features": [], "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"non-empty list"),
+    ({"features": [1, "x", 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"list of numbers"),
+    ({"features": [[1, 2], [3, 4]], "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"flat list"),
+    ({"features": [0] * 20000, "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"all samples are zero"),
+    ({"features": [1e6] * 100, "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"int16 scale"),
+    ({"features": [1, 2, 3], "params": [], "sampling_freq": 16000, "draw_graphs": False}, r"'params' must be a JSON object"),
+    ({"features": [1, 2, 3], "params": {"bogus": 1}, "sampling_freq": 16000, "draw_graphs": False}, r"unknown block parameter 'bogus'"),
+    ({"features": [1, 2, 3], "params": {"mel-bands": "many"}, "sampling_freq": 16000, "draw_graphs": False}, r"'mel-bands': expected a number"),
+    ({"features": [1, 2, 3], "params": {"mel-max-hz": 9000}, "sampling_freq": 16000, "draw_graphs": False}, r"mel_max_hz.*Nyquist"),
+    ({"features": [1, 2, 3], "params": {}, "sampling_freq": "fast", "draw_graphs": False}, r"sampling_freq must be a number"),
+    ({"features": [1, 2, 3], "params": {}, "sampling_freq": -5, "draw_graphs": False}, r"invalid sample rate"),
+    ({"features": [1, 2, 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False,
+      "implementation_version": 2}, r"implementation_version 2 is not supported"),
+    ({"features": [1, 2, 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False,
+      "axes": ["a", "b"]}, r"not a multiple of 2 axes"),
+    ([1, 2, 3], r"must be a JSON object"),
+])
+def test_run_bad_requests_give_success_false(server, body, pattern):
+    code, out = _post(server + "/run", body)
+    assert code == 200 and out["success"] is False, out
+    assert re.search(pattern, out["error"]), out["error"]
+    assert "\n" not in out["error"] and "Traceback" not in out["error"]
+
+
+def test_bad_json_nan_and_unknown_paths(server, windows):
+    code, out = _post(server + "/run", b"{not json")
+    assert code == 200 and out["success"] is False and "not valid JSON" in out["error"]
+    x = windows["16k"][0].tolist()
+    raw = json.dumps({"features": x, "params": {}, "sampling_freq": 16000, "draw_graphs": False})
+    for token in ("NaN", "Infinity", "-Infinity"):
+        bad = raw.replace(f"[{x[0]},", f"[{token},", 1).encode()
+        code, out = _post(server + "/run", bad)
+        assert out["success"] is False and token in out["error"], out
+    code, out = _post(server + "/batch", {"features": [x, [0] * 100], "params": {}, "sampling_freq": 16000})
+    assert out["success"] is False and out["error"].startswith("example 1: ") and "zero" in out["error"]
+    code, out = _post(server + "/batch", {"features": "abc", "params": {}, "sampling_freq": 16000})
+    assert out["success"] is False and "list of examples" in out["error"]
+    req = urllib.request.Request(server + "/run", data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert json.loads(r.read()) == {"success": False, "error": "empty request body (expected JSON)"}
+    assert _post(server + "/elsewhere", {"features": [1]})[0] == 404
+    # the server still answers after all that
+    assert _get(server + "/")[0] == 200
+
+
+def test_cli_dsp_serve_subprocess():
+    """``cryblock dsp serve`` binds, announces its address, answers, and stops on SIGTERM/SIGINT."""
+    proc = subprocess.Popen([sys.executable, "-m", "cryblock.cli", "dsp", "serve", "--host", "127.0.0.1",
+                             "--port", "0", "--quiet"], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert m, line
+        code, _, body = _get(f"http://127.0.0.1:{m.group(1)}/parameters")
+        assert code == 200 and json.loads(body)["version"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
