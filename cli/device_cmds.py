@@ -39,7 +39,7 @@ def _live_printer(quiet: bool):
         if rec is not None:
             click.echo(device.format_record(rec))
         elif raw.strip():
-            click.echo("# " + raw.decode("utf-8", errors="replace"), err=True)
+            click.echo("# " + device.printable(raw), err=True)
     return on_line
 
 

@@ -712,6 +712,18 @@ def write_capture(result: CaptureResult, csv_path: str | Path | None = None,
     return out
 
 
+_ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(raw: bytes) -> str:
+    """A non-record line made safe for a terminal: UTF-8 decoded (bad bytes → U+FFFD), ESP_LOG
+    colour codes removed, other control characters (which noise could turn into terminal
+    escape sequences) shown as ``?``."""
+    text = _ANSI_SGR.sub("", raw.decode("utf-8", errors="replace"))
+    return _CONTROL.sub("?", text)
+
+
 def format_record(rec: LogRecord) -> str:
     """One human-readable line for a record (what ``cryblock monitor`` prints live)."""
     f = rec.fields

@@ -1,0 +1,214 @@
+"""``cryblock monitor`` / ``bench`` / ``config`` against a simulated board on a real pty.
+
+The simulated firmware (tests/fake_device.py) writes a realistic CRYB/1 stream over real serial
+I/O — boot-ROM chatter, BOOT, INF every 10 ms, EVT ON/OFF, damaged lines, noise, a device reset
+and finally a vanishing port — and answers configuration commands. Expected counts and
+percentiles are computed here from what the fake sent (its construction record), not by parsing.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cryblock import device
+from cryblock.cli.main import cli
+
+from fake_device import BOOT_FIELDS, HOP_MS, FakeDevice, build_scenario, endless_stream
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(cli, args)
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return build_scenario(seed=7)
+
+
+@pytest.fixture(scope="module")
+def monitored(scenario, tmp_path_factory):
+    """``cryblock monitor`` until the fake board's port vanishes."""
+    chunks, truth = scenario
+    out = tmp_path_factory.mktemp("mon")
+    with FakeDevice(chunks) as fake:
+        r = _run(["monitor", "--port", fake.port, "--out", str(out / "log.csv"), "--json", str(out / "log.json")])
+    return r, truth, out
+
+
+def _check_summary(s: dict, truth) -> None:
+    inf = truth.inf
+    assert s["format"] == "CRYB/1"
+    assert s["records"] == {"BOOT": 2, "INF": len(inf), "EVT": truth.evt_on + truth.evt_off, "CFG": 0, "ERR": 0}
+    assert s["garbage_lines"] == truth.garbage_lines == 28
+    assert s["corrupt_lines"] == truth.corrupt_lines == 4
+    assert s["other_version_lines"] == truth.other_version_lines == 1
+    assert s["lines"] == truth.lines
+    assert (s["boots"], s["resets"], s["resets_inferred"]) == (2, 1, 0)
+    assert s["inferences"] == len(inf)
+    assert s["lost_inferences"] == truth.lost_inferences == 3
+    assert s["boot"] == BOOT_FIELDS
+    assert (s["model_bytes"], s["arena_bytes"], s["arena_used_bytes"]) == (61344, 98304, 71236)
+    for key, values in (("fe", [r["fe_us"] for r in inf]), ("inv", [r["inv_us"] for r in inf]),
+                        ("total", [r["fe_us"] + r["inv_us"] for r in inf])):
+        p = s["latency_us"][key]
+        assert p["n"] == len(inf)
+        assert [p["p50"], p["p90"], p["p99"]] == pytest.approx(np.percentile(values, [50, 90, 99]).tolist())
+        assert p["max"] == max(values)
+    assert s["positives"] == sum(r["pos"] for r in inf) > 0
+    assert s["detections"] == truth.evt_on == 3
+    assert s["device_s"] == pytest.approx(truth.device_s)
+    assert s["inference_hz"] == pytest.approx(1000.0 / HOP_MS)
+    assert s["detections_per_hour"] == pytest.approx(truth.evt_on / truth.device_s * 3600)
+    assert s["port_lost"] is True and s["stop_reason"].startswith("port lost")
+    assert s["unterminated_bytes"] == truth.unterminated_bytes
+
+
+def test_monitor_summary_matches_what_was_sent(monitored) -> None:
+    r, truth, out = monitored
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "log.json").read_text())
+    _check_summary(doc["summary"], truth)
+    assert "warning: serial port went away" in r.output
+
+
+def test_monitor_prints_live_lines(monitored) -> None:
+    r, truth, _ = monitored
+    live = [ln for ln in r.stdout.splitlines() if ln.startswith("INF t=")]
+    assert len(live) == len(truth.inf)
+    first = truth.inf[0]
+    assert live[0] == (f"INF t={first['t_ms'] / 1000:.2f}s seq=0 score={first['score']:.4f} pos={first['pos']} "
+                       f"votes={first['votes']} det={first['det']} fe={first['fe_us'] / 1000:.1f}ms "
+                       f"inv={first['inv_us'] / 1000:.1f}ms")
+    assert sum(ln.startswith("EVT state=ON") or "state=ON" in ln for ln in r.stdout.splitlines()) == truth.evt_on
+    assert "# ESP-ROM:esp32s3-20210327" in r.output  # boot-ROM chatter shown, marked as non-record
+    assert "# W (19512) i2s_std: DMA buffer overflow, 512 bytes dropped\n" in r.output  # colour codes gone
+    # noise never reaches the terminal as control characters (escape sequences)
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", r.output)
+
+
+def test_monitor_csv_holds_every_record(monitored) -> None:
+    _, truth, out = monitored
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    infs = [row for row in rows if row["kind"] == "INF"]
+    assert [int(row["fe_us"]) for row in infs] == [r["fe_us"] for r in truth.inf]
+    assert [float(row["score"]) for row in infs] == [r["score"] for r in truth.inf]
+    assert [int(row["session"]) for row in infs] == [r["session"] for r in truth.inf]
+    assert sum(row["kind"] == "BOOT" for row in rows) == 2
+    assert [row["state"] for row in rows if row["kind"] == "EVT"].count("ON") == truth.evt_on
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_bench_writes_summary(scenario, tmp_path: Path) -> None:
+    chunks, truth = scenario
+    with FakeDevice(chunks) as fake:
+        r = _run(["bench", "--port", fake.port, "--seconds", "30", "--out-dir", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "b" / "bench.json").read_text())
+    _check_summary(doc["summary"], truth)
+    assert len(doc["records"]) == sum(doc["summary"]["records"].values())
+    assert (tmp_path / "b" / "bench.csv").is_file()
+    assert "boots 2, resets 1" in r.output
+    assert "arena 98304 B (used 71236 B)" in r.output
+    assert "INF t=" not in r.output  # bench does not print the live stream
+
+
+def test_monitor_stops_after_seconds(tmp_path: Path) -> None:
+    with FakeDevice(endless_stream(), close_at_end=False) as fake:
+        r = _run(["monitor", "--port", fake.port, "--seconds", "1.0", "--quiet", "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "m.json").read_text())["summary"]
+    assert s["stop_reason"] == "time" and s["port_lost"] is False
+    assert s["records"]["BOOT"] == 1 and s["records"]["INF"] >= 5
+    assert (s["garbage_lines"], s["resets"], s["lost_inferences"]) == (0, 0, 0)
+    assert s["inference_hz"] == pytest.approx(1000.0 / HOP_MS)
+    assert "INF t=" not in r.stdout  # --quiet
+
+
+def test_monitor_send_commands(tmp_path: Path) -> None:
+    with FakeDevice(endless_stream(), close_at_end=False) as fake:
+        r = _run(["monitor", "--port", fake.port, "--seconds", "1.0", "--quiet", "--json", str(tmp_path / "m.json"),
+                  "--send", "set threshold 0.6", "--send", "set vote 3 5", "--send", "reboot now"])
+        commands = list(fake.commands)
+    assert r.exit_code == 0, r.output
+    assert commands == ["set threshold 0.6", "set vote 3 5", "reboot now"]
+    s = json.loads((tmp_path / "m.json").read_text())["summary"]
+    assert s["records"]["CFG"] == 2 and s["records"]["ERR"] == 1
+    assert s["config"] == {"threshold": 0.6, "vote": "3/5", "hold_ms": 2000}
+    assert s["errors"] == [{"code": "1", "msg": "unknown_command"}]
+
+
+def test_config_command_round_trip() -> None:
+    with FakeDevice(endless_stream(), close_at_end=False) as fake:
+        r = _run(["config", "--port", fake.port, "--threshold", "0.62", "--vote", "3/5", "--hold-ms", "1500"])
+        commands = list(fake.commands)
+        applied = dict(fake.config)
+    assert r.exit_code == 0, r.output
+    assert commands == ["set threshold 0.6200", "set vote 3 5", "set hold 1500", "get config"]
+    assert applied == {"threshold": 0.62, "vote": (3, 5), "hold_ms": 1500}
+    assert json.loads(r.output.split("config ", 1)[1]) == {"threshold": 0.62, "vote": "3/5", "hold_ms": 1500}
+
+
+def test_config_detects_unapplied_value() -> None:
+    with FakeDevice(endless_stream(), close_at_end=False, max_threshold=0.9) as fake:
+        r = _run(["config", "--port", fake.port, "--threshold", "0.95"])
+    assert r.exit_code == 2
+    assert f"error: port {fake.port}: device did not apply the configuration: threshold=0.9 (asked 0.95)" in r.output
+
+
+def test_config_mute_device_times_out() -> None:
+    with FakeDevice(endless_stream(), close_at_end=False, respond=False) as fake:
+        r = _run(["config", "--port", fake.port, "--vote", "2/4", "--timeout", "0.3"])
+    assert r.exit_code == 2
+    assert "no CFG answer to 'set vote 2 4' within 0.3 s" in r.output
+
+
+def test_config_rejects_bad_values_before_opening_port() -> None:
+    r = _run(["config", "--port", "/dev/ttyCRYBLOCK_NOPE", "--vote", "4/3"])
+    assert r.exit_code == 2 and "vote_n" in r.output and "ttyCRYBLOCK_NOPE" not in r.output
+    r = _run(["config", "--port", "/dev/ttyCRYBLOCK_NOPE", "--vote", "two of three"])
+    assert r.exit_code == 2 and "vote must be N/M" in r.output
+
+
+def test_monitor_missing_port_is_one_line_error() -> None:
+    r = _run(["monitor", "--port", "/dev/ttyCRYBLOCK_NOPE", "--seconds", "1"])
+    assert r.exit_code == 2
+    assert r.output.startswith("error: cannot open serial port /dev/ttyCRYBLOCK_NOPE:")
+    assert len(r.output.strip().splitlines()) == 1
+
+
+# ---- LogCapture / LineSplitter units on hand-made lines ---------------------------------------
+
+
+def _inf(t_ms: int, seq: int) -> bytes:
+    from cryblock.logformat import format_line
+    return format_line("INF", t_ms=t_ms, seq=seq, fe_us=3000, inv_us=40000, score=0.1, pos=0, votes=0,
+                       det=0).encode()
+
+
+def test_reset_inferred_when_boot_line_lost() -> None:
+    log = device.LogCapture()
+    for raw in [_inf(5000, 10), _inf(5480, 11), b"CRYB/1 BOOT model_b", _inf(312, 0), _inf(792, 1)]:
+        log.feed_line(raw)
+    s = log.summary()
+    assert (s["boots"], s["resets"], s["resets_inferred"]) == (0, 1, 1)
+    assert [r.session for r in log.records] == [0, 0, 1, 1]
+    assert s["lost_inferences"] == 0 and s["corrupt_lines"] == 1
+    assert s["boot"] is None and s["arena_bytes"] is None
+
+
+def test_line_splitter_reassembles_byte_by_byte() -> None:
+    sp = device.LineSplitter(max_line=128)
+    stream = _inf(312, 0) + b"\r\n" + b"\xff" * 300 + b"\n" + _inf(792, 1)
+    lines = []
+    for i in range(len(stream)):
+        lines += sp.feed(stream[i:i + 1])
+    assert lines[0] == _inf(312, 0)
+    assert [len(x) for x in lines[1:]] == [128, 128, 44]  # overlong noise cut at max_line
+    assert sp.pending == _inf(792, 1)
