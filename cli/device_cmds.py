@@ -59,6 +59,8 @@ def _live_printer(quiet: bool):
 def monitor_cmd(port: str, baud: int, out_csv: str | None, out_json: str | None, seconds: float | None,
                 send: tuple[str, ...], reset: bool, quiet: bool) -> None:
     """Print the firmware's CRYB/1 log live; on exit summarise it and write CSV/JSON."""
+    for p in (out_csv, out_json):
+        device.check_output_path(p)
     res = device.capture(port, baud=baud, seconds=seconds, send=send, reset=reset,
                          on_line=_live_printer(quiet))
     _finish(res, out_csv, out_json)
@@ -85,8 +87,9 @@ def _finish(res: device.CaptureResult, out_csv, out_json) -> dict:
 @click.option("--reset", is_flag=True, help="Pulse EN via RTS first so BOOT (arena) is captured.")
 def bench_cmd(port: str, seconds: float, out_dir: str, baud: int, reset: bool) -> None:
     """Capture the log for SECONDS and report latency percentiles, arena, rates, resets."""
-    res = device.capture(port, baud=baud, seconds=seconds, reset=reset)
     d = Path(out_dir)
+    device.check_output_path(d / "bench.json")
+    res = device.capture(port, baud=baud, seconds=seconds, reset=reset)
     _finish(res, d / "bench.csv", d / "bench.json")
 
 

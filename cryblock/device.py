@@ -699,17 +699,39 @@ def write_capture(result: CaptureResult, csv_path: str | Path | None = None,
     """Write the records as CSV (:func:`records_csv`) and/or ``{"summary", "records",
     "garbage_samples"}`` as JSON, each atomically (temp file + rename). Returns the paths written."""
     out = []
+    jobs = []
     if csv_path is not None:
-        out.append(atomic_write_text(csv_path, records_csv(result.log.records)))
+        jobs.append((csv_path, lambda: records_csv(result.log.records)))
     if json_path is not None:
-        doc = {
-            "summary": result.summary(),
-            "records": [{"host_s": round(r.host_s, 3), "session": r.session, "kind": r.kind,
-                         "fields": r.fields} for r in result.log.records],
-            "garbage_samples": result.log.garbage_samples,
-        }
-        out.append(atomic_write_text(json_path, json.dumps(doc, indent=1) + "\n"))
+        def doc() -> str:
+            return json.dumps({
+                "summary": result.summary(),
+                "records": [{"host_s": round(r.host_s, 3), "session": r.session, "kind": r.kind,
+                             "fields": r.fields} for r in result.log.records],
+                "garbage_samples": result.log.garbage_samples,
+            }, indent=1) + "\n"
+        jobs.append((json_path, doc))
+    for path, text in jobs:
+        try:
+            out.append(atomic_write_text(path, text()))
+        except OSError as e:
+            raise CryblockError(f"{path}: cannot write ({e.strerror or e})") from None
     return out
+
+
+def check_output_path(path: str | Path | None) -> None:
+    """Fail early (before a long capture) if ``path`` cannot be a file: it is a folder, or a
+    parent is a file. Raises CryblockError naming the path."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise CryblockError(f"{p}: is a folder, expected a file name")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CryblockError(f"{p}: {parent} is a file, not a folder")
+            break
 
 
 _ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")

@@ -19,7 +19,10 @@ from click.testing import CliRunner
 from cryblock import device
 from cryblock.cli.main import cli
 
-from fake_device import BOOT_FIELDS, HOP_MS, FakeDevice, build_scenario, endless_stream
+try:
+    from fake_device import BOOT_FIELDS, HOP_MS, FakeDevice, build_scenario, endless_stream
+except ImportError:  # tests/ made a package
+    from tests.fake_device import BOOT_FIELDS, HOP_MS, FakeDevice, build_scenario, endless_stream
 
 
 def _run(args: list[str]):
@@ -129,6 +132,22 @@ def test_monitor_stops_after_seconds(tmp_path: Path) -> None:
     assert (s["garbage_lines"], s["resets"], s["lost_inferences"]) == (0, 0, 0)
     assert s["inference_hz"] == pytest.approx(1000.0 / HOP_MS)
     assert "INF t=" not in r.stdout  # --quiet
+
+
+def test_monitor_reset_on_port_without_modem_lines(tmp_path: Path) -> None:
+    """--reset pulses RTS; a pty has no modem-control lines, so the user is told to press RESET."""
+    with FakeDevice(endless_stream(), close_at_end=False) as fake:
+        r = _run(["monitor", "--port", fake.port, "--seconds", "0.6", "--quiet", "--reset"])
+    assert r.exit_code == 0, r.output
+    assert f"note: could not pulse RTS on {fake.port}" in r.output and "press the board's RESET button" in r.output
+
+
+def test_output_path_checked_before_capture(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    r = _run(["monitor", "--port", "/dev/ttyCRYBLOCK_NOPE", "--json", str(tmp_path / "afile" / "log.json")])
+    assert r.exit_code == 2 and "is a file, not a folder" in r.output
+    r = _run(["bench", "--port", "/dev/ttyCRYBLOCK_NOPE", "--seconds", "1", "--out-dir", str(tmp_path / "afile" / "b")])
+    assert r.exit_code == 2 and "is a file, not a folder" in r.output
 
 
 def test_monitor_send_commands(tmp_path: Path) -> None:
