@@ -203,6 +203,10 @@ def load_flasher_args(build_dir: str | Path) -> FlashPlan:
     if isinstance(stub, str):
         stub = stub.lower() not in ("false", "0", "no")
 
+    for label, ent in doc.items():
+        if isinstance(ent, dict) and str(ent.get("encrypted", "false")).lower() == "true":
+            raise CryblockError(f"{fa}: '{label}' is marked encrypted; flash encryption is not supported "
+                                "by `cryblock flash` (use `idf.py encrypted-flash`)")
     # Named entries (bootloader / app) tell which images carry an ESP image header.
     for label in ("bootloader", "app"):
         ent = doc.get(label)

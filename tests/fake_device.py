@@ -299,6 +299,7 @@ class FakeDevice:
         attrs[4] = attrs[5] = termios.B9600
         termios.tcsetattr(self.slave, termios.TCSANOW, attrs)
         self.port = os.ttyname(self.slave)
+        os.set_blocking(self.master, False)  # a reader that stops reading must not hang the writer
         self.chunks = chunks
         self.close_at_end = close_at_end
         self.respond = respond

@@ -106,6 +106,7 @@ def test_flasher_args_parsed(build: Path) -> None:
     ("json_chip", "build targets esp32c3"),
     ("app_chip", f"{APP_NAME}: app image is built for ESP32-C3, not ESP32-S3"),
     ("not_image", "bootloader is not an ESP image"),
+    ("encrypted", "'app' is marked encrypted"),
 ])
 def test_flasher_args_errors(build: Path, damage: str, expect: str) -> None:
     fa = build / "flasher_args.json"
@@ -131,6 +132,8 @@ def test_flasher_args_errors(build: Path, damage: str, expect: str) -> None:
         doc["extra_esptool_args"]["chip"] = "esp32c3"
     elif damage == "app_chip":
         _esp_image(build / APP_NAME, cls=ESP32C3FirmwareImage, sizes=(4000,))
+    elif damage == "encrypted":
+        doc["app"]["encrypted"] = "true"
     elif damage == "not_image":
         (build / "bootloader/bootloader.bin").write_bytes(b"\x00" * 4096)
     if damage not in ("no_json", "bad_json"):

@@ -202,6 +202,31 @@ def test_monitor_missing_port_is_one_line_error() -> None:
     assert len(r.output.strip().splitlines()) == 1
 
 
+def test_ctrl_c_ends_capture_with_summary(scenario) -> None:
+    """Ctrl-C (KeyboardInterrupt) during a capture keeps everything read so far."""
+    chunks, truth = scenario
+    seen = []
+
+    def on_line(raw, rec):
+        seen.append(rec)
+        if len(seen) == 40:
+            raise KeyboardInterrupt
+
+    with FakeDevice(chunks) as fake:
+        res = device.capture(fake.port, on_line=on_line)
+    s = res.summary()
+    assert s["stop_reason"] == "interrupted" and not s["port_lost"]
+    assert s["lines"] == 40
+    assert s["records"]["INF"] == sum(r is not None and r.kind == "INF" for r in seen) > 0
+
+
+def test_empty_capture_summary_renders() -> None:
+    s = device.LogCapture().summary(capture_s=2.0)
+    assert s["inferences"] == 0 and s["latency_us"]["total"] is None and s["detections_per_hour"] == 0.0
+    text = device.format_summary(s)
+    assert "no BOOT line seen" in text and "rate n/a" in text
+
+
 # ---- LogCapture / LineSplitter units on hand-made lines ---------------------------------------
 
 
