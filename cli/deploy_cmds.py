@@ -1,6 +1,66 @@
-"""CLI commands of this stage (filled in by its owner)."""
+"""``cryblock build``: generate the ESP-IDF project (and build it when ESP-IDF is available)."""
+from __future__ import annotations
+
+import json
+
 import click
 
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to the ``cryblock`` group."""
+    """Add ``build`` to the ``cryblock`` group."""
+    group.add_command(build)
+
+
+@click.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="INT8 TFLite model with int8 input/output (model_quantized_int8_io.tflite).")
+@click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
+              help="params.json of the training run (DSP front-end, labels, detector defaults).")
+@click.option("--target", type=click.Choice(["esp32s3"]), default="esp32s3", show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Project folder to write (replaced if it holds an earlier cryblock project).")
+@click.option("--i2s", type=click.Choice(["std", "pdm"]), default="std", show_default=True,
+              help="Microphone interface: I2S standard (INMP441) or PDM.")
+@click.option("--pin-bclk", type=int, default=41, show_default=True, help="I2S BCLK GPIO (std only).")
+@click.option("--pin-ws", type=int, default=42, show_default=True, help="I2S WS GPIO, or PDM CLK.")
+@click.option("--pin-din", type=int, default=2, show_default=True, help="I2S / PDM data GPIO.")
+@click.option("--slot", type=click.Choice(["left", "right"]), default="left", show_default=True)
+@click.option("--bits", type=click.Choice(["16", "32"]), default=None,
+              help="I2S slot width (default 32 for std/INMP441, 16 for PDM).")
+@click.option("--ram", type=click.Choice(["auto", "internal", "psram"]), default="auto", show_default=True,
+              help="Where the tensor arena lives (auto: internal RAM when it fits).")
+@click.option("--arena-margin", type=float, default=0.10, show_default=True,
+              help="Extra arena as a fraction of the host measurement (on top of the ESP-NN scratch bound).")
+@click.option("--flash-size", type=click.Choice(["4", "8", "16", "32"]), default="8", show_default=True,
+              help="Module flash size in MB.")
+@click.option("--psram", "psram_mode", type=click.Choice(["oct", "quad"]), default="oct", show_default=True,
+              help="PSRAM type: octal (N8R8, N16R8) or quad (N8R2).")
+@click.option("--no-idf", is_flag=True, help="Only generate; do not run idf.py even if ESP-IDF is available.")
+@click.option("--json", "as_json", is_flag=True, help="Print the size report as JSON.")
+def build(model_path, params_path, target, out_dir, i2s, pin_bclk, pin_ws, pin_din, slot, bits, ram,
+          arena_margin, flash_size, psram_mode, no_idf, as_json):
+    """Generate an ESP-IDF project for the model and report flash/RAM/latency."""
+    from cryblock.deploy import BuildOptions, find_idf, format_report, generate_project, run_idf_build
+    from cryblock.params import Params
+
+    params = Params.load(params_path) if params_path else Params()
+    opts = BuildOptions(target=target, i2s=i2s, pin_bclk=pin_bclk, pin_ws=pin_ws, pin_din=pin_din, slot=slot,
+                        bits=int(bits) if bits else (16 if i2s == "pdm" else 32), ram=ram,
+                        arena_margin=arena_margin, flash_mb=int(flash_size), psram_mode=psram_mode)
+    res = generate_project(model_path, out_dir, params, opts)
+    if as_json:
+        click.echo(json.dumps(res.report, indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_report(res.report))
+        click.echo(f"project : {res.project}")
+    if no_idf:
+        return
+    how = find_idf()
+    if how is None:
+        click.echo("ESP-IDF not found (no idf.py on PATH, IDF_PATH unset): project generated but not built.\n"
+                   f"To build: install ESP-IDF >= 5.1, `. $IDF_PATH/export.sh`, then\n"
+                   f"  cd {res.project} && idf.py set-target {target} build", err=True)
+        return
+    click.echo(f"running idf.py set-target {target} build in {res.project} ...", err=True)
+    run_idf_build(res.project, target)
+    click.echo(f"built: {res.project / 'build'}")
