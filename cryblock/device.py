@@ -528,7 +528,7 @@ class LogCapture:
 @dataclass
 class CaptureResult:
     """What :func:`capture` returns: the accumulated :class:`LogCapture`, host duration (s),
-    why it stopped (``time``, ``interrupted``, ``port lost: …``, ``stopped``) and the number of
+    why it stopped (``time``, ``interrupted``, ``port lost: …``) and the number of
     bytes of an unterminated last line (not counted as a line)."""
 
     log: LogCapture
@@ -594,20 +594,16 @@ def reset_board(ser) -> str | None:
 
 def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
             send: Iterable[str] = (), reset: bool = False,
-            on_line: Callable[[bytes, LogRecord | None], None] | None = None,
-            should_stop: Callable[[], bool] | None = None,
-            max_idle_s: float | None = None) -> CaptureResult:
+            on_line: Callable[[bytes, LogRecord | None], None] | None = None) -> CaptureResult:
     """Read and parse the ``CRYB/1`` log on ``port`` until time is up, Ctrl-C, or the port goes away.
 
     Args:
         port: serial device; opened by :func:`open_serial` (no reset on open).
         baud: console speed in Bd (firmware default 115200).
-        seconds: capture duration in host seconds; None = until Ctrl-C / port loss / ``should_stop``.
+        seconds: capture duration in host seconds; None = until Ctrl-C or port loss.
         send: text commands written (one per line, ``\\n``-terminated) right after opening.
         reset: pulse EN via RTS after opening so the capture starts with a BOOT line.
         on_line: called for every complete line with ``(raw_bytes, record_or_None)``.
-        should_stop: polled every read; returning True ends the capture (``stopped``).
-        max_idle_s: end the capture (``idle``) when nothing arrives for this long.
 
     Returns:
         :class:`CaptureResult`; never raises for device misbehaviour (garbage, resets, a port
@@ -625,7 +621,6 @@ def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
     splitter = LineSplitter()
     notes: list[str] = []
     t0 = time.monotonic()
-    last_data = t0
     stop_reason = "time"
     port_lost = False
     nbytes = 0
@@ -634,20 +629,18 @@ def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
             note = reset_board(ser)
             if note:
                 notes.append(note)
-        for line in send:
-            ser.write(line.rstrip("\r\n").encode("ascii", errors="replace") + b"\n")
-        if send:
-            ser.flush()
-        while True:
+        try:
+            for line in send:
+                ser.write(line.rstrip("\r\n").encode("ascii", errors="replace") + b"\n")
+            if send:
+                ser.flush()
+        except (serial.SerialException, OSError) as e:
+            stop_reason = f"port lost: {_one_line(e)}"
+            port_lost = True
+        while not port_lost:
             now = time.monotonic()
             if seconds is not None and now - t0 >= seconds:
                 stop_reason = "time"
-                break
-            if should_stop is not None and should_stop():
-                stop_reason = "stopped"
-                break
-            if max_idle_s is not None and now - last_data >= max_idle_s:
-                stop_reason = "idle"
                 break
             try:
                 waiting = ser.in_waiting
@@ -659,8 +652,7 @@ def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
             if not chunk:
                 continue
             nbytes += len(chunk)
-            last_data = time.monotonic()
-            host_s = last_data - t0
+            host_s = time.monotonic() - t0
             for raw in splitter.feed(chunk):
                 rec = log.feed_line(raw, host_s)
                 if on_line is not None:
