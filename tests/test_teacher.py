@@ -188,6 +188,7 @@ def test_corrupt_or_wrong_teacher_is_rejected(tmp_path, monkeypatch, teacher_pat
         load_teacher(junk)
 
 
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 def test_each_layer_matches_tflite_interpreter(paired, teacher, teacher_path):
     """Layer by layer against the TFLite reference kernels: each Keras conv(+ReLU) is fed the
     TFLite's own input activation of that layer and compared with the TFLite's output.
@@ -230,45 +231,49 @@ def test_each_layer_matches_tflite_interpreter(paired, teacher, teacher_path):
     assert worst_hybrid < 1e-5
 
 
-def _write_official_h5(path, weights, rng):
-    """Write folded weights in the layout of the official yamnet.h5 (Keras 2 ``save_weights``:
-    one group per layer with a ``weight_names`` attribute, batch norms as separate layers
-    ``…/bn`` holding beta / moving_mean / moving_variance), un-folding the batch norm with
-    random statistics so the loader's folding is exercised."""
-    import h5py
-
+def _official_variables(weights, rng):
+    """Folded weights → YAMNet's unfolded variables, named as in yamnet.py
+    (``layerK/conv/kernel:0``, ``layerK/conv/bn/beta:0``, ``…/moving_mean:0``, …, ``dense/bias:0``),
+    with random batch-norm statistics so that the loaders' folding is exercised.
+    Returns ``[(keras layer name, {variable name: array})]`` in layer order."""
     from cryblock.blocks.learn.teacher import BN_EPSILON, _layer_names
 
-    with h5py.File(path, "w") as f:
-        layer_names = []
+    out = []
+    for name, kind, *_ in _layer_names():
+        kernel, bias = weights[name]
+        ch = kernel.shape[2] if kind == "depthwise" else kernel.shape[3]
+        mean = rng.normal(0, 1, ch).astype(np.float32)
+        var = rng.uniform(0.5, 2.0, ch).astype(np.float32)
+        std = np.sqrt(var.astype(np.float64) + BN_EPSILON)
+        k = kernel * (std[None, None, :, None] if kind == "depthwise" else std[None, None, None, :])
+        kname = "depthwise_kernel" if kind == "depthwise" else "kernel"
+        out.append((name, {f"{name}/{kname}:0": k.astype(np.float32)}))
+        out.append((f"{name}/bn", {f"{name}/bn/beta:0": (bias + mean / std).astype(np.float32),
+                                   f"{name}/bn/moving_mean:0": mean, f"{name}/bn/moving_variance:0": var}))
+    out.append(("dense", {"dense/kernel:0": weights["dense"][0], "dense/bias:0": weights["dense"][1]}))
+    return out
 
-        def put(layer, arrays):
+
+def _write_official_h5(path, variables):
+    """The layout of the official yamnet.h5 (Keras 2 ``save_weights``): one group per layer with
+    a ``weight_names`` attribute and the weights under those names; batch norms are separate
+    layers ``…/bn``; root attribute ``layer_names``."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for layer, arrays in variables:
             g = f.create_group(layer) if layer not in f else f[layer]
             g.attrs["weight_names"] = np.array([n.encode() for n in arrays])
-            for n, a in arrays.items():
-                g.create_dataset(n, data=a)
-            layer_names.append(layer.encode())
-
-        for name, kind, *_ in _layer_names():
-            kernel, bias = weights[name]
-            ch = kernel.shape[2] if kind == "depthwise" else kernel.shape[3]
-            mean = rng.normal(0, 1, ch).astype(np.float32)
-            var = rng.uniform(0.5, 2.0, ch).astype(np.float32)
-            std = np.sqrt(var.astype(np.float64) + BN_EPSILON)
-            k = kernel * (std[None, None, :, None] if kind == "depthwise" else std[None, None, None, :])
-            kname = "depthwise_kernel" if kind == "depthwise" else "kernel"
-            put(name, {f"{name}/{kname}:0": k.astype(np.float32)})
-            put(f"{name}/bn", {f"{name}/bn/beta:0": (bias + mean / std).astype(np.float32),
-                               f"{name}/bn/moving_mean:0": mean, f"{name}/bn/moving_variance:0": var})
-        put("dense", {"dense/kernel:0": weights["dense"][0], "dense/bias:0": weights["dense"][1]})
-        f.attrs["layer_names"] = np.array(layer_names)
+            for n, arr in arrays.items():
+                g.create_dataset(n, data=arr)
+        f.attrs["layer_names"] = np.array([layer.encode() for layer, _ in variables])
 
 
 def test_h5_weights_in_official_layout_load_and_fold(tmp_path, paired, teacher, teacher_path):
     from cryblock.blocks.learn.teacher import weights_from_tflite
 
     h5 = tmp_path / "yamnet.h5"
-    _write_official_h5(h5, weights_from_tflite(teacher_path), np.random.default_rng(0))
+    _write_official_h5(h5, _official_variables(weights_from_tflite(teacher_path), np.random.default_rng(0)))
     t2 = load_teacher(h5)
     p = paired["patches"][:40]
     s1, e1 = teacher.predict(p)
@@ -279,3 +284,21 @@ def test_h5_weights_in_official_layout_load_and_fold(tmp_path, paired, teacher, 
     broken.write_bytes(h5.read_bytes()[:5000])
     with pytest.raises(CryblockError, match="broken.h5"):
         load_teacher(broken)
+
+
+def test_saved_model_variables_load_and_fold(tmp_path, paired, teacher, teacher_path):
+    """A SavedModel folder whose variables carry YAMNet's names (as TF-Hub google/yamnet's do);
+    a folder holding no teacher is refused by name."""
+    import tensorflow as tf
+
+    from cryblock.blocks.learn.teacher import weights_from_tflite
+
+    module = tf.Module()
+    module.vars = [tf.Variable(arr, name=n.split(":")[0])
+                   for _, arrays in _official_variables(weights_from_tflite(teacher_path), np.random.default_rng(1))
+                   for n, arr in arrays.items()]
+    tf.saved_model.save(module, str(tmp_path / "yamnet_sm"))
+    t2 = load_teacher(tmp_path / "yamnet_sm")
+    np.testing.assert_allclose(t2.scores(paired["patches"][:20]), teacher.scores(paired["patches"][:20]), atol=2e-5)
+    with pytest.raises(CryblockError, match="no yamnet.tflite"):
+        load_teacher(tmp_path)

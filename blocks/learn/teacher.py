@@ -304,19 +304,16 @@ def build_yamnet_patch_model():
     layers = tf.keras.layers
     inp = tf.keras.Input(shape=PATCH_SHAPE, dtype="float32", name="log_mel_patches")
     x = layers.Reshape((*PATCH_SHAPE, 1), name="reshape")(inp)
-    in_ch = 1
-    for name, kind, k, s, f in _layer_names():
+    for name, kind, k, stride, f in _layer_names():
         kname = name.replace("/", "_")
         if kind == "depthwise":
-            x = layers.DepthwiseConv2D(k, strides=s, padding="same", use_bias=True, name=kname)(x)
+            x = layers.DepthwiseConv2D(k, strides=stride, padding="same", use_bias=True, name=kname)(x)
         else:
-            x = layers.Conv2D(f, k, strides=s, padding="same", use_bias=True, name=kname)(x)
-            in_ch = f
+            x = layers.Conv2D(f, k, strides=stride, padding="same", use_bias=True, name=kname)(x)
         x = layers.ReLU(name=kname + "_relu")(x)
     emb = layers.GlobalAveragePooling2D(name="embeddings")(x)
     logits = layers.Dense(NUM_CLASSES, use_bias=True, name="dense")(emb)
     scores = layers.Activation("sigmoid", name="scores")(logits)
-    del in_ch
     return tf.keras.Model(inp, [scores, emb], name="yamnet_patches")
 
 
@@ -352,6 +349,27 @@ def _set_weights(model, weights: dict[str, tuple[np.ndarray, np.ndarray]], sourc
 
 # --- TFLite ---------------------------------------------------------------------------------
 
+def tflite_interpreter(path: str | os.PathLike, *, use_delegates: bool = True, num_threads: int | None = None):
+    """``tf.lite.Interpreter`` for ``path`` (its deprecation warning silenced; the replacement
+    ``ai_edge_litert`` is not a dependency). ``use_delegates=False`` → builtin kernels only
+    (no XNNPACK). Raises CryblockError naming the file if it is not a readable TFLite model."""
+    import warnings
+
+    import tensorflow as tf
+
+    kw = {} if use_delegates else {
+        "experimental_op_resolver_type": tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+            it = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads, **kw)
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CryblockError(f"{path}: not a readable TFLite model ({msg})") from None
+    return it
+
+
 def _dequantize(detail: dict, values: np.ndarray) -> np.ndarray:
     """int8/uint8 constant → float32 with its (per-channel) scales and zero points."""
     if values.dtype == np.float32:
@@ -381,16 +399,10 @@ def weights_from_tflite(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, 
     Raises:
         CryblockError: the file is not a readable TFLite model or not YAMNet (names the file).
     """
-    import tensorflow as tf
-
     p = Path(path)
-    try:
-        it = tf.lite.Interpreter(model_path=str(p),
-                                 experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        details = {d["index"]: d for d in it.get_tensor_details()}
-        ops = it._get_ops_details()  # no public API lists the graph's ops
-    except (ValueError, RuntimeError) as e:
-        raise CryblockError(f"{p}: not a readable TFLite model ({str(e).splitlines()[0] if str(e) else e})") from None
+    it = tflite_interpreter(p, use_delegates=False)
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    ops = it._get_ops_details()  # no public API lists the graph's ops
 
     producer = {int(o): op for op in ops for o in op["outputs"]}
 
@@ -433,8 +445,13 @@ def weights_from_tflite(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, 
 
 # --- Keras .h5 (official yamnet.h5) and SavedModel ---------------------------------------
 
-_VAR_RE = re.compile(r"(layer\d+/(?:conv|depthwise_conv|pointwise_conv)(?:/bn)?|dense)/"
+# yamnet.py leaves the classifier unnamed, so Keras may have called it dense_1, dense_2 …
+_VAR_RE = re.compile(r"(layer\d+/(?:conv|depthwise_conv|pointwise_conv)(?:/bn)?|dense(?:_\d+)?)/"
                      r"(kernel|depthwise_kernel|bias|beta|gamma|moving_mean|moving_variance)(?::\d+)?$")
+
+
+def _canonical(layer: str) -> str:
+    return "dense" if re.fullmatch(r"dense(?:_\d+)?", layer) else layer
 
 
 def fold_batch_norm(kernel: np.ndarray, beta: np.ndarray | None, mean: np.ndarray, var: np.ndarray,
@@ -503,7 +520,7 @@ def weights_from_h5(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.n
                 if isinstance(obj, h5py.Dataset):
                     m = _VAR_RE.search(key)
                     if m:
-                        named[f"{m.group(1)}/{m.group(2)}"] = np.array(obj)
+                        named[f"{_canonical(m.group(1))}/{m.group(2)}"] = np.array(obj)
             f.visititems(visit)
     except OSError as e:
         raise CryblockError(f"{p}: not a readable HDF5 weights file ({e})") from None
@@ -524,11 +541,14 @@ def weights_from_saved_model(path: str | os.PathLike) -> dict[str, tuple[np.ndar
         obj = tf.saved_model.load(str(p))
     except (OSError, ValueError, RuntimeError, tf.errors.OpError) as e:
         raise CryblockError(f"{p}: not a loadable SavedModel ({str(e).splitlines()[0] if str(e) else e})") from None
+    variables = list(getattr(obj, "variables", None) or [])
+    if not variables:  # not a "reusable" SavedModel: walk its object graph
+        variables = [v for v in tf.train.TrackableView(obj).descendants() if isinstance(v, tf.Variable)]
     named: dict[str, np.ndarray] = {}
-    for v in getattr(obj, "variables", []) or []:
+    for v in variables:
         m = _VAR_RE.search(v.name)
         if m:
-            named[f"{m.group(1)}/{m.group(2)}"] = v.numpy()
+            named[f"{_canonical(m.group(1))}/{m.group(2)}"] = v.numpy()
     return _fold_named(named, p)
 
 
@@ -718,14 +738,8 @@ class TfliteWaveformYamnet:
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
-        import tensorflow as tf
-
         self.path = Path(path)
-        try:
-            self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise CryblockError(f"{self.path}: not a readable TFLite model ({e})") from None
+        self.interpreter = tflite_interpreter(self.path, num_threads=num_threads)
         inp = self.interpreter.get_input_details()[0]
         self._in = inp["index"]
         self.window_samples = int(inp["shape"][-1])
