@@ -64,8 +64,11 @@ ROM_CHATTER_SWRESET = [
 
 TAIL = b"CRYB/1 INF t_ms=2" + bytes([0xE2, 0x80])  # a line cut by the port vanishing (half a UTF-8 char)
 
-BOOT_FIELDS = dict(model_bytes=61344, arena_bytes=98304, arena_used=71236, ops=9, sr=16000,
+BOOT_FIELDS = dict(model_bytes=61344, arena_bytes=98304, arena_used=71236,
+                   ops="CONV_2D,DEPTHWISE_CONV_2D,MEAN,FULLY_CONNECTED,LOGISTIC", sr=16000,
                    threshold=0.5, vote="2/3", hold_ms=2000, fw="0.1.0")
+#: The firmware prints its configuration right after BOOT (templates/esp32s3 main.cc).
+BOOT_CFG = dict(threshold=0.5, vote="2/3", hold_ms=2000)
 
 
 @dataclass
@@ -210,6 +213,7 @@ def build_scenario(seed: int = 7, n1: int = 70, n2: int = 40, pace_s: float = 0.
     for ln in ROM_CHATTER_POWERON:
         b.garbage(ln)
     b.record("BOOT", BOOT_FIELDS)
+    b.record("CFG", BOOT_CFG)
     det = _Detector()
     t0 = 312
     lost_mid = 0
@@ -250,6 +254,7 @@ def build_scenario(seed: int = 7, n1: int = 70, n2: int = 40, pace_s: float = 0.
         elif i == 50:
             b.blank()
     b.record("BOOT", BOOT_FIELDS)
+    b.record("CFG", BOOT_CFG)
     det = _Detector()
     for i in range(n2):
         fields, event = _inference(rng, det, i, t0 + i * HOP_MS, 15 <= i < 21)
@@ -264,9 +269,11 @@ def build_scenario(seed: int = 7, n1: int = 70, n2: int = 40, pace_s: float = 0.
 
 
 def endless_stream(seed: int = 3, pace_s: float = 0.01) -> Iterator[Chunk]:
-    """BOOT, then INF lines forever (for time-limited captures and the command tests)."""
+    """BOOT, CFG, then INF lines forever, with one audio-overrun ERR after the 4th (for
+    time-limited captures and the command tests)."""
     rng = np.random.default_rng(seed)
     yield Chunk(format_line("BOOT", **BOOT_FIELDS).encode() + b"\r\n")
+    yield Chunk(format_line("CFG", **BOOT_CFG).encode() + b"\r\n")
     det = _Detector()
     i = 0
     while True:
@@ -275,6 +282,8 @@ def endless_stream(seed: int = 3, pace_s: float = 0.01) -> Iterator[Chunk]:
         if event:
             yield Chunk(format_line("EVT", t_ms=fields["t_ms"], state=event, score=fields["score"]).encode()
                         + b"\r\n")
+        if i == 3:
+            yield Chunk(format_line("ERR", code="overrun", msg="dropped_512_samples").encode() + b"\r\n")
         i += 1
 
 
@@ -289,10 +298,12 @@ class FakeDevice:
         max_threshold: the fake firmware clamps the threshold to this (tests a device that does
             not apply what was asked).
         open_baud: the reader's baud rate; the fake starts once the slave is set to it.
+        answer_after_chunks: commands are answered only once this many chunks were written (the
+            firmware handles commands in its inference loop, after printing BOOT and CFG).
     """
 
     def __init__(self, chunks: Iterable[Chunk], close_at_end: bool = True, respond: bool = True,
-                 max_threshold: float = 1.0, open_baud: int = 115200):
+                 max_threshold: float = 1.0, open_baud: int = 115200, answer_after_chunks: int = 2):
         self.master, self.slave = pty.openpty()
         tty.setraw(self.slave)
         attrs = termios.tcgetattr(self.slave)
@@ -306,6 +317,8 @@ class FakeDevice:
         self.max_threshold = max_threshold
         self.open_baud = getattr(termios, f"B{open_baud}")
         self.commands: list[str] = []
+        self.answer_after_chunks = answer_after_chunks
+        self._written = 0
         self.config = {"threshold": 0.5, "vote": (2, 3), "hold_ms": 2000}
         self.finished = threading.Event()   # all chunks written
         self.opened = threading.Event()
@@ -375,6 +388,7 @@ class FakeDevice:
             if not held:
                 self._lock.acquire()
             self._write(ch.data)
+            self._written += 1
             held = ch.hold
             if not held:
                 self._lock.release()
@@ -398,13 +412,11 @@ class FakeDevice:
         while not self._stop.is_set():
             try:
                 r, _, _ = select.select([self.master], [], [], 0.02)
-                if not r:
-                    continue
-                data = os.read(self.master, 1024)
+                if r:
+                    buf += os.read(self.master, 1024)
             except OSError:
                 return
-            buf += data
-            while b"\n" in buf:
+            while b"\n" in buf and (self._written >= self.answer_after_chunks or self.finished.is_set()):
                 line, buf = buf.split(b"\n", 1)
                 cmd = line.decode("ascii", errors="replace").strip()
                 if cmd:
@@ -416,24 +428,31 @@ class FakeDevice:
                                 self._write(answer.encode() + b"\r\n")
 
     def _answer(self, cmd: str) -> str:
+        """Mirror of the firmware's ``cry_det_command`` + ``handle_commands``: CFG after a valid
+        ``get``/``set``, ``ERR code=bad_command msg=<why>`` otherwise."""
+        def err(msg: str) -> str:
+            return format_line("ERR", code="bad_command", msg=msg)
+
         parts = cmd.split()
-        try:
-            if parts[:2] == ["set", "threshold"] and len(parts) == 3:
-                v = float(parts[2])
-                if not 0.0 <= v <= 1.0:
-                    return format_line("ERR", code=2, msg="threshold_out_of_range")
-                self.config["threshold"] = min(v, self.max_threshold)
-            elif parts[:2] == ["set", "vote"] and len(parts) == 4:
-                n, m = int(parts[2]), int(parts[3])
-                if not 1 <= n <= m <= 64:
-                    return format_line("ERR", code=2, msg="vote_out_of_range")
-                self.config["vote"] = (n, m)
-            elif parts[:2] == ["set", "hold"] and len(parts) == 3:
-                self.config["hold_ms"] = int(parts[2])
-            elif parts != ["get", "config"]:
-                return format_line("ERR", code=1, msg="unknown_command")
-        except ValueError:
-            return format_line("ERR", code=2, msg="bad_number")
+        c = dict(self.config)
+        if parts[0] != "get":
+            if parts[0] != "set" or len(parts) < 2:
+                return err("usage:_set_threshold|vote|hold_or_get")
+            try:
+                if parts[1] == "threshold" and len(parts) == 3:
+                    c["threshold"] = min(float(parts[2]), self.max_threshold)
+                elif parts[1] == "vote" and len(parts) == 4:
+                    c["vote"] = (int(parts[2]), int(parts[3]))
+                elif parts[1] == "hold" and len(parts) == 3 and int(parts[2]) >= 0:
+                    c["hold_ms"] = int(parts[2])
+                else:
+                    return err("unknown_setting")
+            except ValueError:
+                return err(f"usage:_set_{parts[1]}")
+            n, m = c["vote"]
+            if not (0.0 <= c["threshold"] <= 1.0 and 1 <= n <= m <= 64):
+                return err("value_out_of_range")
+            self.config = c
         c = self.config
         return format_line("CFG", threshold=float(c["threshold"]), vote=f"{c['vote'][0]}/{c['vote'][1]}",
                            hold_ms=c["hold_ms"])

@@ -8,6 +8,7 @@ percentiles are computed here from what the fake sent (its construction record),
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 from pathlib import Path
@@ -20,9 +21,9 @@ from cryblock import device
 from cryblock.cli.main import cli
 
 try:
-    from fake_device import BOOT_FIELDS, HOP_MS, FakeDevice, build_scenario, endless_stream
+    from fake_device import BOOT_CFG, BOOT_FIELDS, HOP_MS, FakeDevice, build_scenario, endless_stream
 except ImportError:  # tests/ made a package
-    from tests.fake_device import BOOT_FIELDS, HOP_MS, FakeDevice, build_scenario, endless_stream
+    from tests.fake_device import BOOT_CFG, BOOT_FIELDS, HOP_MS, FakeDevice, build_scenario, endless_stream
 
 
 def _run(args: list[str]):
@@ -47,7 +48,8 @@ def monitored(scenario, tmp_path_factory):
 def _check_summary(s: dict, truth) -> None:
     inf = truth.inf
     assert s["format"] == "CRYB/1"
-    assert s["records"] == {"BOOT": 2, "INF": len(inf), "EVT": truth.evt_on + truth.evt_off, "CFG": 0, "ERR": 0}
+    assert s["records"] == {"BOOT": 2, "INF": len(inf), "EVT": truth.evt_on + truth.evt_off, "CFG": 2, "ERR": 0}
+    assert s["config"] == BOOT_CFG
     assert s["garbage_lines"] == truth.garbage_lines == 28
     assert s["corrupt_lines"] == truth.corrupt_lines == 4
     assert s["other_version_lines"] == truth.other_version_lines == 1
@@ -130,6 +132,7 @@ def test_monitor_stops_after_seconds(tmp_path: Path) -> None:
     assert s["stop_reason"] == "time" and s["port_lost"] is False
     assert s["records"]["BOOT"] == 1 and s["records"]["INF"] >= 5
     assert (s["garbage_lines"], s["resets"], s["lost_inferences"]) == (0, 0, 0)
+    assert s["errors"] == [{"code": "overrun", "msg": "dropped_512_samples"}]
     assert s["inference_hz"] == pytest.approx(1000.0 / HOP_MS)
     assert "INF t=" not in r.stdout  # --quiet
 
@@ -158,9 +161,9 @@ def test_monitor_send_commands(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert commands == ["set threshold 0.6", "set vote 3 5", "reboot now"]
     s = json.loads((tmp_path / "m.json").read_text())["summary"]
-    assert s["records"]["CFG"] == 2 and s["records"]["ERR"] == 1
+    assert s["records"]["CFG"] == 1 + 2 and s["records"]["ERR"] == 1 + 1  # boot CFG, overrun ERR
     assert s["config"] == {"threshold": 0.6, "vote": "3/5", "hold_ms": 2000}
-    assert s["errors"] == [{"code": "1", "msg": "unknown_command"}]
+    assert {"code": "bad_command", "msg": "usage:_set_threshold|vote|hold_or_get"} in s["errors"]
 
 
 def test_config_command_round_trip() -> None:
@@ -176,13 +179,14 @@ def test_config_command_round_trip() -> None:
 
 def test_config_detects_unapplied_value() -> None:
     with FakeDevice(endless_stream(), close_at_end=False, max_threshold=0.9) as fake:
-        r = _run(["config", "--port", fake.port, "--threshold", "0.95"])
+        r = _run(["config", "--port", fake.port, "--threshold", "0.95", "--timeout", "0.5"])
     assert r.exit_code == 2
     assert f"error: port {fake.port}: device did not apply the configuration: threshold=0.9 (asked 0.95)" in r.output
 
 
 def test_config_mute_device_times_out() -> None:
-    with FakeDevice(endless_stream(), close_at_end=False, respond=False) as fake:
+    inf_only = itertools.islice(endless_stream(), 2, None)  # no BOOT/CFG: a CFG in flight is no answer
+    with FakeDevice(inf_only, close_at_end=False, respond=False) as fake:
         r = _run(["config", "--port", fake.port, "--vote", "2/4", "--timeout", "0.3"])
     assert r.exit_code == 2
     assert "no CFG answer to 'set vote 2 4' within 0.3 s" in r.output
