@@ -204,9 +204,10 @@ def dsp_group() -> None:
 
 
 @dsp_group.command("serve")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=4446, show_default=True,
-              help="TCP port (Edge Impulse expects 4446).")
+@click.option("--host", default="0.0.0.0", show_default=True, envvar="HOST",
+              help="Interface to listen on (env HOST, as Edge Impulse's server).")
+@click.option("--port", type=click.IntRange(0, 65535), default=4446, show_default=True, envvar="PORT",
+              help="TCP port, 0 = any free one (env PORT; Edge Impulse expects 4446).")
 @click.option("--quiet", "-q", is_flag=True, help="Do not log requests.")
 def serve_cmd(host: str, port: int, quiet: bool) -> None:
     """Serve the block over HTTP: GET /, GET /parameters, POST /run, POST /batch."""
