@@ -628,17 +628,49 @@ def _jinja_env(root: Path):
                               autoescape=False)
 
 
+def _frontend_context(dsp: DspParams) -> dict[str, Any]:
+    t = frontend_tables(dsp)
+    fmt = lambda v: _cfloat(v)  # noqa: E731
+    return {
+        "version": __version__, "fe": t, "dsp": dsp,
+        "hann_c": _c_list(t["hann"], 6, fmt),
+        "mel_weights_c": _c_list(t["mel_weights"], 6, fmt),
+        "mel_start_c": _c_list(t["mel_start"], 16),
+        "mel_len_c": _c_list(t["mel_len"], 16),
+        "mel_offset_c": _c_list(t["mel_offset"], 16),
+        "log_offset_c": _cfloat(t["log_offset"]),
+    }
+
+
+#: Firmware sources that need no ESP-IDF header (plain C99), for host builds and tests.
+HOST_SOURCES = ("frontend.h", "frontend.c", "postproc.h", "postproc.c", "cry_log.h", "cry_log.c")
+
+
+def write_host_sources(dest: str | os.PathLike, dsp: DspParams = DspParams(), target: str = "esp32s3") -> Path:
+    """Write the host-compilable firmware C sources into ``dest``: :data:`HOST_SOURCES` plus
+    ``frontend_tables.h/.c`` generated from ``dsp``. Lets the C front-end / detector / log
+    formatter be compiled with host gcc and compared with the Python blocks."""
+    d = Path(dest)
+    d.mkdir(parents=True, exist_ok=True)
+    root = templates_dir(target) / "main"
+    env = _jinja_env(root)
+    ctx = _frontend_context(dsp)
+    for name in ("frontend_tables.h", "frontend_tables.c"):
+        (d / name).write_text(env.get_template(name + ".j2").render(**ctx))
+    for name in HOST_SOURCES:
+        shutil.copyfile(root / name, d / name)
+    return d
+
+
 def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: BuildOptions,
                      report: dict[str, Any]) -> dict[str, Any]:
     """Every variable the templates use (rendering uses jinja2 StrictUndefined)."""
-    t = frontend_tables(params.dsp)
     det = params.detector
     app_part = report["flash"]["app_partition_bytes"]
     if app_part + 0x20000 > opts.flash_mb * 1024 * 1024:
         raise CryblockError(f"app needs a {app_part} byte partition, larger than the {opts.flash_mb} MB flash")
-    fmt = lambda v: _cfloat(v)  # noqa: E731
     return {
-        "version": __version__,
+        **_frontend_context(params.dsp),
         "fw": f"cryblock-{__version__}",
         "project_name": opts.project_name,
         "ops": list(info.ops),
@@ -659,17 +691,10 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "flash_mb": opts.flash_mb, "psram_mode": opts.psram_mode,
         "custom_partitions": app_part != DEFAULT_APP_PARTITION, "app_partition_bytes": app_part,
         "audio_ring_bytes": report["ram"]["audio_ring_bytes"],
-        "fe": t,
-        "hann_c": _c_list(t["hann"], 6, fmt),
-        "mel_weights_c": _c_list(t["mel_weights"], 6, fmt),
-        "mel_start_c": _c_list(t["mel_start"], 16),
-        "mel_len_c": _c_list(t["mel_len"], 16),
-        "mel_offset_c": _c_list(t["mel_offset"], 16),
-        "log_offset_c": _cfloat(t["log_offset"]),
         "input_scale_c": _cfloat(info.input.scale), "output_scale_c": _cfloat(info.output.scale),
         "report": report,
         "report_json": json.dumps(report, indent=2, ensure_ascii=False),
-        "dsp": params.dsp, "detector": det,
+        "detector": det,
         "params_json": json.dumps(params.to_dict(), indent=2),
     }
 

@@ -27,8 +27,10 @@ static int fft_init(void)
     return 0;
 }
 
-static void rfft_packed(float *buf)
+static void rfft_packed(const float *frame, float *buf)
 {
+    for (int i = 0; i < CRY_FE_WIN; i++) buf[i] = frame[i] * cry_fe_hann[i];
+    for (int i = CRY_FE_WIN; i < CRY_FE_NFFT; i++) buf[i] = 0.0f;
     dsps_fft4r_fc32(buf, CRY_FFT_N);
     dsps_bit_rev4r_fc32(buf, CRY_FFT_N);
     dsps_cplx2real_fc32(buf, CRY_FFT_N);
@@ -36,8 +38,8 @@ static void rfft_packed(float *buf)
 
 #else /* host: portable radix-4 FFT (same radix and real split as esp-dsp's fft4r path) */
 
-/* Host FFT arithmetic: double by default, so host tests check the front-end's logic against the
- * float64 Python reference to ~1e-4; -DCRY_FE_HOST_FLOAT makes it float32 like the device
+/* Host window + FFT arithmetic: double by default, so host tests check the front-end's logic
+ * against the float64 Python reference to ~1e-4; -DCRY_FE_HOST_FLOAT makes it float32 like the device
  * (esp-dsp), to measure the float32 noise floor (up to a few 1e-3 log units in near-silent
  * bands, e.g. above 4 kHz in 8 kHz-sourced audio). */
 #ifdef CRY_FE_HOST_FLOAT
@@ -102,11 +104,13 @@ static void cfft(fft_real *z)
 
 /* real FFT of CRY_FE_NFFT samples via one CRY_FFT_N-point complex FFT + split
  * (z[n] = x[2n] + i x[2n+1]; X[k] = E[k] + W^k O[k], X[N-k] = conj(E[k] - W^k O[k])) */
-static void rfft_packed(float *io)
+static void rfft_packed(const float *frame, float *io)
 {
     const int n = CRY_FFT_N;
     static fft_real buf[CRY_FE_NFFT];
-    for (int i = 0; i < CRY_FE_NFFT; i++) buf[i] = io[i];
+    /* window in fft_real precision (double on the host, float32 with CRY_FE_HOST_FLOAT) */
+    for (int i = 0; i < CRY_FE_WIN; i++) buf[i] = (fft_real)frame[i] * (fft_real)cry_fe_hann[i];
+    for (int i = CRY_FE_WIN; i < CRY_FE_NFFT; i++) buf[i] = 0;
     cfft(buf);
     const fft_real r0 = buf[0], i0 = buf[1];
     buf[0] = r0 + i0; /* DC */
@@ -147,9 +151,7 @@ void cry_fe_reset(cry_fe_t *fe)
 void cry_fe_frame_logmel(cry_fe_t *fe, const float *frame, float *out)
 {
     float *buf = fe->fft;
-    for (int i = 0; i < CRY_FE_WIN; i++) buf[i] = frame[i] * cry_fe_hann[i];
-    for (int i = CRY_FE_WIN; i < CRY_FE_NFFT; i++) buf[i] = 0.0f;
-    rfft_packed(buf);
+    rfft_packed(frame, buf); /* periodic Hann, zero-pad, packed real FFT */
     /* magnitude, in place: mag[k] for k = 0..NFFT/2 needs NFFT/2+1 slots; keep Nyquist aside */
     const float nyq = fabsf(buf[1]);
     float mag[CRY_FE_NBINS];
