@@ -193,6 +193,8 @@ def test_generate_features_direct_call(windows):
     ({"features": [[1, 2], [3, 4]], "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"flat list"),
     ({"features": [0] * 20000, "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"all samples are zero"),
     ({"features": [1e6] * 100, "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"int16 scale"),
+    ({"features": [0.25, -0.5, 0.125] * 100, "params": {}, "sampling_freq": 16000, "draw_graphs": False},
+     r"look like \[-1, 1\] float audio"),
     ({"features": [1, 2, 3], "params": [], "sampling_freq": 16000, "draw_graphs": False}, r"'params' must be a JSON object"),
     ({"features": [1, 2, 3], "params": {"bogus": 1}, "sampling_freq": 16000, "draw_graphs": False}, r"unknown block parameter 'bogus'"),
     ({"features": [1, 2, 3], "params": {"mel-bands": "many"}, "sampling_freq": 16000, "draw_graphs": False}, r"'mel-bands': expected a number"),

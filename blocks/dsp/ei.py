@@ -8,7 +8,9 @@ shared/docs/edge-impulse-block-conventions.md):
   names of ``parameters.json``) as keyword arguments.
 * **Scale.** Edge Impulse delivers audio samples on the int16 scale (values in
   [-32768, 32767], as the microphone/WAV ingestion stores them). This block divides by 32768
-  to get YAMNet's [-1, 1) waveform. Values outside [-32768, 32768] are rejected (wrong scale).
+  to get YAMNet's [-1, 1) waveform. Values outside [-32768, 32768] are rejected (wrong scale),
+  and so is a window of non-integer values all within [-1, 1] (float audio sent unscaled, which
+  would otherwise pass as near-silence).
   Several axes (e.g. stereo) are averaged to mono. The window is resampled to
   ``sample-rate`` (16 kHz) with soxr when ``sampling_freq`` differs.
 * **Output.** ``features`` is the float32 patches ``[n_patches, 96, 64]`` flattened in C order
@@ -98,8 +100,8 @@ def raw_to_waveform(raw_data: Any, axes: Any, sampling_freq: Any, dsp: DspParams
         float32 ``[m]`` in [-1, 1).
 
     Raises:
-        AudioError: not numeric, empty, NaN/Inf, all zero, not int16-scale, length not a
-            multiple of the axis count, bad rate.
+        AudioError: not numeric, empty, NaN/Inf, all zero, not int16-scale (beyond ±32768, or
+            non-integers all within ±1), length not a multiple of the axis count, bad rate.
     """
     try:
         x = np.asarray(raw_data, dtype=np.float64)
@@ -114,10 +116,14 @@ def raw_to_waveform(raw_data: Any, axes: Any, sampling_freq: Any, dsp: DspParams
         rate = float(sampling_freq)
     except (TypeError, ValueError):
         raise AudioError(f"{source}: sampling_freq must be a number, got {sampling_freq!r}") from None
-    finite = np.isfinite(x)
-    if x.size and finite.all() and np.abs(x).max() > INT16_FULL_SCALE:
-        raise AudioError(f"{source}: sample magnitude {np.abs(x).max():g} exceeds the int16 scale "
-                         f"(Edge Impulse audio must be in [-32768, 32767])")
+    if x.size and np.isfinite(x).all():
+        peak = float(np.abs(x).max())
+        if peak > INT16_FULL_SCALE:
+            raise AudioError(f"{source}: sample magnitude {peak:g} exceeds the int16 scale "
+                             f"(Edge Impulse audio must be in [-32768, 32767])")
+        if 0 < peak <= 1.0 and not np.all(x == np.round(x)):
+            raise AudioError(f"{source}: samples look like [-1, 1] float audio (peak {peak:g}); "
+                             f"Edge Impulse audio is expected on the int16 scale [-32768, 32767]")
     x = (x / INT16_FULL_SCALE).reshape(-1, n_axes)
     return prepare_waveform(x if n_axes > 1 else x[:, 0], rate, dsp.sample_rate, source=source)
 
