@@ -240,9 +240,13 @@ def test_cli_dsp_serve_subprocess():
     proc = subprocess.Popen([sys.executable, "-m", "cryblock.cli", "dsp", "serve", "--host", "127.0.0.1",
                              "--port", "0", "--quiet"], stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stderr.readline()
-        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        assert m, line
+        m, seen = None, []
+        for line in proc.stderr:  # other stages' imports may log first; EOF if the server died
+            seen.append(line)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                break
+        assert m, "".join(seen)
         code, _, body = _get(f"http://127.0.0.1:{m.group(1)}/parameters")
         assert code == 200 and json.loads(body)["version"] == 1
     finally:
