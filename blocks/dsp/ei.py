@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from cryblock.errors import AudioError, CryblockError, ParameterError
+from cryblock.errors import AudioError, ParameterError
 from cryblock.io import prepare_waveform
 from cryblock.params import DspParams
 
@@ -195,4 +195,4 @@ def generate_features(implementation_version: int, draw_graphs: bool, raw_data: 
 
 
 __all__ = ["generate_features", "dsp_params_from_block", "raw_to_waveform", "load_parameters_json",
-           "INT16_FULL_SCALE", "CryblockError"]
+           "INT16_FULL_SCALE"]
