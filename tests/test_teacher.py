@@ -302,3 +302,43 @@ def test_saved_model_variables_load_and_fold(tmp_path, paired, teacher, teacher_
     np.testing.assert_allclose(t2.scores(paired["patches"][:20]), teacher.scores(paired["patches"][:20]), atol=2e-5)
     with pytest.raises(CryblockError, match="no yamnet.tflite"):
         load_teacher(tmp_path)
+
+
+@pytest.fixture()
+def local_release(tmp_path, teacher_path):
+    """The shared TFLite served over HTTP from 127.0.0.1 (a stand-in for the release server)."""
+    import functools
+    import http.server
+    import threading
+
+    srv_dir = tmp_path / "srv"
+    srv_dir.mkdir()
+    shutil.copy(teacher_path, srv_dir / "yamnet.tflite")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(srv_dir))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/yamnet.tflite"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_checks_sha256_and_fills_the_cache(tmp_path, monkeypatch, local_release, teacher, paired):
+    monkeypatch.delenv("CRYBLOCK_TEACHER", raising=False)
+    monkeypatch.setenv("CRYBLOCK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    cache = tmp_path / "cache" / "models"
+    # Wrong checksum: rejected, named, nothing left in the cache.
+    bad = TeacherSource("yamnet.tflite", local_release, "f" * 64)
+    with pytest.raises(CryblockError, match=r"sha256 469be6a3.* does not match"):
+        load_teacher(sources=[bad])
+    assert not any(cache.glob("*"))
+    # Right checksum: downloaded into the cache, loads, and is found there next time (offline).
+    good = TeacherSource("yamnet.tflite", local_release,
+                         "469be6a3421cbc52cf97e9f2f966cba984198e8e7af9854d68b3e3ebb1e04194")
+    t2 = load_teacher(sources=[good])
+    assert t2.path == cache / "yamnet.tflite" and sorted(p.name for p in cache.iterdir()) == ["yamnet.tflite"]
+    np.testing.assert_array_equal(t2.scores(paired["patches"][:8]), teacher.scores(paired["patches"][:8]))
+    assert resolve_teacher_path(download=False) == cache / "yamnet.tflite"

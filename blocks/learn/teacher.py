@@ -349,24 +349,75 @@ def _set_weights(model, weights: dict[str, tuple[np.ndarray, np.ndarray]], sourc
 
 # --- TFLite ---------------------------------------------------------------------------------
 
+def _check_tflite_bytes(buf: bytes, path) -> None:
+    """Structural check of a TFLite flatbuffer before the C++ interpreter sees it.
+
+    The interpreter does not bounds-check a truncated or damaged file and may crash the whole
+    process (observed: a truncated yamnet.tflite segfaults ``tf.lite.Interpreter``). The
+    flatbuffer is therefore unpacked completely in Python (``schema_py_generated.ModelT``,
+    bounds-checked, ~10 ms for YAMNet) and tensor/buffer/operator indices are checked.
+
+    Raises:
+        CryblockError: not a TFLite flatbuffer, truncated or inconsistent (names the file).
+    """
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise CryblockError(f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier)")
+    try:
+        from tensorflow.lite.python import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - other TF builds; the interpreter's own checks remain
+        return
+    try:
+        model = schema.ModelT.InitFromPackedBuf(bytearray(buf), 0)
+        n_buffers = len(model.buffers or [])
+        for b in model.buffers or []:
+            off, size = int(getattr(b, "offset", 0) or 0), int(getattr(b, "size", 0) or 0)
+            if off > 1 and off + size > len(buf):
+                raise ValueError("a weight buffer lies beyond the end of the file")
+        n_opcodes = len(model.operatorCodes or [])
+        for g in model.subgraphs or []:
+            tensors = g.tensors or []
+            if any(not 0 <= t.buffer < max(n_buffers, 1) for t in tensors):
+                raise ValueError("a tensor refers to a missing buffer")
+            for op in g.operators or []:
+                if not 0 <= op.opcodeIndex < n_opcodes:
+                    raise ValueError("an operator refers to a missing op code")
+                for i in list(op.inputs if op.inputs is not None else []) + list(op.outputs if op.outputs is not None else []):
+                    if not -1 <= int(i) < len(tensors):
+                        raise ValueError("an operator refers to a missing tensor")
+    except CryblockError:
+        raise
+    except Exception as e:  # struct.error, IndexError, ValueError … from a damaged flatbuffer
+        raise CryblockError(f"{path}: corrupt or truncated TFLite model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
 def tflite_interpreter(path: str | os.PathLike, *, use_delegates: bool = True, num_threads: int | None = None):
-    """``tf.lite.Interpreter`` for ``path`` (its deprecation warning silenced; the replacement
+    """``tf.lite.Interpreter`` for the TFLite file ``path``, after a structural check of the
+    file (:func:`_check_tflite_bytes`); its deprecation warning is silenced (the replacement
     ``ai_edge_litert`` is not a dependency). ``use_delegates=False`` → builtin kernels only
-    (no XNNPACK). Raises CryblockError naming the file if it is not a readable TFLite model."""
+    (no XNNPACK).
+
+    Raises:
+        CryblockError: unreadable, truncated or not a TFLite model (names the file).
+    """
     import warnings
 
     import tensorflow as tf
 
+    try:
+        buf = Path(path).read_bytes()
+    except OSError as e:
+        raise CryblockError(f"{path}: cannot read TFLite model ({e.strerror or e})") from None
+    _check_tflite_bytes(buf, path)
     kw = {} if use_delegates else {
         "experimental_op_resolver_type": tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-            it = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads, **kw)
+            it = tf.lite.Interpreter(model_content=buf, num_threads=num_threads, **kw)
         it.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CryblockError(f"{path}: not a readable TFLite model ({msg})") from None
+        raise CryblockError(f"{path}: not a usable TFLite model ({msg})") from None
     return it
 
 
@@ -401,8 +452,11 @@ def weights_from_tflite(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, 
     """
     p = Path(path)
     it = tflite_interpreter(p, use_delegates=False)
-    details = {d["index"]: d for d in it.get_tensor_details()}
-    ops = it._get_ops_details()  # no public API lists the graph's ops
+    try:
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        ops = it._get_ops_details()  # no public API lists the graph's ops
+    except (ValueError, RuntimeError, UnicodeDecodeError) as e:  # damaged names/metadata
+        raise CryblockError(f"{p}: corrupt TFLite model ({type(e).__name__}: {str(e)[:80]})") from None
 
     producer = {int(o): op for op in ops for o in op["outputs"]}
 
@@ -617,6 +671,8 @@ class Teacher:
         class_names: the 521 display names.
         path: the file the weights came from.
         sha256: its digest (None for a SavedModel folder).
+        known_release: True when that digest is one of :data:`KNOWN_SHA256` (a known official /
+            shared release); False for other files, which load if they are structurally YAMNet.
     """
 
     def __init__(self, keras_model, class_names: list[str], path: Path, sha256: str | None = None):
@@ -626,6 +682,7 @@ class Teacher:
         self.class_names = class_names
         self.path = Path(path)
         self.sha256 = sha256
+        self.known_release = sha256 is not None and any(sha256 in v for v in KNOWN_SHA256.values())
         self._fn = tf.function(lambda x: keras_model(x, training=False),
                                input_signature=[tf.TensorSpec([None, *PATCH_SHAPE], tf.float32)],
                                reduce_retracing=True)
