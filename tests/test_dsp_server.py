@@ -235,10 +235,18 @@ def test_bad_json_nan_and_unknown_paths(server, windows):
     assert _get(server + "/")[0] == 200
 
 
-def test_cli_dsp_serve_subprocess():
-    """``cryblock dsp serve`` binds, announces its address, answers, and stops on SIGTERM/SIGINT."""
-    proc = subprocess.Popen([sys.executable, "-m", "cryblock.cli", "dsp", "serve", "--host", "127.0.0.1",
-                             "--port", "0", "--quiet"], stderr=subprocess.PIPE, text=True)
+def test_dockerfile_entrypoint_serves_the_block():
+    """The Dockerfile exposes 4446 and its ENTRYPOINT (``cryblock dsp serve ... --port 4446``)
+    really serves the block: run that same command (port swapped for a free one) and query it."""
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^EXPOSE 4446$", text, re.M)
+    assert re.search(r"^COPY .*parameters\.json", text, re.M)
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
+    assert entry[:3] == ["cryblock", "dsp", "serve"] and entry[entry.index("--port") + 1] == "4446"
+    args = entry[1:]
+    args[args.index("--port") + 1] = "0"
+    args[args.index("--host") + 1] = "127.0.0.1"
+    proc = subprocess.Popen([sys.executable, "-m", "cryblock.cli", *args], stderr=subprocess.PIPE, text=True)
     try:
         m, seen = None, []
         for line in proc.stderr:  # other stages' imports may log first; EOF if the server died
@@ -248,7 +256,7 @@ def test_cli_dsp_serve_subprocess():
                 break
         assert m, "".join(seen)
         code, _, body = _get(f"http://127.0.0.1:{m.group(1)}/parameters")
-        assert code == 200 and json.loads(body)["version"] == 1
+        assert code == 200 and json.loads(body) == ei.load_parameters_json()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
