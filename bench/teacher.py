@@ -63,7 +63,10 @@ def main() -> None:
             best = min(best, time.perf_counter() - t0)
         print(f"Keras teacher, batch {bs:3d}: {len(x) / best:8.1f} patches/s ({len(x)} patches in {best:.2f} s)")
 
-    ref = TfliteWaveformYamnet(teacher.path if teacher.path.suffix == ".tflite" else args.teacher)
+    if teacher.path.suffix != ".tflite":
+        print("TFLite interpreter: skipped (the teacher is not a .tflite file)")
+        return
+    ref = TfliteWaveformYamnet(teacher.path)
     wave = pad_waveform(load_audio(clips[0].path, dsp.sample_rate), dsp)
     windows = [wave[k * dsp.patch_hop_samples:k * dsp.patch_hop_samples + dsp.patch_samples]
                for k in range((len(wave) - dsp.patch_samples) // dsp.patch_hop_samples + 1)]

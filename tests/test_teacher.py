@@ -133,6 +133,7 @@ def test_esc10_baby_cries_score_high(clips, teacher, data_dir):
 
 
 def test_class_names_and_cry_rule(teacher):
+    assert teacher.known_release and teacher.sha256.startswith("469be6a3")
     assert len(teacher.class_names) == NUM_CLASSES
     assert teacher.class_names[19] == "Crying, sobbing" and teacher.class_names[20] == "Baby cry, infant cry"
     s = np.zeros((3, NUM_CLASSES), np.float32)
