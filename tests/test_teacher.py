@@ -109,6 +109,9 @@ def test_outputs_shapes_dtypes_determinism(paired, teacher):
     np.testing.assert_array_equal(teacher.embeddings(p), e3)
     np.testing.assert_array_equal(teacher.scores(p), s3)
     assert teacher.predict(np.zeros((0, 96, 64), np.float32))[0].shape == (0, NUM_CLASSES)
+    z = teacher.logits_from_embeddings(e1)
+    assert z.shape == (20, NUM_CLASSES) and z.dtype == np.float32
+    np.testing.assert_allclose(1 / (1 + np.exp(-z.astype(np.float64))), s1, atol=1e-6)
 
 
 def test_keras_model_runs_in_tf_function(paired, teacher):

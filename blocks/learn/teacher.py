@@ -751,6 +751,24 @@ class Teacher:
         """YAMNet embeddings float32 ``[N, 1024]`` (global average pool of layer14)."""
         return self.predict(patches, batch_size)[1]
 
+    def logits_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """Pre-sigmoid class logits float32 ``[N, 521]`` = ``embeddings @ W + b`` with YAMNet's
+        dense head. Exact where ``logit(scores)`` is not (float32 sigmoid saturates: scores
+        round to 0 or 1 beyond |logit| ≈ 17), so use these for temperature-scaled distillation.
+
+        Raises:
+            CryblockError: embeddings not ``[N, 1024]``.
+        """
+        e = np.asarray(embeddings, dtype=np.float32)
+        if e.ndim != 2 or e.shape[1] != EMBEDDING_SIZE:
+            raise CryblockError(f"embeddings must be [N, {EMBEDDING_SIZE}], got shape {e.shape}")
+        w, b = self.keras_model.get_layer("dense").get_weights()
+        return (e.astype(np.float64) @ w.astype(np.float64) + b).astype(np.float32)
+
+    def logits(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Pre-sigmoid class logits float32 ``[N, 521]`` (see :meth:`logits_from_embeddings`)."""
+        return self.logits_from_embeddings(self.embeddings(patches, batch_size))
+
     def cry_probability(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """:func:`cry_probability` of the patches' scores, float32 ``[N]``."""
         return cry_probability(self.scores(patches, batch_size))
