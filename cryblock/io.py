@@ -88,6 +88,8 @@ def load_audio(path: str | os.PathLike, target_rate: float = 16000.0) -> np.ndar
         raise AudioError(f"{p}: is a directory, not an audio file")
     if not p.exists():
         raise AudioError(f"{p}: file not found")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{p}: empty file (0 bytes)")
     try:
         data, rate = sf.read(str(p), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:

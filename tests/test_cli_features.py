@@ -69,7 +69,7 @@ def broken(tmp_path, real):
     return out
 
 
-EXPECTED = {"empty": "cannot decode audio", "truncated": "cannot decode audio", "random": "cannot decode audio",
+EXPECTED = {"empty": "empty file", "truncated": "cannot decode audio", "random": "cannot decode audio",
             "nan": "1 sample(s) are NaN or Inf", "inf": "1 sample(s) are NaN or Inf",
             "zeros": "all samples are zero"}
 

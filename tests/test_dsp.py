@@ -252,8 +252,9 @@ def test_empty_files_raise_audio_error_naming_file(tmp_path, real_clip):
         with pytest.raises(AudioError, match=str(p)) as e:
             F.file_to_patches(p)
         assert "\n" not in str(e.value)
-    with pytest.raises(AudioError, match="empty"):
-        F.file_to_patches(no_frames)
+    for p in (zero_bytes, no_frames):
+        with pytest.raises(AudioError, match="empty"):
+            F.file_to_patches(p)
 
 
 def test_truncated_and_random_files_raise(tmp_path, real_clip):
