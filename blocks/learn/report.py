@@ -45,10 +45,11 @@ def _f(v, fmt="{:.3f}") -> str:
 
 def results_table(metrics: dict) -> str:
     """Plain-text/Markdown table: teacher / float / INT8 — clip & window AUC, best-F1 (clip) and
-    its threshold, FPR at that threshold, voted false alerts per hour, size, arena."""
+    its threshold, FPR at that threshold, voted false alerts per hour on negative clips, fraction of
+    positive clips with ≥ 1 voted alert, size, arena."""
     cost = metrics.get("cost", {})
-    rows = ["| model | clip AUC | window AUC | clip best-F1 | threshold | clip FPR | false alerts/h | size | arena |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | clip AUC | window AUC | clip best-F1 | threshold | clip FPR | false alerts/h | pos. clips alerted | size | arena |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for key, name in MODELS:
         m = metrics.get(key)
         if not m:
@@ -58,7 +59,7 @@ def results_table(metrics: dict) -> str:
                 "int8": f"{cost.get('int8_bytes', 0):,} B"}[key]
         arena = f"{cost.get('arena_bytes', 0):,} B" if key == "int8" else "–"
         rows.append(f"| {name} | {_f(c['auc'])} | {_f(w['auc'])} | {_f(c['best_f1'])} | {_f(c['threshold'])} | "
-                    f"{_f(c['fpr'])} | {_f(d['per_hour'], '{:.1f}')} | {size} | {arena} |")
+                    f"{_f(c['fpr'])} | {_f(d['per_hour'], '{:.1f}')} | {_f(d.get('pos_clips_detected'))} | {size} | {arena} |")
     return "\n".join(rows)
 
 
@@ -94,21 +95,24 @@ def roc_figure(curves: dict) -> str:
     return _png(fig)
 
 
-def timeline_figure(tl: dict, threshold: float) -> str:
-    """Base64 PNG: scores of the three models over one clip (x: seconds), detector threshold."""
+def timeline_figure(timelines: list[dict], threshold: float) -> str:
+    """Base64 PNG: scores of the three models over each given clip (one panel per clip; x in
+    seconds) with the detector threshold. Each dict: name, hop_seconds, label, teacher, float, int8."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    t = np.arange(len(tl["teacher"])) * tl["hop_seconds"]
-    for key, name in MODELS:
-        ax.plot(t, tl[key], label=name, drawstyle="steps-post")
-    ax.axhline(threshold, color="red", ls="--", lw=0.8, label=f"detector threshold {threshold}")
-    ax.set(ylim=(-0.02, 1.02), xlabel="time (s)", ylabel="positive score",
-           title=f"{Path(tl['name']).name} (label: {'positive' if tl['label'] else 'negative'})")
-    ax.legend(fontsize=8, loc="upper right")
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(10, 3.0 * len(timelines)), squeeze=False)
+    for ax, tl in zip(axes[:, 0], timelines):
+        t = np.arange(len(tl["teacher"])) * tl["hop_seconds"]
+        for key, name in MODELS:
+            ax.plot(t, tl[key], label=name, drawstyle="steps-post")
+        ax.axhline(threshold, color="red", ls="--", lw=0.8, label=f"detector threshold {threshold}")
+        ax.set(ylim=(-0.02, 1.02), xlabel="time (s)", ylabel="positive score",
+               title=f"{Path(tl['name']).name} (label: {'positive' if tl['label'] else 'negative'})")
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -156,14 +160,15 @@ def _summary_md(metrics: dict, params) -> str:
     return "\n".join(lines)
 
 
-def write_reports(out_dir: str | Path, metrics: dict, params, curves: dict, timeline: dict | None) -> None:
+def write_reports(out_dir: str | Path, metrics: dict, params, curves: dict, timeline: list[dict] | None) -> None:
     """Write ``report.md`` and ``report.html`` (plots embedded) into ``out_dir``, atomically."""
     out = Path(out_dir)
     md = _summary_md(metrics, params)
     atomic_write_text(out / "report.md", md)
     imgs = [("ROC curves", roc_figure(curves))]
-    if timeline is not None and len(timeline["teacher"]):
-        imgs.append(("Score timeline of the longest test clip", timeline_figure(timeline, params.detector.threshold)))
+    if timeline:
+        imgs.append(("Score timelines of the longest positive and negative test clips",
+                     timeline_figure(timeline, params.detector.threshold)))
     body = _md_to_html(md)
     for title, b64 in imgs:
         body += f"<h2>{html.escape(title)}</h2>\n<img alt=\"{html.escape(title)}\" src=\"data:image/png;base64,{b64}\">\n"

@@ -187,7 +187,6 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
             miss = [names[i] for i in range(n_labels) if i not in present]
             raise DataError(f"label(s) {miss} missing from the {name} split")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     teacher = _teacher(teacher)
 
     # --- teacher outputs (cached) on all windows
@@ -237,6 +236,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     fit = distill.fit_student(models, data, val.x, val.y, learn, log=log)
     t_train = time.perf_counter() - t0
 
+    out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
         t0 = time.perf_counter()
@@ -287,12 +287,18 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
         params.save(staging / "params.json")
         table = report.results_table(metrics)
         if write_report:
-            longest = int(np.argmax(np.bincount(test.clip_index, minlength=len(test.clip_y))))
-            m = test.clip_index == longest
-            timeline = {"name": test.clip_names[longest] if test.clip_names else f"clip {longest}",
-                        "hop_seconds": params.dsp.patch_hop_seconds,
-                        "teacher": score(teacher_test_prob)[m], "float": score(float_probs)[m],
-                        "int8": score(int8_probs)[m], "label": int(clip_bin[longest])}
+            counts = np.bincount(test.clip_index, minlength=len(test.clip_y))
+            timeline = []
+            for lab in (1, 0):  # longest positive and longest negative test clip
+                cand = np.flatnonzero(clip_bin == lab)
+                if len(cand) == 0:
+                    continue
+                c = int(cand[np.argmax(counts[cand])])
+                m = test.clip_index == c
+                timeline.append({"name": test.clip_names[c] if test.clip_names else f"clip {c}",
+                                 "hop_seconds": params.dsp.patch_hop_seconds,
+                                 "teacher": score(teacher_test_prob)[m], "float": score(float_probs)[m],
+                                 "int8": score(int8_probs)[m], "label": lab})
             curves = {name: (y_bin, score(p), clip_bin, evaluate.clip_max(score(p), test.clip_index, len(clip_bin)))
                       for name, p in (("teacher", teacher_test_prob), ("float", float_probs), ("int8", int8_probs))}
             report.write_reports(staging, metrics, params, curves, timeline)
