@@ -1,7 +1,7 @@
 /*
  * audio_i2s.h -- microphone capture over I2S (standard Philips or PDM), 16 kHz mono.
  * Mode, pins, slot and sample width come from Kconfig (menu "cryblock detector"), whose
- * defaults cryblock rendered from `cryblock build --i2s/--pin-*/--slot/--bits`.
+ * defaults cryblock rendered from the options of `cryblock build` (i2s mode, pins, slot, bits).
  */
 #ifndef CRY_AUDIO_I2S_H
 #define CRY_AUDIO_I2S_H

@@ -1,0 +1,34 @@
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include "tensorflow/lite/schema/schema_generated.h"
+typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
+typedef enum { kTfLiteNoType = 0, kTfLiteFloat32 = 1, kTfLiteInt8 = 9 } TfLiteType;
+typedef union {
+  int32_t *i32;
+  float *f;
+  int8_t *int8;
+  uint8_t *uint8;
+} TfLitePtrUnion;
+typedef struct {
+  TfLiteType type;
+  TfLitePtrUnion data;
+  size_t bytes;
+} TfLiteTensor;
+namespace tflite {
+class MicroOpResolver {
+ public:
+  virtual ~MicroOpResolver() {}
+};
+class MicroInterpreter {
+ public:
+  MicroInterpreter(const Model *model, const MicroOpResolver &op_resolver, uint8_t *tensor_arena,
+                   size_t tensor_arena_size, void *resource_variables = nullptr, void *profiler = nullptr,
+                   bool preserve_all_tensors = false);
+  TfLiteStatus AllocateTensors();
+  TfLiteStatus Invoke();
+  TfLiteTensor *input(size_t index);
+  TfLiteTensor *output(size_t index);
+  size_t arena_used_bytes() const;
+};
+}  // namespace tflite

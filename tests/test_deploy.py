@@ -1,0 +1,438 @@
+"""Deployment generator on a real INT8 student (learning block's DS-CNN + INT8 export, trained
+briefly on real patches of 40 shared clips): project contents, op resolver, model array, arena
+(TFLM allocates and matches tf.lite bit-exactly), StrictUndefined rendering, host compilation of
+the generated sources (main.cc / audio_i2s.c against API stubs), manifest lint, CLI, errors, and
+the detector on the model's real score sequence (C vs Python)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryblock import deploy
+from cryblock.errors import CryblockError
+from cryblock.params import DetectorParams, Params
+
+STUBS = Path(__file__).parent / "c" / "stubs"
+HARNESS = Path(__file__).parent / "c"
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def patches(clips):
+    """Real patches of 20 cry + 20 not-cry clips (fixed seed), labels 1/0."""
+    from cryblock.data import compute_patches
+
+    rng = np.random.default_rng(0)
+    cry = [c for c in clips if c.label == "cry"]
+    neg = [c for c in clips if c.label != "cry"]
+    sel = [cry[i] for i in rng.choice(len(cry), 20, replace=False)] + \
+          [neg[i] for i in rng.choice(len(neg), 20, replace=False)]
+    ps = compute_patches(sel, cache_dir=os.environ.get("CRYBLOCK_CACHE"), workers=1)
+    assert len(ps.patches) > 100
+    return ps.patches.astype(np.float32), (ps.labels() == "cry").astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def student(patches, tmp_path_factory):
+    """The learning block's student (narrow: width 8, depth 2), trained 2 epochs on hard labels,
+    exported with its INT8 exporter. Returns (int8 path, float path, keras model)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cryblock.blocks.learn.export import export_all, representative_patches
+    from cryblock.blocks.learn.student import build_student
+    from cryblock.params import LearnParams
+
+    x, y = patches
+    sm = build_student(LearnParams(width=8, depth=2), seed=0)
+    sm.model.compile(optimizer="adam", loss="binary_crossentropy")
+    sm.model.fit(x[..., None], y[:, None], epochs=2, batch_size=32, verbose=0)
+    out = tmp_path_factory.mktemp("student")
+    ex = export_all(sm.model, representative_patches(x[..., None], 100), out)
+    return ex.int8_path, ex.float_path, sm.model
+
+
+@pytest.fixture(scope="module")
+def project(student, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "fw"
+    res = deploy.generate_project(student[0], out, Params(), deploy.BuildOptions())
+    return res
+
+
+def _tfl_interpreter(model: bytes):
+    """tf.lite's interpreter without the XNNPACK delegate (plain builtin INT8 kernels)."""
+    import tensorflow as tf
+
+    return tf.lite.Interpreter(
+        model_content=model,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
+def _tflite_ops(model_path: Path) -> set[str]:
+    ip = _tfl_interpreter(Path(model_path).read_bytes())
+    ip.allocate_tensors()
+    return {d["op_name"] for d in ip._get_ops_details()}
+
+
+# ------------------------------------------------------------------------------------------------
+# project contents
+# ------------------------------------------------------------------------------------------------
+
+def test_project_layout(project):
+    root = project.project
+    for rel in ["CMakeLists.txt", "sdkconfig.defaults", "README.md", "size_report.json", "params.json",
+                deploy.MARKER, "main/CMakeLists.txt", "main/idf_component.yml", "main/Kconfig.projbuild",
+                "main/main.cc", "main/model_data.cc", "main/model_data.h", "main/model_settings.h",
+                "main/frontend.c", "main/frontend.h", "main/frontend_tables.c", "main/frontend_tables.h",
+                "main/postproc.c", "main/postproc.h", "main/cry_log.c", "main/cry_log.h",
+                "main/audio_i2s.c", "main/audio_i2s.h"]:
+        assert (root / rel).is_file(), rel
+    assert not (root / "partitions.csv").exists()  # a small model fits the 1.5 MB default partition
+    for p in root.rglob("*"):
+        if p.is_file():
+            text = p.read_text()
+            assert "{{" not in text and "{%" not in text, p
+    assert not list(root.parent.glob(".fw.tmp-*"))  # no temp folder left behind
+    cm = (root / "main/CMakeLists.txt").read_text()
+    assert 'VERSION_GREATER_EQUAL "5.3"' in cm and "esp_driver_i2s" in cm and "esp_driver_gpio" in cm
+    for src in re.search(r"set\(srcs ([^)]*)\)", cm).group(1).split():
+        assert (root / "main" / src).is_file(), src
+    assert "project(cry_detector)" in (root / "CMakeLists.txt").read_text()
+
+
+def test_sdkconfig_and_kconfig_defaults(student, tmp_path):
+    params = Params().replace(detector={"threshold": 0.62, "vote_n": 3, "vote_m": 5, "hold_seconds": 1.5})
+    opts = deploy.BuildOptions(i2s="pdm", pin_ws=5, pin_din=6, slot="right", bits=16, flash_mb=16,
+                               psram_mode="quad")
+    res = deploy.generate_project(student[0], tmp_path / "p", params, opts)
+    sd = (res.project / "sdkconfig.defaults").read_text().splitlines()
+    for line in ["CONFIG_IDF_TARGET=\"esp32s3\"", "CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ_240=y", "CONFIG_SPIRAM=y",
+                 "CONFIG_SPIRAM_MODE_QUAD=y", "CONFIG_ESPTOOLPY_FLASHSIZE_16MB=y",
+                 "CONFIG_COMPILER_OPTIMIZATION_PERF=y", "CONFIG_PARTITION_TABLE_SINGLE_APP_LARGE=y",
+                 "CONFIG_SPIRAM_IGNORE_NOTFOUND=y"]:
+        assert line in sd, line
+    kc = (res.project / "main/Kconfig.projbuild").read_text()
+    defaults = dict(re.findall(r"config (\w+)\n(?:.*\n){1,2}?\s+default (\S+)", kc))
+    assert defaults["CRY_THRESHOLD_X1000"] == "620"
+    assert (defaults["CRY_VOTE_N"], defaults["CRY_VOTE_M"], defaults["CRY_HOLD_MS"]) == ("3", "5", "1500")
+    assert (defaults["CRY_I2S_WS_GPIO"], defaults["CRY_I2S_DIN_GPIO"], defaults["CRY_I2S_BITS"]) == ("5", "6", "16")
+    assert "default CRY_I2S_MODE_PDM" in kc and "default CRY_I2S_SLOT_RIGHT" in kc
+
+
+def test_op_resolver_lists_exactly_the_models_ops(project, student):
+    ops = _tflite_ops(student[0])  # independent source: TensorFlow Lite's own interpreter
+    assert set(project.info.ops) == ops
+    assert "LOGISTIC" in ops and "CONV_2D" in ops and "DEPTHWISE_CONV_2D" in ops
+    main = (project.project / "main/main.cc").read_text()
+    n = int(re.search(r"MicroMutableOpResolver<(\d+)>", main).group(1))
+    calls = re.findall(r"resolver\.(Add\w+)\(\)", main)
+    assert n == len(ops) == len(calls) == len(set(calls))
+    assert sorted(calls) == sorted(deploy.OP_RESOLVER_METHODS[o] for o in ops)
+
+
+def test_unknown_or_custom_op_is_a_clear_error():
+    with pytest.raises(CryblockError, match="FOO_OP"):
+        deploy.resolver_calls(["CONV_2D", "FOO_OP"])
+
+
+def test_model_array_round_trips(project, student):
+    model = Path(student[0]).read_bytes()
+    src = (project.project / "main/model_data.cc").read_text()
+    assert "alignas(16) const unsigned char g_model[]" in src
+    assert deploy.parse_c_array(src) == model
+    assert f"const unsigned int g_model_len = {len(model)};" in src
+
+
+def test_arena_allocates_and_output_matches_tflite(project, student, patches):
+    """The generated arena size makes TFLM allocate; TFLM's int8 output on real patches quantised
+    with the model's own input parameters equals tf.lite's INT8 run exactly."""
+    from tflite_micro import runtime
+
+    model = Path(student[0]).read_bytes()
+    settings = (project.project / "main/model_settings.h").read_text()
+    arena = int(re.search(r"#define CRY_ARENA_BYTES (\d+)", settings).group(1))
+    assert arena == project.arena.arena_bytes and arena % 16 == 0
+    assert arena >= project.arena.measured_bytes + project.arena.esp_nn_scratch_bytes
+    inp = project.info.input
+    assert f"#define CRY_INPUT_ZERO_POINT ({inp.zero_point})" in settings
+    assert float(re.search(r"#define CRY_INPUT_SCALE (\S+)f", settings).group(1)) == pytest.approx(inp.scale, rel=1e-7)
+
+    tl = _tfl_interpreter(model)
+    tl.allocate_tensors()
+    d_in, d_out = tl.get_input_details()[0], tl.get_output_details()[0]
+    assert d_in["quantization"] == pytest.approx((inp.scale, inp.zero_point))
+    micro = runtime.Interpreter.from_bytes(model, arena_size=arena)
+    x, _ = patches
+    sel = x[:: max(1, len(x) // 24)]
+    outs_micro, outs_tfl = [], []
+    for p in sel:
+        q = deploy.quantize_input(p, inp.scale, inp.zero_point).reshape(d_in["shape"])
+        micro.set_input(q, 0)
+        micro.invoke()
+        outs_micro.append(micro.get_output(0).copy())
+        tl.set_tensor(d_in["index"], q)
+        tl.invoke()
+        outs_tfl.append(tl.get_tensor(d_out["index"]).copy())
+    outs_micro, outs_tfl = np.array(outs_micro), np.array(outs_tfl)
+    assert outs_micro.dtype == np.int8 and len(np.unique(outs_micro)) > 1
+    np.testing.assert_array_equal(outs_micro, outs_tfl)
+    # the measurement is tight: well below it the interpreter cannot allocate
+    with pytest.raises(RuntimeError):
+        runtime.Interpreter.from_bytes(model, arena_size=project.arena.measured_bytes // 2)
+    print(f"arena: host {project.arena.measured_bytes} B, ESP-NN bound {project.arena.esp_nn_scratch_bytes} B, "
+          f"generated {arena} B; {len(sel)} patches bit-exact vs tf.lite")
+
+
+def test_arena_too_large_for_region_is_refused(student):
+    model = Path(student[0]).read_bytes()
+    with pytest.raises(CryblockError, match="--ram psram"):
+        deploy.plan_arena(model, "internal", measured=400_000)
+    assert deploy.plan_arena(model, "auto", measured=400_000).region == "psram"
+    with pytest.raises(CryblockError, match="psram RAM budget"):
+        deploy.plan_arena(model, "psram", measured=3_000_000)
+
+
+def test_size_report(project, student):
+    from cryblock.blocks.learn.student import count_macs
+
+    r = project.report
+    info = project.info
+    # conv + depthwise + fully-connected MACs from the flatbuffer = the learning block's Keras count
+    core = sum(info.macs_by_op.get(k, 0) for k in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
+    assert core == count_macs(student[2])
+    assert r["model"]["bytes"] == Path(student[0]).stat().st_size
+    assert r["flash"]["total_estimate_bytes"] == r["model"]["bytes"] + deploy.CODE_FLASH_ESTIMATE
+    assert r["latency"]["estimate_ms"] == pytest.approx(info.macs / 0.15e9 * 1000, abs=0.01)
+    assert r["latency"]["range_ms"][1] == pytest.approx(4 * r["latency"]["range_ms"][0], rel=1e-2)
+    assert r["ram"]["internal_total_bytes"] > r["ram"]["arena_bytes"]
+    saved = json.loads((project.project / "size_report.json").read_text())
+    assert saved["ram"]["arena_bytes"] == r["ram"]["arena_bytes"]
+    print(deploy.format_report(r))
+
+
+def test_large_app_gets_custom_partition_table():
+    assert deploy.app_partition_size(500_000) == deploy.DEFAULT_APP_PARTITION
+    big = deploy.app_partition_size(3_000_000)
+    assert big % 0x10000 == 0 and big >= 3_000_000 * 1.25
+
+
+def test_templates_are_rendered_strictly(project, student, tmp_path):
+    """Rendering uses StrictUndefined: a context without a variable the templates use fails,
+    and the full context renders every template (including partitions.csv)."""
+    import jinja2
+
+    params, opts = Params(), deploy.BuildOptions()
+    info = project.info
+    ctx = deploy.template_context(info, project.arena, params, opts, project.report)
+    model = Path(student[0]).read_bytes()
+    big = dict(ctx, custom_partitions=True, app_partition_bytes=0x300000)
+    files = deploy.render_project(big, model, tmp_path / "full")
+    assert Path("partitions.csv") in files
+    part = (tmp_path / "full/partitions.csv").read_text()
+    assert "factory,  app,  factory, ,        0x300000," in part
+    templates = list(deploy.templates_dir().rglob("*.j2"))
+    assert len(templates) >= 9
+    for key in ("arena_bytes", "op_methods", "pin_ws", "hann_c", "report"):
+        bad = {k: v for k, v in big.items() if k != key}
+        with pytest.raises(jinja2.UndefinedError):
+            deploy.render_project(bad, model, tmp_path / f"bad_{key}")
+
+
+def test_manifest_passes_compote_lint(project, tmp_path):
+    compote = Path(sys.executable).parent / "compote"
+    if not compote.exists():
+        pytest.skip("idf-component-manager (compote) not installed")
+    r = subprocess.run([str(compote), "manifest", "lint", str(project.project / "main/idf_component.yml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    bad = tmp_path / "idf_component.yml"  # the linter does reject a broken version range
+    bad.write_text((project.project / "main/idf_component.yml").read_text().replace('"^1.3.5"', '"^^1.3.5"'))
+    assert bad.read_text() != (project.project / "main/idf_component.yml").read_text()
+    assert subprocess.run([str(compote), "manifest", "lint", str(bad)], capture_output=True).returncode != 0
+
+
+# ------------------------------------------------------------------------------------------------
+# host compilation of the generated sources
+# ------------------------------------------------------------------------------------------------
+
+def _sdkconfig_from_kconfig(kconfig: str, **overrides: str) -> str:
+    """sdkconfig.h as ESP-IDF would generate it from the Kconfig defaults (int/bool/choice)."""
+    out: dict[str, str] = {}
+    cur, in_choice = None, False
+    for raw in kconfig.splitlines():
+        s = raw.strip()
+        if s.startswith("choice"):
+            in_choice = True
+        elif s.startswith("endchoice"):
+            in_choice = False
+        elif m := re.match(r"config (\w+)", s):
+            cur = m.group(1)
+        elif m := re.match(r"default (\S+)", s):
+            v = m.group(1)
+            if in_choice:
+                out[v] = "1"
+            elif v == "y":
+                out[cur] = "1"
+            elif v != "n":
+                out[cur] = v
+    for k, v in overrides.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return "".join(f"#define CONFIG_{k} {v}\n" for k, v in out.items())
+
+
+def _stub_dir(tmp: Path, kconfig: str, **overrides) -> Path:
+    d = tmp / "gen_stubs"
+    (d / "tensorflow/lite/micro").mkdir(parents=True, exist_ok=True)
+    (d / "sdkconfig.h").write_text(_sdkconfig_from_kconfig(kconfig, **overrides))
+    methods = "".join(f"  TfLiteStatus {m}();\n" for m in sorted(set(deploy.OP_RESOLVER_METHODS.values())))
+    (d / "tensorflow/lite/micro/micro_mutable_op_resolver.h").write_text(
+        '#pragma once\n#include "tensorflow/lite/micro/micro_interpreter.h"\nnamespace tflite {\n'
+        "template <unsigned int tOpCount>\nclass MicroMutableOpResolver : public MicroOpResolver {\n public:\n"
+        f"{methods}}};\n}}  // namespace tflite\n")
+    return d
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("g++") is None, reason="host gcc/g++ missing")
+def test_generated_sources_compile_on_host(project, tmp_path):
+    main = project.project / "main"
+    warn = ["-Wall", "-Wextra", "-Werror"]
+    for c in ["frontend.c", "frontend_tables.c", "postproc.c", "cry_log.c"]:  # no ESP-IDF headers needed
+        r = subprocess.run(["gcc", "-std=c99", "-Wpedantic", *warn, "-c", str(main / c), "-o", str(tmp_path / "x.o")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, f"{c}: {r.stderr}"
+    r = subprocess.run(["g++", "-std=c++17", *warn, "-c", str(main / "model_data.cc"), "-o", str(tmp_path / "m.o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # model_settings.h agrees with the front-end tables and the model
+    chk = tmp_path / "chk.cc"
+    chk.write_text('#include "frontend_tables.h"\n#include "model_settings.h"\n'
+                   "static_assert(CRY_INPUT_ELEMS == CRY_PATCH_FRAMES * CRY_FE_NMEL, \"input\");\n"
+                   f"static_assert(CRY_POS_INDEX < CRY_OUTPUT_ELEMS, \"pos\");\nint main() {{ return 0; }}\n")
+    r = subprocess.run(["g++", "-std=c++17", *warn, f"-I{main}", "-fsyntax-only", str(chk)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # ESP-IDF-dependent files against declaration stubs (tests/c/stubs), sdkconfig.h from Kconfig
+    kconfig = (main / "Kconfig.projbuild").read_text()
+    for overrides in ({}, {"CRY_I2S_MODE_STD": None, "CRY_I2S_MODE_PDM": "1", "CRY_I2S_BITS": "16",
+                           "CRY_I2S_SLOT_LEFT": None, "CRY_I2S_SLOT_RIGHT": "1", "CRY_ARENA_IN_PSRAM": "1"}):
+        gen = _stub_dir(tmp_path, kconfig, **overrides)
+        inc = [f"-I{gen}", f"-I{STUBS}", f"-I{main}"]
+        r = subprocess.run(["g++", "-std=gnu++17", *warn, "-fsyntax-only", *inc, str(main / "main.cc")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, f"main.cc {overrides}: {r.stderr}"
+        r = subprocess.run(["gcc", "-std=gnu17", *warn, "-fsyntax-only", *inc, str(main / "audio_i2s.c")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, f"audio_i2s.c {overrides}: {r.stderr}"
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc missing")
+def test_detector_on_real_score_sequence_c_equals_python(project, student, patches, tmp_path):
+    """Scores of the real model over all patches of the 40 clips (one long sequence), fed to
+    postproc.c and to cryblock.detector: identical pos/votes/det/events."""
+    from cryblock.detector import run_detector
+
+    model = Path(student[0]).read_bytes()
+    tl = _tfl_interpreter(model)
+    tl.allocate_tensors()
+    d_in, d_out = tl.get_input_details()[0], tl.get_output_details()[0]
+    o_scale, o_zp = d_out["quantization"]
+    x, _ = patches
+    scores = []
+    for p in x:
+        tl.set_tensor(d_in["index"], deploy.quantize_input(p, *d_in["quantization"]).reshape(d_in["shape"]))
+        tl.invoke()
+        q = int(tl.get_tensor(d_out["index"]).ravel()[0])
+        scores.append(np.float32((q - o_zp) * o_scale))  # as main.cc dequantises
+    scores = np.array(scores, np.float32)
+    det = DetectorParams(threshold=float(np.median(scores)), vote_n=2, vote_m=3, hold_seconds=1.0)
+    src = project.project / "main"
+    exe = tmp_path / "det"
+    subprocess.run(["gcc", "-std=c99", "-O2", f"-I{src}", str(HARNESS / "det_harness.c"), str(src / "postproc.c"),
+                    "-o", str(exe)], check=True)
+    scores.tofile(tmp_path / "s.f32")
+    r = subprocess.run([str(exe), "run", str(tmp_path / "s.f32"), repr(float(np.float32(det.threshold))), "2", "3",
+                        "1000", "480"], capture_output=True, text=True, check=True)
+    c = np.array([[int(v) for v in ln.split()] for ln in r.stdout.splitlines()])
+    py = run_detector(scores, det)
+    assert len(scores) > 100 and len(py.events) >= 4
+    np.testing.assert_array_equal(c[:, 0], py.pos)
+    np.testing.assert_array_equal(c[:, 1], py.votes)
+    np.testing.assert_array_equal(c[:, 2], py.det)
+    assert np.flatnonzero(c[:, 3]).tolist() == [e[0] for e in py.events]
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI and user errors
+# ------------------------------------------------------------------------------------------------
+
+def test_cli_build(student, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    monkeypatch.delenv("IDF_PATH", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no idf.py
+    params = tmp_path / "params.json"
+    Params().replace(detector={"threshold": 0.7}).save(params)
+    out = tmp_path / "fw"
+    runner = CliRunner()
+    r = runner.invoke(cli, ["build", "--model", str(student[0]), "--params", str(params), "--out", str(out),
+                            "--i2s", "std", "--pin-bclk", "4", "--pin-ws", "5", "--pin-din", "6", "--slot", "right",
+                            "--ram", "internal", "--arena-margin", "0.2", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
+    assert rep["ram"]["arena_region"] == "internal" and rep["ram"]["arena_margin_fraction"] == 0.2
+    assert "ESP-IDF not found" in r.stderr and "idf.py set-target esp32s3 build" in r.stderr
+    assert "default 700" in (out / "main/Kconfig.projbuild").read_text()
+    # regenerating over an earlier project replaces it
+    r = runner.invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
+    assert r.exit_code == 0, r.output
+    assert "default 500" in (out / "main/Kconfig.projbuild").read_text()
+
+
+def test_cli_user_errors(student, tmp_path):
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    runner = CliRunner()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    cases = [
+        (["--model", str(tmp_path / "missing.tflite"), "--out", str(tmp_path / "a")], "model file not found"),
+        (["--model", str(student[1]), "--out", str(tmp_path / "b")], "must be quantised int8"),
+        (["--model", str(taken / "notes.txt"), "--out", str(tmp_path / "c")], "not a TFLite model"),
+        (["--model", str(student[0]), "--out", str(taken)], "not a cryblock project"),
+        (["--model", str(student[0]), "--out", str(tmp_path / "d"), "--pin-ws", "60"], "pin_ws"),
+        (["--model", str(student[0]), "--out", str(tmp_path / "e"), "--pin-ws", "2"], "pins must differ"),
+        (["--model", str(student[0]), "--out", str(tmp_path / "f"), "--i2s", "pdm", "--bits", "32"], "bits"),
+    ]
+    for args, msg in cases:
+        r = runner.invoke(cli, ["build", "--no-idf", *args])
+        assert r.exit_code == 2, (args, r.output)
+        assert msg in r.output and "Traceback" not in r.output
+    assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]  # untouched
+    assert not [p for p in tmp_path.iterdir() if p.name[0] in "abcdef" and len(p.name) == 1]
+
+
+def test_model_with_wrong_labels_or_shape(student, tmp_path):
+    # a 1-unit sigmoid model works with any labels; a 2-label params file is fine too
+    res = deploy.generate_project(student[0], tmp_path / "ok", Params().replace(learn={"labels": ["a", "b", "c"],
+                                                                                     "positive_label": "b"}))
+    assert "#define CRY_POS_INDEX 0" in (res.project / "main/model_settings.h").read_text()
+    odd = Params().replace(dsp={"patch_window_seconds": 0.5})
+    with pytest.raises(CryblockError, match="does not hold one"):
+        deploy.generate_project(student[0], tmp_path / "bad", odd)
+    assert not (tmp_path / "bad").exists()
