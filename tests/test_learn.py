@@ -188,6 +188,20 @@ def test_quick_run_filter_counts_match_teacher(quick_run, teacher):
     assert 0 < f["positive_kept"] <= f["positive_windows"]
     assert 0 < f["negative_kept"] <= f["negative_windows"]
     assert m["training"]["windows_kept"] == f["positive_kept"] + f["negative_kept"]
+    # recount from scratch: same subset, same group split, real teacher cry probability
+    from cryblock.blocks.learn.teacher import cry_probability
+    from cryblock.blocks.learn.train import sample_clips
+    from cryblock.data import compute_patches, load_manifest, split_by_group
+
+    lp = Params().replace(learn=QUICK).learn
+    ps = compute_patches(sample_clips(load_manifest(Path(m["data"]["manifest"])), 80, lp.seed), workers=1)
+    tr, _, _ = split_by_group(ps.clips, lp.test_fraction, lp.validation_fraction, lp.seed)
+    sub = ps.subset_clips(tr)
+    p = cry_probability(teacher.predict(sub.patches)[0])
+    pos = sub.labels() == "cry"
+    assert f["positive_windows"] == int(pos.sum()) and f["negative_windows"] == int((~pos).sum())
+    assert f["positive_kept"] == int(np.sum(pos & (p > 0.30)))
+    assert f["negative_kept"] == int(np.sum(~pos & (p < 0.05)))
     # epoch size = kept positives + min(kept negatives, 3 × kept positives)
     want = f["positive_kept"] + min(f["negative_kept"], round(3 * f["positive_kept"]))
     assert all(h["windows"] == want for h in m["training"]["history"])
