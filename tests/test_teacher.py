@@ -4,6 +4,12 @@ Reference = the TFLite interpreter on 15600-sample waveform windows (its own int
 candidate = the Keras teacher on the NumPy float log-mel patches (blocks/dsp/features.py) of the
 same windows. Feeding the TFLite's own log-mel (``Identity_1``) into the Keras teacher isolates
 the weight loading: only dequantisation vs. hybrid int8 kernels differ then.
+
+The reference itself is noisy: its front-end uses int8 DFT matrices, and its int8-weight layers
+quantise their activations at run time, differently per kernel set. The default interpreter
+(XNNPACK delegate, used here) and the builtin kernels (``use_delegates=False``) agree with
+each other only to cry-probability correlation 0.944 on these windows; the Keras teacher on
+float patches agrees with the XNNPACK one to 0.983 (and with the builtin one to 0.944).
 """
 from __future__ import annotations
 
@@ -77,7 +83,8 @@ def test_weight_loading_reproduces_tflite_on_its_own_log_mel(paired, teacher):
     s = teacher.scores(paired["ref_logmel"])
     d = np.abs(s - paired["ref_scores"])
     print(f"\nTFLite log-mel → Keras: {len(s)} windows, max|diff| {d.max():.4f}, mean|diff| {d.mean():.2e}")
-    assert d.max() < 0.05 and d.mean() < 1e-3
+    # Measured here: max 0.042, mean 9e-5 (XNNPACK interpreter); see the per-layer test for why.
+    assert d.max() < 0.08 and d.mean() < 3e-4
     assert np.corrcoef(cry_probability(s), cry_probability(paired["ref_scores"]))[0, 1] > 0.999
 
 
@@ -88,8 +95,9 @@ def test_keras_on_float_patches_matches_tflite_on_waveforms(paired):
     mad = np.abs(ref - got).mean()
     print(f"\nwaveform TFLite vs Keras on NumPy patches: {len(ref)} windows, cry corr {corr:.4f}, "
           f"mean|diff| all classes {mad:.4f}, max|diff| cry {np.abs(cr - cg).max():.3f}")
+    # Measured here: corr 0.983, mean|diff| 5e-4 over 626 windows (default XNNPACK interpreter).
     assert corr >= 0.98
-    assert mad < 0.01
+    assert mad < 0.002
     # The cry windows really are cries for both (not a correlation of near-zeros).
     assert (cr > 0.5).sum() >= 10 and ((cr > 0.5) == (cg > 0.5)).mean() > 0.9
 
