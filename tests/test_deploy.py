@@ -334,6 +334,10 @@ def test_generated_sources_compile_on_host(project, tmp_path):
         r = subprocess.run(["gcc", "-std=gnu17", *warn, "-fsyntax-only", *inc, str(main / "audio_i2s.c")],
                            capture_output=True, text=True)
         assert r.returncode == 0, f"audio_i2s.c {overrides}: {r.stderr}"
+    # the esp-dsp path of the front-end (ESP_PLATFORM)
+    r = subprocess.run(["gcc", "-std=gnu17", *warn, "-DESP_PLATFORM", "-fsyntax-only", f"-I{STUBS}", f"-I{main}",
+                        str(main / "frontend.c")], capture_output=True, text=True)
+    assert r.returncode == 0, f"frontend.c (ESP_PLATFORM): {r.stderr}"
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc missing")

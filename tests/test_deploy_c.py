@@ -218,7 +218,7 @@ def test_detector_semantics_by_hand():
 
 def test_detector_serial_commands(bins):
     r = subprocess.run([str(bins["det"]), "cmd", "2", "3", "set threshold 0.6", "set vote 3 5", "set hold 1500",
-                        "get", "set vote 4 3", "set threshold 1.5", "set threshold abc", "set hold -1",
+                        "get config", "set vote 4 3", "set threshold 1.5", "set threshold abc", "set hold -1",
                         "set vote 2", "set volume 3", "bogus", "set threshold 0.25 x"],
                        capture_output=True, text=True, check=True)
     rows = [ln.split(" ", 5) for ln in r.stdout.splitlines()]

@@ -14,7 +14,7 @@
 #define CRY_FFT_N (CRY_FE_NFFT / 2) /* complex points */
 
 #ifdef ESP_PLATFORM
-#include "dsps_fft4r.h"
+#include "esp_dsp.h" /* esp-dsp umbrella header: dsps_fft4r_* */
 
 static int fft_init(void)
 {

@@ -54,7 +54,8 @@ int cry_det_set_config(cry_det_t *d, const cry_det_cfg_t *cfg);
 void cry_det_reset(cry_det_t *d);
 cry_det_out_t cry_det_update(cry_det_t *d, float score, int64_t t_ms);
 
-/* Serial command: "set threshold 0.6" | "set vote 2 3" | "set hold 2000" | "get".
+/* Serial command: "set threshold 0.6" | "set vote 2 3" | "set hold 2000" | "get" (anything after
+ * "get", e.g. "get config", is ignored).
  * Returns 1 when the configuration changed, 0 for "get", -1 on error (message in err). */
 int cry_det_command(cry_det_t *d, const char *line, char *err, size_t err_len);
 
