@@ -277,15 +277,51 @@ def measure_arena(model: bytes, probe_size: int = 8 << 20) -> int:
     return int(m.group(1))
 
 
-def esp_nn_scratch_bound(model: bytes) -> int:
-    """Upper bound (bytes) of the largest ESP-NN scratch buffer any conv/depthwise op requests.
+def _same_pad(size: int, out: int, k: int, stride: int) -> int:
+    # TFLM ComputePaddingHeightWidth for SAME padding (dilation 1): floor(total / 2)
+    return max(0, (out - 1) * stride + k - size) // 2
 
-    ESP-NN's ESP32-S3 kernels (esp-nn ``esp_nn_conv_esp32s3.c`` /
-    ``esp_nn_depthwise_conv_s8_esp32s3.c``, ``esp_nn_get_*_scratch_size_esp32s3``) stage int16
-    copies of the (padded) input and filter plus small transpose/alignment buffers, i.e. at most
-    ``2·(padded_input + filter + 16·C_in) + 32`` bytes. TFLM plans scratch buffers like tensors
-    with the lifetime of their op, so the arena grows by at most the largest one. Padded input
-    is bounded by ``(H + kh)·(W + kw)·C_in``.
+
+def _conv_scratch_s3(h, w, cin, kh, kw, cout, ph, pw, sh, sw) -> int:
+    # esp-nn esp_nn_get_conv_scratch_size_esp32s3 (esp-nn v1.x, esp_nn_conv_esp32s3.c)
+    if kh == 1 and kw == 1 and ph == 0 and pw == 0 and sh == 1 and sw == 1:
+        nc = (cin + 7) & ~7
+        transpose = 0 if w * h < 8 else 2 * 8 * nc
+        inp = w * h * nc if cin % 8 else 0
+        return inp + nc * cout + transpose + 32
+    nc = (cin + 15) & ~15
+    inp = (w + 2 * pw) * (h + 2 * ph) * cin if (ph or pw) else 0
+    return inp + kh * kw * nc * cout + 32 + 4 * cout
+
+
+def _dwconv_scratch_s3(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw) -> int:
+    # esp-nn esp_nn_get_depthwise_conv_scratch_size_esp32s3 (esp_nn_depthwise_conv_s8_esp32s3.c)
+    filt = kh * kw * c * mult
+    if mult == 1 and c % 8 == 0 and kh == 3 and kw == 3:
+        if c % 16 == 0:
+            if ph or pw:
+                pad_w, pad_h = 2 * pw, 2 * ph
+            else:
+                pad_w, pad_h = ow * sw + kw - 1 - w, oh * sh + kh - 1 - h
+            if pad_w or pad_h:
+                return (w + pad_w) * (h + pad_h) * c + filt + 16
+            return filt + 16
+        return 2 * (filt + h * w * c) + 16
+    if mult % 4 == 0:
+        return 2 * (filt + h * w * c) + 16
+    return 32
+
+
+def esp_nn_scratch_bound(model: bytes) -> int:
+    """Largest ESP-NN scratch buffer (bytes) any conv / depthwise op of ``model`` requests on the
+    ESP32-S3.
+
+    Mirrors esp-nn's ``esp_nn_get_conv_scratch_size_esp32s3`` and
+    ``esp_nn_get_depthwise_conv_scratch_size_esp32s3`` (esp-nn v1.x: aligned/padded int8 copies
+    of filter and input, int16 copies for some depthwise shapes), with TFLM's SAME-padding rule.
+    The host TFLM interpreter uses reference kernels that request none of this; TFLM plans
+    scratch buffers like tensors living for one op, so the device arena grows by at most the
+    largest one (plus alignment, covered by the margin of :func:`plan_arena`).
     """
     fb = _schema()
     m = fb.Model.GetRootAs(model, 0)
@@ -299,15 +335,24 @@ def esp_nn_scratch_bound(model: bytes) -> int:
         op = codes[o.OpcodeIndex()]
         if op not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             continue
-        x = _shape(sub, o.Inputs(0))
-        f = _shape(sub, o.Inputs(1))
-        if len(x) != 4 or len(f) != 4:
+        x, f, y = _shape(sub, o.Inputs(0)), _shape(sub, o.Inputs(1)), _shape(sub, o.Outputs(0))
+        if len(x) != 4 or len(f) != 4 or len(y) != 4:
             continue
+        tab = o.BuiltinOptions()
+        opt = fb.Conv2DOptions() if op == "CONV_2D" else fb.DepthwiseConv2DOptions()
+        opt.Init(tab.Bytes, tab.Pos)
+        sh, sw = opt.StrideH(), opt.StrideW()
         _, h, w, cin = x
+        _, oh, ow, cout = y
         kh, kw = f[1], f[2]
-        padded = (h + kh) * (w + kw) * cin
-        filt = int(np.prod(f))
-        best = max(best, 2 * (padded + filt + 16 * cin) + 32)
+        same = opt.Padding() == fb.Padding.SAME
+        ph = _same_pad(h, oh, kh, sh) if same else 0
+        pw = _same_pad(w, ow, kw, sw) if same else 0
+        if op == "CONV_2D":
+            need = _conv_scratch_s3(h, w, cin, kh, kw, cout, ph, pw, sh, sw)
+        else:
+            need = _dwconv_scratch_s3(h, w, cin, kh, kw, max(1, cout // max(cin, 1)), oh, ow, ph, pw, sh, sw)
+        best = max(best, need)
     return best
 
 
@@ -355,8 +400,8 @@ def plan_arena(model: bytes, ram: str = "auto", margin: float = 0.10,
     meas = measure_arena(model) if measured is None else int(measured)
     scratch = esp_nn_scratch_bound(model)
     arena = int(math.ceil((meas + scratch + margin * meas) / 16.0) * 16)
-    basis = ("host TFLM RecordingMicroAllocator total + ESP-NN S3 scratch bound "
-             f"(2·(padded input + filter + 16·Cin) + 32 of the largest conv) + {margin:.0%} margin, "
+    basis = ("host TFLM RecordingMicroAllocator total + largest ESP-NN S3 scratch buffer (esp-nn "
+             f"esp_nn_get_*conv_scratch_size_esp32s3) + {margin:.0%} margin, "
              "rounded up to 16 B; the device's interpreter->arena_used_bytes() (BOOT line) is ground truth")
     if ram == "auto":
         region = "internal" if arena <= RAM_BUDGETS["internal"] else "psram"
