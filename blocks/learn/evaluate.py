@@ -159,6 +159,10 @@ class TflmRunner:
         model_bytes: the ``model_quantized_int8_io.tflite`` flatbuffer.
         arena_size: tensor arena bytes (default: :func:`min_arena_bytes` + 1 KiB).
 
+    Attributes:
+        min_arena_bytes: the smallest arena that allocates (:func:`min_arena_bytes`), or None
+            when ``arena_size`` was given.
+
     Raises:
         CryblockError: the model cannot be loaded or allocated, or its input/output is not int8.
     """
@@ -167,8 +171,10 @@ class TflmRunner:
         from tflite_micro import runtime
 
         self.model_bytes = bytes(model_bytes)
+        self.min_arena_bytes = None
         if arena_size is None:
-            arena_size = min_arena_bytes(self.model_bytes) + 1024
+            self.min_arena_bytes = min_arena_bytes(self.model_bytes)
+            arena_size = self.min_arena_bytes + 1024
         self.arena_size = int(arena_size)
         try:
             self.interp = runtime.Interpreter.from_bytes(self.model_bytes, arena_size=self.arena_size)

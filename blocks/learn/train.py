@@ -171,6 +171,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     """
     from cryblock.blocks.learn import distill, evaluate, export, report
     from cryblock.blocks.learn.student import build_student, count_macs, count_params
+    from cryblock.blocks.learn.teacher import cry_probability
 
     t_start = t_start or time.perf_counter()
     learn = params.learn
@@ -192,13 +193,13 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     # --- teacher outputs (cached) on all windows
     t0 = time.perf_counter()
     all_x = np.concatenate([train.x, val.x, test.x]).reshape(-1, *params.dsp.patch_shape)
-    scores, emb = distill.teacher_outputs(teacher, all_x, cache_dir, log=log)
+    t_scores, emb = distill.teacher_outputs(teacher, all_x, cache_dir, log=log)
     t_teacher = time.perf_counter() - t0
     n_tr, n_va = len(train.x), len(val.x)
     sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}
     head = None
     if cry:
-        p_all = distill._cry_probability(scores)
+        p_all = cry_probability(t_scores)
         zt_train = distill.logit(p_all[sl["train"]])[:, None]
         teacher_test_prob = p_all[sl["test"]]
         pos_index = 1
@@ -248,30 +249,29 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
         t0 = time.perf_counter()
         x_test = test.x.reshape(len(test.x), -1) if flat_input else test.x[..., None]
         float_probs = distill.predict_batches(models.model, x_test)
-        arena = evaluate.min_arena_bytes(exp.int8_tflite)
-        runner = evaluate.TflmRunner(exp.int8_tflite, arena_size=arena + 1024)
+        runner = evaluate.TflmRunner(exp.int8_tflite)
         int8_probs = runner.predict(test.x)
         t_eval_int8 = time.perf_counter() - t0
 
-        def score(p):
-            p = np.asarray(p)
-            return p.reshape(-1) if p.ndim == 1 or p.shape[1] == 1 else p[:, pos_index]
-
+        probs = {"teacher": np.asarray(teacher_test_prob), "float": float_probs, "int8": int8_probs}
+        # positive-class score per window: the sigmoid output, or the positive column of a softmax
+        scores = {k: p.reshape(-1) if p.ndim == 1 or p.shape[1] == 1 else p[:, pos_index] for k, p in probs.items()}
         y_bin = (np.asarray(test.y) == pos_index).astype(int)
         clip_bin = (np.asarray(test.clip_y) == pos_index).astype(int)
         results = {}
-        for name, p in (("teacher", teacher_test_prob), ("float", float_probs), ("int8", int8_probs)):
-            results[name] = evaluate.evaluate_scores(score(p), y_bin, test.clip_index, clip_bin,
+        for name, p in probs.items():
+            results[name] = evaluate.evaluate_scores(scores[name], y_bin, test.clip_index, clip_bin,
                                                      params.detector, params.dsp)
             if not cry:
                 results[name]["accuracy"] = float(np.mean(np.argmax(p, axis=1) == test.y))
                 results[name]["macro_auc"] = distill.val_auc(test.y, p)
-        diff = np.abs(score(int8_probs) - score(float_probs))
+        diff = np.abs(scores["int8"] - scores["float"])
         thr = params.detector.threshold
         agreement = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                     "decision_agreement": float(np.mean((score(int8_probs) >= thr) == (score(float_probs) >= thr)))}
+                     "decision_agreement": float(np.mean((scores["int8"] >= thr) == (scores["float"] >= thr)))}
         cost = {"int8_bytes": len(exp.int8_tflite), "float_bytes": len(exp.float_tflite),
-                "params": count_params(models.model), "macs": count_macs(models.model), "arena_bytes": arena,
+                "params": count_params(models.model), "macs": count_macs(models.model),
+                "arena_bytes": runner.min_arena_bytes,
                 "tflm_ms_per_window_host": 1000 * t_eval_int8 / max(1, len(test.x))}
         t_eval = time.perf_counter() - t0
         metrics = {
@@ -296,11 +296,10 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
                 c = int(cand[np.argmax(counts[cand])])
                 m = test.clip_index == c
                 timeline.append({"name": test.clip_names[c] if test.clip_names else f"clip {c}",
-                                 "hop_seconds": params.dsp.patch_hop_seconds,
-                                 "teacher": score(teacher_test_prob)[m], "float": score(float_probs)[m],
-                                 "int8": score(int8_probs)[m], "label": lab})
-            curves = {name: (y_bin, score(p), clip_bin, evaluate.clip_max(score(p), test.clip_index, len(clip_bin)))
-                      for name, p in (("teacher", teacher_test_prob), ("float", float_probs), ("int8", int8_probs))}
+                                 "hop_seconds": params.dsp.patch_hop_seconds, "label": lab,
+                                 **{k: s[m] for k, s in scores.items()}})
+            curves = {k: (y_bin, s, clip_bin, evaluate.clip_max(s, test.clip_index, len(clip_bin)))
+                      for k, s in scores.items()}
             report.write_reports(staging, metrics, params, curves, timeline)
         report.write_metrics(staging, metrics)
         # --- move everything into place
