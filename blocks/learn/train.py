@@ -197,7 +197,6 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     t_teacher = time.perf_counter() - t0
     n_tr, n_va = len(train.x), len(val.x)
     sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}
-    head = None
     if cry:
         p_all = cry_probability(t_scores)
         zt_train = distill.logit(p_all[sl["train"]])[:, None]
