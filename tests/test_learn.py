@@ -412,3 +412,19 @@ def test_cli_train_bad_input_prints_error(tmp_path):
     r = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o"),
                                  "--alpha", "1.5"])
     assert r.exit_code == 2 and "alpha" in r.output
+
+
+def test_cli_train_quick_run(data_dir, teacher_path, tmp_path):
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", "--data", str(data_dir / "manifest.csv"), "--out", str(out),
+                                 "--teacher", str(teacher_path), "--max-clips", "60", "--epochs", "1", "--width", "8",
+                                 "--depth", "1", "--temperature", "4", "--alpha", "1.0"])
+    assert r.exit_code == 0, r.output[-3000:]
+    assert "epoch   1/1" in r.output and "| Student INT8 (TFLM) |" in r.output and "INT8 cost:" in r.output
+    p = Params.load(out / "params.json").learn
+    assert (p.temperature, p.alpha, p.depth) == (4.0, 1.0, 1)
+    assert (out / "model_quantized_int8_io.tflite").is_file()
