@@ -63,6 +63,17 @@ def results_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
+def window_table(metrics: dict) -> str:
+    """Markdown table of the per-window metrics (every test window labelled with its clip's label)."""
+    rows = ["| model (per window) | AUC | best-F1 | threshold | precision | recall | FPR |", "|---|---|---|---|---|---|---|"]
+    for key, name in MODELS:
+        if metrics.get(key):
+            w = metrics[key]["window"]
+            rows.append(f"| {name} | {_f(w['auc'])} | {_f(w['best_f1'])} | {_f(w['threshold'], '{:.4g}')} | "
+                        f"{_f(w['precision'])} | {_f(w['recall'])} | {_f(w['fpr'])} |")
+    return "\n".join(rows)
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -141,8 +152,12 @@ def _summary_md(metrics: dict, params) -> str:
         "",
         results_table(metrics),
         "",
+        window_table(metrics),
+        "",
         f"False alerts: N-of-M voting ({params.detector.vote_n} of {params.detector.vote_m}) at threshold "
-        f"{params.detector.threshold}, hold {params.detector.hold_seconds} s, over the negative test audio.",
+        f"{params.detector.threshold}, hold {params.detector.hold_seconds} s, over the negative test audio "
+        f"({metrics['float']['detector']['hours'] * 60:.1f} min); \"pos. clips alerted\" = fraction of positive "
+        f"test clips with at least one alert.",
         "",
         "## INT8 cost",
         "",
