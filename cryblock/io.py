@@ -100,6 +100,12 @@ def load_audio(path: str | os.PathLike, target_rate: float = 16000.0) -> np.ndar
     return prepare_waveform(data, float(rate), target_rate, source=str(p))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str | os.PathLike, write: Any, mode: str) -> Path:
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +113,7 @@ def _atomic_write(path: str | os.PathLike, write: Any, mode: str) -> Path:
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, dest)
     except BaseException:
         try:

@@ -108,11 +108,12 @@ def test_resample_ratio():
 def test_detector_votes_and_hold():
     from cryblock.blocks.learn.evaluate import count_alerts, false_alerts_per_hour, run_detector
 
-    det = DetectorParams(threshold=0.5, vote_n=2, vote_m=3, hold_seconds=0.96)  # hold = 2 windows
+    det = DetectorParams(threshold=0.5, vote_n=2, vote_m=3, hold_seconds=0.96)
     s = np.array([0.9, 0.1, 0.1, 0.1, 0.9, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9])
     st = run_detector(s, det, 0.48)
-    # votes satisfied at t=6 (4,6 in window 4..6) and t=13 (12,13); hold 2 windows after each
-    assert st.tolist() == [False] * 6 + [True, True, True] + [False] * 4 + [True]
+    # votes satisfied at t=6 (4,6 in window 4..6) and t=13 (12,13); the firmware's hold keeps
+    # the alert on while t − t_ok < 960 ms, i.e. one more window (480 ms) but not the second (960 ms)
+    assert st.tolist() == [False] * 6 + [True, True] + [False] * 5 + [True]
     assert count_alerts(st) == 2
     fa = false_alerts_per_hour(s, np.zeros(len(s), int), np.array([True]), det, 0.48)
     assert fa["false_alerts"] == 2 and fa["per_hour"] == pytest.approx(2 / (14 * 0.48 / 3600))

@@ -5,21 +5,19 @@
   ``precision_recall_curve``, ``roc_curve``).
 * Per-window metrics use every test patch with its clip's label; per-clip metrics pool a clip's
   windows by their **max** (a short cry in a long clip is not diluted, unlike a mean).
-* :func:`run_detector` — the on-device decision rule (:class:`cryblock.params.DetectorParams`):
-  a window is positive when score ≥ threshold; the alert is on while ≥ ``vote_n`` of the last
-  ``vote_m`` windows are positive and stays on ``hold_seconds`` after the last satisfied vote.
+* :func:`run_detector` — the on-device decision rule (:mod:`cryblock.detector`, identical to the
+  firmware's postproc.c): a window is positive when score ≥ threshold; the alert is on while
+  ≥ ``vote_n`` of the last ``vote_m`` windows are positive and for ``hold_seconds`` after the
+  last satisfied vote.
   :func:`false_alerts_per_hour` counts off→on transitions over the negative test audio
   (duration = windows × patch hop, 0.48 s).
 * :class:`TflmRunner` — runs the INT8 model in the TensorFlow Lite **Micro** interpreter
   (``tflite_micro`` Python package), one patch per invoke as on the device, quantising the input
-  with the model's own input scale/zero-point. :func:`min_arena_bytes` finds the smallest
-  tensor arena that allocates (bisection, 16-byte granularity).
+  with the model's own input scale/zero-point; its arena comes from
+  :func:`cryblock.deploy.measure_arena`.
 """
 from __future__ import annotations
 
-import contextlib
-import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -68,7 +66,8 @@ def clip_max(scores: np.ndarray, clip_index: np.ndarray, n_clips: int) -> np.nda
 
 
 def run_detector(scores: np.ndarray, det: DetectorParams, hop_seconds: float = 0.48) -> np.ndarray:
-    """Alert state after each window of one continuous recording.
+    """Alert state after each window of one continuous recording, by the firmware's own rule
+    (:func:`cryblock.detector.run_detector`, the Python twin of postproc.c).
 
     Args:
         scores: float ``[T]`` window scores in time order (one per ``hop_seconds``).
@@ -78,16 +77,9 @@ def run_detector(scores: np.ndarray, det: DetectorParams, hop_seconds: float = 0
     Returns:
         bool ``[T]``: alert on after window t.
     """
-    pos = np.asarray(scores, dtype=np.float64) >= det.threshold
-    hold_windows = int(math.ceil(det.hold_seconds / hop_seconds)) if det.hold_seconds > 0 else 0
-    state = np.zeros(len(pos), dtype=bool)
-    last_vote = None
-    for t in range(len(pos)):
-        lo = max(0, t - det.vote_m + 1)
-        if int(pos[lo:t + 1].sum()) >= det.vote_n:
-            last_vote = t
-        state[t] = last_vote is not None and t - last_vote <= hold_windows
-    return state
+    from cryblock.detector import run_detector as device_rule
+
+    return device_rule(scores, det, hop_ms=int(round(hop_seconds * 1000))).det.astype(bool)
 
 
 def count_alerts(state: np.ndarray) -> int:
@@ -157,11 +149,12 @@ class TflmRunner:
 
     Args:
         model_bytes: the ``model_quantized_int8_io.tflite`` flatbuffer.
-        arena_size: tensor arena bytes (default: :func:`min_arena_bytes` + 1 KiB).
+        arena_size: tensor arena bytes (default: the measured arena
+            (:func:`cryblock.deploy.measure_arena`) + 1 KiB).
 
     Attributes:
-        min_arena_bytes: the smallest arena that allocates (:func:`min_arena_bytes`), or None
-            when ``arena_size`` was given.
+        min_arena_bytes: the arena TFLM's recording allocator reports for the model (the
+            smallest that allocates on the host), or None when ``arena_size`` was given.
 
     Raises:
         CryblockError: the model cannot be loaded or allocated, or its input/output is not int8.
@@ -173,7 +166,9 @@ class TflmRunner:
         self.model_bytes = bytes(model_bytes)
         self.min_arena_bytes = None
         if arena_size is None:
-            self.min_arena_bytes = min_arena_bytes(self.model_bytes)
+            from cryblock.deploy import measure_arena
+
+            self.min_arena_bytes = measure_arena(self.model_bytes)
             arena_size = self.min_arena_bytes + 1024
         self.arena_size = int(arena_size)
         try:
@@ -211,57 +206,3 @@ def _qparams(det: dict) -> tuple[float, int]:
         return float(scales[0]), int(zps[0])
     s, z = det.get("quantization", (0.0, 0))
     return float(s), int(z)
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence C-level writes to file descriptor 2 inside the block."""
-    import os
-    import sys
-
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def min_arena_bytes(model_bytes: bytes, hi: int = 4 * 1024 * 1024) -> int:
-    """Smallest tensor-arena size (bytes, multiple of 16) with which TFLite Micro allocates the
-    model, found by bisection. This is the host interpreter's figure (64-bit pointers); the
-    ESP32-S3 needs about the same or slightly less.
-
-    Raises:
-        CryblockError: the model does not allocate even with ``hi`` bytes.
-    """
-    from tflite_micro import runtime
-
-    def ok(n: int) -> bool:
-        with _quiet_stderr():  # TFLM prints "Failed to resize buffer" for every failed try
-            try:
-                runtime.Interpreter.from_bytes(bytes(model_bytes), arena_size=int(n))
-                return True
-            except Exception:
-                return False
-
-    if not ok(hi):
-        raise CryblockError(f"INT8 model does not fit a {hi}-byte TFLite Micro arena")
-    lo = 0
-    while hi - lo > 16:
-        mid = (lo + hi) // 2 // 16 * 16
-        if mid <= lo:
-            break
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return int(hi)
