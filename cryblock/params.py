@@ -146,6 +146,9 @@ class LearnParams:
     validation_fraction: float = 0.2  #: fraction of training *groups* held out for validation
     test_fraction: float = 0.25  #: fraction of *groups* held out for the test set
     seed: int = 0
+    #: set ``detector.threshold`` to the INT8 student's best-F1 window threshold on the
+    #: validation split (never the test split) when training
+    tune_threshold: bool = True
 
     def __post_init__(self) -> None:
         _check(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "labels",

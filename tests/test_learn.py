@@ -183,6 +183,26 @@ def test_quick_run_files_and_metrics(quick_run):
     assert "saved_model/saved_model.pb" in names and all(n.startswith("saved_model/") for n in names)
 
 
+def test_detector_threshold_tuned_on_validation_and_deployed(quick_run, teacher):
+    """params.json carries the INT8 model's best-F1 threshold on the *validation* split."""
+    from cryblock.blocks.learn.evaluate import TflmRunner, binary_metrics
+    from cryblock.blocks.learn.train import sample_clips
+    from cryblock.data import compute_patches, load_manifest, split_by_group
+
+    res = quick_run[0]
+    m = res.metrics
+    saved = Params.load(res.out_dir / "params.json").detector.threshold
+    assert m["int8"]["detector_threshold"] == saved == m["detector"]["threshold"]
+    assert saved != Params().detector.threshold  # the 0.5 default was replaced
+    lp = Params().replace(learn=QUICK).learn
+    ps = compute_patches(sample_clips(load_manifest(Path(m["data"]["manifest"])), 80, lp.seed), workers=1)
+    _, va, _ = split_by_group(ps.clips, lp.test_fraction, lp.validation_fraction, lp.seed)
+    sub = ps.subset_clips(va)
+    runner = TflmRunner((res.out_dir / "model_quantized_int8_io.tflite").read_bytes())
+    want = binary_metrics(sub.labels() == "cry", runner.predict(sub.patches).reshape(-1))["threshold"]
+    assert saved == pytest.approx(round(want, 4), abs=1e-4)
+
+
 def test_quick_run_filter_counts_match_teacher(quick_run, teacher):
     m = quick_run[0].metrics
     f = m["filter"]

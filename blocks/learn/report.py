@@ -154,8 +154,11 @@ def _summary_md(metrics: dict, params) -> str:
         "",
         window_table(metrics),
         "",
-        f"False alerts: N-of-M voting ({params.detector.vote_n} of {params.detector.vote_m}) at threshold "
-        f"{params.detector.threshold}, hold {params.detector.hold_seconds} s, over the negative test audio "
+        f"False alerts: N-of-M voting ({params.detector.vote_n} of {params.detector.vote_m}), hold "
+        f"{params.detector.hold_seconds} s, at each model's detector threshold ("
+        + ", ".join(f"{k} {metrics[k].get('detector_threshold', params.detector.threshold):.4g}"
+                    for k in ("teacher", "float", "int8"))
+        + f"; the INT8 one, {params.detector.threshold}, is deployed), over the negative test audio "
         f"({metrics['float']['detector']['hours'] * 60:.1f} min); \"pos. clips alerted\" = fraction of positive "
         f"test clips with at least one alert.",
         "",

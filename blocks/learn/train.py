@@ -251,6 +251,24 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
         runner = evaluate.TflmRunner(exp.int8_tflite)
         int8_probs = runner.predict(test.x)
         t_eval_int8 = time.perf_counter() - t0
+        # Detector thresholds: each model's best-F1 window threshold on the validation split
+        # (groups unseen in training; the test split stays untouched). The INT8 one is deployed.
+        det_of = {k: params.detector for k in ("teacher", "float", "int8")}
+        tuned = None
+        if learn.tune_threshold:
+            x_val = val.x.reshape(len(val.x), -1) if flat_input else val.x[..., None]
+            val_probs = {"teacher": p_all[sl["val"]] if cry else probs_all[sl["val"]],
+                         "float": distill.predict_batches(models.model, x_val), "int8": runner.predict(val.x)}
+            y_val = (np.asarray(val.y) == pos_index).astype(int)
+            tuned = {}
+            for k, pv in val_probs.items():
+                sv = pv.reshape(-1) if pv.ndim == 1 or pv.shape[1] == 1 else pv[:, pos_index]
+                tuned[k] = evaluate.binary_metrics(y_val, sv)
+                thr_k = float(np.clip(round(tuned[k]["threshold"], 4), 0.0, 1.0))
+                det_of[k] = params.detector.__class__(**{**params.to_dict()["detector"], "threshold": thr_k})
+            params = params.replace(detector={"threshold": det_of["int8"].threshold})
+            log(f"detector thresholds tuned on validation (best window F1): "
+                + ", ".join(f"{k} {det_of[k].threshold}" for k in det_of) + " (INT8 one deployed)")
 
         probs = {"teacher": np.asarray(teacher_test_prob), "float": float_probs, "int8": int8_probs}
         # positive-class score per window: the sigmoid output, or the positive column of a softmax
@@ -260,7 +278,8 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
         results = {}
         for name, p in probs.items():
             results[name] = evaluate.evaluate_scores(scores[name], y_bin, test.clip_index, clip_bin,
-                                                     params.detector, params.dsp)
+                                                     det_of[name], params.dsp)
+            results[name]["detector_threshold"] = det_of[name].threshold
             if not cry:
                 results[name]["accuracy"] = float(np.mean(np.argmax(p, axis=1) == test.y))
                 results[name]["macro_auc"] = distill.val_auc(test.y, p)
@@ -280,6 +299,9 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
                          "windows_kept": int(np.sum(keep))},
             "teacher": results["teacher"], "float": results["float"], "int8": results["int8"],
             "int8_vs_float": agreement, "cost": cost,
+            "detector": {**params.to_dict()["detector"],
+                         "tuned_on": "validation best window F1 of the INT8 model" if tuned else "given",
+                         "validation_best_f1": tuned["int8"]["best_f1"] if tuned else None},
             "timing": {"teacher_seconds": t_teacher, "train_seconds": t_train, "export_seconds": t_export,
                        "eval_seconds": t_eval, "total_seconds": time.perf_counter() - t_start},
         }
