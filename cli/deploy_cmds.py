@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -15,7 +16,8 @@ def register(group: click.Group) -> None:
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
               help="INT8 TFLite model with int8 input/output (model_quantized_int8_io.tflite).")
 @click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
-              help="params.json of the training run (DSP front-end, labels, detector defaults).")
+              help="params.json of the training run (DSP front-end, labels, detector defaults); "
+                   "default: the params.json beside the model, if there is one.")
 @click.option("--target", type=click.Choice(["esp32s3"]), default="esp32s3", show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Project folder to write (replaced if it holds an earlier cryblock project).")
@@ -43,6 +45,14 @@ def build(model_path, params_path, target, out_dir, i2s, pin_bclk, pin_ws, pin_d
     from cryblock.deploy import BuildOptions, find_idf, format_report, generate_project, run_idf_build
     from cryblock.params import Params
 
+    if params_path is None:
+        beside = Path(model_path).with_name("params.json")
+        if beside.is_file():
+            params_path = str(beside)
+            click.echo(f"params  : {beside} (beside the model)", err=True)
+        else:
+            click.echo("params  : none given and no params.json beside the model: using defaults "
+                       "(YAMNet front-end, detector threshold 0.5)", err=True)
     params = Params.load(params_path) if params_path else Params()
     opts = BuildOptions(target=target, i2s=i2s, pin_bclk=pin_bclk, pin_ws=pin_ws, pin_din=pin_din, slot=slot,
                         bits=int(bits) if bits else (16 if i2s == "pdm" else 32), ram=ram,

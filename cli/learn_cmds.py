@@ -65,7 +65,7 @@ def _params(params_file: str | None, overrides: dict):
 
 
 def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
-         workers: int | None, overrides: dict) -> None:
+         workers: int | None, overrides: dict):
     _quiet_tf()
     from cryblock.blocks.learn.train import train_from_manifest
 
@@ -78,6 +78,7 @@ def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_
                f"{m['cost']['macs']:,} MACs/patch, arena {m['cost']['arena_bytes']:,} B")
     click.echo(f"wrote {res.out_dir}/ (model_quantized_int8_io.tflite, model.tflite, saved_model.zip, "
                f"metrics.json, report.md, report.html, params.json) in {time.perf_counter() - t0:.0f} s")
+    return res
 
 
 def register(group: click.Group) -> None:
@@ -104,7 +105,8 @@ def register(group: click.Group) -> None:
     @click.option("--max-clips", type=int, default=None, help="use a subset (quick check)")
     @_learn_options
     def demo_cmd(data, out, teacher, max_clips, **overrides):
-        """The main job: train on the full shared manifest and print the results table.
+        """The main job: train on the full shared manifest, print the results table and write
+        the ESP32-S3 project for the INT8 student into OUT/fw.
 
         Defaults to 15 epochs (not LearnParams' 30) so the whole job stays well under 30 minutes
         on 2 CPU cores; pass --epochs to change it."""
@@ -115,4 +117,13 @@ def register(group: click.Group) -> None:
             if not env:
                 raise CryblockError("no data: pass --data or set CRYBLOCK_DATA to the folder holding manifest.csv")
             data = str(Path(env) / "manifest.csv")
-        _run(data, out, teacher, None, max_clips, None, overrides)
+        res = _run(data, out, teacher, None, max_clips, None, overrides)
+        # deploy stage: the ESP32-S3 project for the INT8 student, with the tuned detector
+        from cryblock.deploy import BuildOptions, format_report, generate_project
+        from cryblock.params import Params
+
+        fw = generate_project(res.out_dir / "model_quantized_int8_io.tflite", res.out_dir / "fw",
+                              Params.load(res.out_dir / "params.json"), BuildOptions())
+        click.echo("\n" + format_report(fw.report))
+        click.echo(f"ESP-IDF project: {fw.project}  (build: cryblock build --model "
+                   f"{res.out_dir / 'model_quantized_int8_io.tflite'} --out {fw.project}, or idf.py build there)")

@@ -264,7 +264,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
             for k, pv in val_probs.items():
                 sv = pv.reshape(-1) if pv.ndim == 1 or pv.shape[1] == 1 else pv[:, pos_index]
                 tuned[k] = evaluate.binary_metrics(y_val, sv)
-                thr_k = float(np.clip(round(tuned[k]["threshold"], 4), 0.0, 1.0))
+                thr_k = float(np.clip(round(tuned[k]["threshold"], 3), 0.0, 1.0))  # Kconfig holds it ×1000
                 det_of[k] = params.detector.__class__(**{**params.to_dict()["detector"], "threshold": thr_k})
             params = params.replace(detector={"threshold": det_of["int8"].threshold})
             log(f"detector thresholds tuned on validation (best window F1): "
