@@ -146,8 +146,8 @@ class LearnParams:
     validation_fraction: float = 0.2  #: fraction of training *groups* held out for validation
     test_fraction: float = 0.25  #: fraction of *groups* held out for the test set
     seed: int = 0
-    #: set ``detector.threshold`` to the INT8 student's best-F1 window threshold on the
-    #: validation split (never the test split) when training
+    #: set ``detector.threshold`` to the INT8 student's best clip-F1 threshold (clip score = max
+    #: over its windows) on the validation split (never the test split) when training
     tune_threshold: bool = True
 
     def __post_init__(self) -> None:

@@ -251,23 +251,26 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
         runner = evaluate.TflmRunner(exp.int8_tflite)
         int8_probs = runner.predict(test.x)
         t_eval_int8 = time.perf_counter() - t0
-        # Detector thresholds: each model's best-F1 window threshold on the validation split
-        # (groups unseen in training; the test split stays untouched). The INT8 one is deployed.
+        # Detector thresholds: each model's best-F1 threshold on the validation split's clips
+        # (max over a clip's windows; groups unseen in training; the test split stays untouched).
+        # Clip level, because labels are per clip: a cry recording also holds breaths and silence,
+        # and a per-window F1 would push the threshold down to flag those too (many false alerts).
+        # The INT8 model's threshold is the one deployed.
         det_of = {k: params.detector for k in ("teacher", "float", "int8")}
         tuned = None
         if learn.tune_threshold:
             x_val = val.x.reshape(len(val.x), -1) if flat_input else val.x[..., None]
             val_probs = {"teacher": p_all[sl["val"]] if cry else probs_all[sl["val"]],
                          "float": distill.predict_batches(models.model, x_val), "int8": runner.predict(val.x)}
-            y_val = (np.asarray(val.y) == pos_index).astype(int)
+            y_val_clip = (np.asarray(val.clip_y) == pos_index).astype(int)
             tuned = {}
             for k, pv in val_probs.items():
                 sv = pv.reshape(-1) if pv.ndim == 1 or pv.shape[1] == 1 else pv[:, pos_index]
-                tuned[k] = evaluate.binary_metrics(y_val, sv)
+                tuned[k] = evaluate.binary_metrics(y_val_clip, evaluate.clip_max(sv, val.clip_index, len(y_val_clip)))
                 thr_k = float(np.clip(round(tuned[k]["threshold"], 3), 0.0, 1.0))  # Kconfig holds it ×1000
                 det_of[k] = params.detector.__class__(**{**params.to_dict()["detector"], "threshold": thr_k})
             params = params.replace(detector={"threshold": det_of["int8"].threshold})
-            log(f"detector thresholds tuned on validation (best window F1): "
+            log(f"detector thresholds tuned on validation clips (best clip F1): "
                 + ", ".join(f"{k} {det_of[k].threshold}" for k in det_of) + " (INT8 one deployed)")
 
         probs = {"teacher": np.asarray(teacher_test_prob), "float": float_probs, "int8": int8_probs}
@@ -300,7 +303,8 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
             "teacher": results["teacher"], "float": results["float"], "int8": results["int8"],
             "int8_vs_float": agreement, "cost": cost,
             "detector": {**params.to_dict()["detector"],
-                         "tuned_on": "validation best window F1 of the INT8 model" if tuned else "given",
+                         "tuned_on": "best clip F1 (max over windows) of the INT8 model on the validation split"
+                                     if tuned else "given",
                          "validation_best_f1": tuned["int8"]["best_f1"] if tuned else None},
             "timing": {"teacher_seconds": t_teacher, "train_seconds": t_train, "export_seconds": t_export,
                        "eval_seconds": t_eval, "total_seconds": time.perf_counter() - t_start},
