@@ -22,10 +22,19 @@
 extern "C" {
 #endif
 
+/* esp-dsp's ESP32-S3 FFT (dsps_fft4r_fc32_aes3_) moves data with EE.LDF.64.IP / EE.STF.64.IP,
+ * which ignore the low address bits: the FFT buffer must be 8-byte aligned (esp-dsp's own tests use
+ * memalign(16)). It is the first member and 16-byte aligned, so any cry_fe_t keeps it aligned. */
+#if defined(__GNUC__)
+#define CRY_FE_ALIGN16 __attribute__((aligned(16)))
+#else
+#define CRY_FE_ALIGN16
+#endif
+
 typedef struct {
+    float fft[CRY_FE_NFFT] CRY_FE_ALIGN16; /* FFT work buffer (packed real-FFT layout) */
     float samples[CRY_FE_WIN];      /* sliding window of the newest samples */
     int fill;                       /* valid samples in `samples` */
-    float fft[CRY_FE_NFFT];         /* FFT work buffer (packed real-FFT layout) */
     float ring[CRY_PATCH_FRAMES][CRY_FE_NMEL]; /* last CRY_PATCH_FRAMES log-mel frames */
     int ring_pos;                   /* next row of `ring` to write (= oldest row once full) */
     uint32_t frames_total;          /* frames produced since reset */
