@@ -62,7 +62,7 @@ int cry_i2s_init(void)
             .din = CONFIG_CRY_I2S_DIN_GPIO,
         },
     };
-    /* Set the slot explicitly: on the S3 the Philips default is BOTH even in mono. */
+    /* Set the slot explicitly: on the S3 the Philips default is BOTH even in mono (IDF 5.1-5.5 i2s_std.h). */
 #if CONFIG_CRY_I2S_SLOT_RIGHT
     sc.slot_cfg.slot_mask = I2S_STD_SLOT_RIGHT;
 #else
