@@ -1,4 +1,5 @@
 #pragma once
+/* ESP-IDF 5.x heap/include/esp_heap_caps.h subset (values as in IDF). */
 #include <stddef.h>
 #include <stdint.h>
 #define MALLOC_CAP_8BIT (1 << 2)
