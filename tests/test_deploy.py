@@ -104,6 +104,8 @@ def test_project_layout(project):
     assert not list(root.parent.glob(".fw.tmp-*"))  # no temp folder left behind
     cm = (root / "main/CMakeLists.txt").read_text()
     assert 'VERSION_GREATER_EQUAL "5.3"' in cm and "esp_driver_i2s" in cm and "esp_driver_gpio" in cm
+    # freertos/ringbuf.h: component esp_ringbuf, no longer re-exported by `driver` in ESP-IDF 6
+    assert "esp_ringbuf" in re.search(r"set\(priv_reqs ([^)]*)\)", cm).group(1)
     for src in re.search(r"set\(srcs ([^)]*)\)", cm).group(1).split():
         assert (root / "main" / src).is_file(), src
     assert "project(cry_detector)" in (root / "CMakeLists.txt").read_text()
@@ -126,6 +128,30 @@ def test_sdkconfig_and_kconfig_defaults(student, tmp_path):
     assert (defaults["CRY_VOTE_N"], defaults["CRY_VOTE_M"], defaults["CRY_HOLD_MS"]) == ("3", "5", "1500")
     assert (defaults["CRY_I2S_WS_GPIO"], defaults["CRY_I2S_DIN_GPIO"], defaults["CRY_I2S_BITS"]) == ("5", "6", "16")
     assert "default CRY_I2S_MODE_PDM" in kc and "default CRY_I2S_SLOT_RIGHT" in kc
+
+
+# Every option name the sdkconfig.defaults template can emit, verified by running kconfgen
+# (esp-idf-kconfig 2.5) on the generated defaults for target esp32s3 against the Kconfig trees of
+# ESP-IDF v5.1.6, v5.2.5, v5.3.3, v5.4.2, v5.5.1 and master (6.2), plus esp-dsp 1.8 and esp-nn
+# (NN_OPTIMIZED): each value was applied, none was unknown. A name outside this list is unverified.
+VERIFIED_SDKCONFIG_NAMES = {
+    "IDF_TARGET", "ESP_DEFAULT_CPU_FREQ_MHZ_240", "FREERTOS_HZ", "ESPTOOLPY_FLASHMODE_QIO",
+    "ESPTOOLPY_FLASHFREQ_80M", "ESPTOOLPY_FLASHSIZE_4MB", "ESPTOOLPY_FLASHSIZE_8MB",
+    "ESPTOOLPY_FLASHSIZE_16MB", "ESPTOOLPY_FLASHSIZE_32MB", "SPIRAM", "SPIRAM_MODE_OCT",
+    "SPIRAM_MODE_QUAD", "SPIRAM_SPEED_80M", "SPIRAM_IGNORE_NOTFOUND", "ESP32S3_INSTRUCTION_CACHE_32KB",
+    "ESP32S3_DATA_CACHE_64KB", "ESP32S3_DATA_CACHE_LINE_64B", "COMPILER_OPTIMIZATION_PERF", "NN_OPTIMIZED",
+    "NN_SKIP_NUDGE", "PARTITION_TABLE_CUSTOM", "PARTITION_TABLE_CUSTOM_FILENAME",
+    "PARTITION_TABLE_SINGLE_APP_LARGE",
+}
+
+
+def test_sdkconfig_option_names_are_verified(project):
+    template = (Path(deploy.__file__).parents[1] / "templates/esp32s3/sdkconfig.defaults.j2").read_text()
+    texts = [(project.project / "sdkconfig.defaults").read_text()]
+    texts += [template.replace("{{ flash_mb }}", str(mb)) for mb in deploy.FLASH_SIZES_MB]  # every branch
+    for text in texts:
+        names = set(re.findall(r"CONFIG_([A-Z0-9_]+)", text))
+        assert names and names <= VERIFIED_SDKCONFIG_NAMES, names - VERIFIED_SDKCONFIG_NAMES
 
 
 def test_op_resolver_lists_exactly_the_models_ops(project, student):
