@@ -22,6 +22,10 @@
 #endif
 
 #define CRY_I2S_READ_MAX 480 /* samples per read (30 ms) */
+/* i2s_channel_read() takes milliseconds and converts them with pdMS_TO_TICKS(), which overflows for
+ * portMAX_DELAY (32-bit TickType_t arithmetic), so wait a finite time like the IDF I2S examples;
+ * a timeout (no microphone clock/data for 1 s) is reported as a read error. */
+#define CRY_I2S_TIMEOUT_MS 1000
 
 static i2s_chan_handle_t s_rx;
 
@@ -81,11 +85,11 @@ int cry_i2s_read(int16_t *out, size_t max_samples, size_t *got)
     *got = 0;
 #if CRY_I2S_BITS == 32
     static int32_t raw[CRY_I2S_READ_MAX];
-    if (i2s_channel_read(s_rx, raw, n * sizeof(int32_t), &bytes, portMAX_DELAY) != ESP_OK) return -1;
+    if (i2s_channel_read(s_rx, raw, n * sizeof(int32_t), &bytes, CRY_I2S_TIMEOUT_MS) != ESP_OK) return -1;
     n = bytes / sizeof(int32_t);
     for (size_t i = 0; i < n; i++) out[i] = (int16_t)(raw[i] >> 16);
 #else
-    if (i2s_channel_read(s_rx, out, n * sizeof(int16_t), &bytes, portMAX_DELAY) != ESP_OK) return -1;
+    if (i2s_channel_read(s_rx, out, n * sizeof(int16_t), &bytes, CRY_I2S_TIMEOUT_MS) != ESP_OK) return -1;
     n = bytes / sizeof(int16_t);
 #endif
     *got = n;

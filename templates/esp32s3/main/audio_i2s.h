@@ -16,9 +16,9 @@ extern "C" {
 /* Create, configure and enable the RX channel. 0 on success, negative on error. */
 int cry_i2s_init(void);
 
-/* Blocking read of up to max_samples samples as int16 (full scale = 32768, so x/32768 lies in
- * [-1, 1) like the training audio). 32-bit slots (INMP441: 24-bit MSB-aligned data) keep their
- * top 16 bits. *got = samples read. 0 on success. */
+/* Blocking read (waits at most 1 s) of up to max_samples samples as int16 (full scale = 32768,
+ * so x/32768 lies in [-1, 1) like the training audio). 32-bit slots (INMP441: 24-bit MSB-aligned
+ * data) keep their top 16 bits. *got = samples read. 0 on success, negative on error or timeout. */
 int cry_i2s_read(int16_t *out, size_t max_samples, size_t *got);
 
 #ifdef __cplusplus
