@@ -137,6 +137,8 @@ static void rfft_packed(const float *frame, float *io)
 int cry_fe_init(cry_fe_t *fe)
 {
     cry_fe_reset(fe);
+    /* esp-dsp's S3 FFT needs an aligned buffer (see cry_fe_t); a heap-allocated cry_fe_t may not be */
+    if (((uintptr_t)fe->fft % 16u) != 0) return -2;
     return fft_init();
 }
 

@@ -40,7 +40,8 @@ typedef struct {
     uint32_t frames_total;          /* frames produced since reset */
 } cry_fe_t;
 
-/* One-time init (FFT tables). Returns 0 on success, non-zero on failure. */
+/* One-time init (FFT tables). Returns 0 on success, non-zero on failure (FFT tables could not
+ * be set up, or fe->fft is not 16-byte aligned, e.g. a cry_fe_t in memory from plain malloc). */
 int cry_fe_init(cry_fe_t *fe);
 
 /* Forget all audio (keeps the FFT tables). */
