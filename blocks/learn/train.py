@@ -118,6 +118,7 @@ def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike,
     elif set(found) != set(learn.labels):
         params = params.replace(learn={"labels": found})
         learn = params.learn
+    teacher = _teacher(teacher)  # fail fast on a missing/corrupt teacher, before feature extraction
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     t0 = time.perf_counter()
     ps = compute_patches(clips, params.dsp, workers=workers, cache_dir=cache)
