@@ -9,7 +9,7 @@ import pytest
 from cryblock import logformat
 from cryblock.data import load_manifest, split_by_group
 from cryblock.errors import DataError, ParameterError
-from cryblock.params import DetectorParams, DspParams, LearnParams, Params
+from cryblock.params import DspParams, Params
 
 
 def test_dsp_defaults_are_yamnet_sizes():

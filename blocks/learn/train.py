@@ -271,7 +271,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
                 thr_k = float(np.clip(round(tuned[k]["threshold"], 3), 0.0, 1.0))  # Kconfig holds it ×1000
                 det_of[k] = params.detector.__class__(**{**params.to_dict()["detector"], "threshold": thr_k})
             params = params.replace(detector={"threshold": det_of["int8"].threshold})
-            log(f"detector thresholds tuned on validation clips (best clip F1): "
+            log("detector thresholds tuned on validation clips (best clip F1): "
                 + ", ".join(f"{k} {det_of[k].threshold}" for k in det_of) + " (INT8 one deployed)")
 
         probs = {"teacher": np.asarray(teacher_test_prob), "float": float_probs, "int8": int8_probs}
