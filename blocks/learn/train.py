@@ -15,6 +15,7 @@ place only when everything succeeded, so a failed run leaves no half-written out
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -269,7 +270,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
                 sv = pv.reshape(-1) if pv.ndim == 1 or pv.shape[1] == 1 else pv[:, pos_index]
                 tuned[k] = evaluate.binary_metrics(y_val_clip, evaluate.clip_max(sv, val.clip_index, len(y_val_clip)))
                 thr_k = float(np.clip(round(tuned[k]["threshold"], 3), 0.0, 1.0))  # Kconfig holds it ×1000
-                det_of[k] = params.detector.__class__(**{**params.to_dict()["detector"], "threshold": thr_k})
+                det_of[k] = dataclasses.replace(params.detector, threshold=thr_k)
             params = params.replace(detector={"threshold": det_of["int8"].threshold})
             log("detector thresholds tuned on validation clips (best clip F1): "
                 + ", ".join(f"{k} {det_of[k].threshold}" for k in det_of) + " (INT8 one deployed)")
