@@ -37,10 +37,13 @@ def register(group: click.Group) -> None:
               help="Module flash size in MB.")
 @click.option("--psram", "psram_mode", type=click.Choice(["oct", "quad"]), default="oct", show_default=True,
               help="PSRAM type: octal (N8R8, N16R8) or quad (N8R2).")
+@click.option("--console", type=click.Choice(["uart", "usb"]), default="uart", show_default=True,
+              help="Primary console (reads serial commands): UART0 via the USB-UART bridge, or the native "
+                   "USB Serial/JTAG port (/dev/ttyACM0).")
 @click.option("--no-idf", is_flag=True, help="Only generate; do not run idf.py even if ESP-IDF is available.")
 @click.option("--json", "as_json", is_flag=True, help="Print the size report as JSON.")
 def build(model_path, params_path, target, out_dir, i2s, pin_bclk, pin_ws, pin_din, slot, bits, ram,
-          arena_margin, flash_size, psram_mode, no_idf, as_json):
+          arena_margin, flash_size, psram_mode, console, no_idf, as_json):
     """Generate an ESP-IDF project for the model and report flash/RAM/latency."""
     from cryblock.deploy import BuildOptions, find_idf, format_report, generate_project, run_idf_build
     from cryblock.params import Params
@@ -56,7 +59,8 @@ def build(model_path, params_path, target, out_dir, i2s, pin_bclk, pin_ws, pin_d
     params = Params.load(params_path) if params_path else Params()
     opts = BuildOptions(target=target, i2s=i2s, pin_bclk=pin_bclk, pin_ws=pin_ws, pin_din=pin_din, slot=slot,
                         bits=int(bits) if bits else (16 if i2s == "pdm" else 32), ram=ram,
-                        arena_margin=arena_margin, flash_mb=int(flash_size), psram_mode=psram_mode)
+                        arena_margin=arena_margin, flash_mb=int(flash_size), psram_mode=psram_mode,
+                        console=console)
     res = generate_project(model_path, out_dir, params, opts)
     if as_json:
         click.echo(json.dumps(res.report, indent=2, ensure_ascii=False))

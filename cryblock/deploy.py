@@ -602,6 +602,8 @@ class BuildOptions:
     community code disagrees). bits: 32 (24-bit MSB-aligned, INMP441) or 16.
     ram: "auto" | "internal" | "psram" for the arena. arena_margin: fraction (see plan_arena).
     flash_mb: module flash size; psram_mode: "oct" (N8R8/N16R8) | "quad" (N8R2).
+    console: "uart" (ESP-IDF default: UART0, the USB-UART bridge port, reads serial commands) or
+    "usb" (native USB Serial/JTAG port, /dev/ttyACM0, as primary console so it reads commands too).
     """
 
     target: str = "esp32s3"
@@ -615,6 +617,7 @@ class BuildOptions:
     arena_margin: float = 0.10
     flash_mb: int = 8
     psram_mode: str = "oct"
+    console: str = "uart"
     project_name: str = "cry_detector"
 
     def validate(self) -> None:
@@ -640,6 +643,8 @@ class BuildOptions:
             raise ParameterError(f"parameter 'flash_mb': must be one of {FLASH_SIZES_MB}, got {self.flash_mb!r}")
         if self.psram_mode not in ("oct", "quad"):
             raise ParameterError(f"parameter 'psram_mode': must be oct or quad, got {self.psram_mode!r}")
+        if self.console not in ("uart", "usb"):
+            raise ParameterError(f"parameter 'console': must be uart or usb, got {self.console!r}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", self.project_name):
             raise ParameterError(f"parameter 'project_name': must be a C identifier, got {self.project_name!r}")
 
@@ -733,7 +738,7 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "hold_ms": int(round(det.hold_seconds * 1000)),
         "i2s": opts.i2s, "pin_bclk": opts.pin_bclk, "pin_ws": opts.pin_ws, "pin_din": opts.pin_din,
         "slot": opts.slot, "bits": opts.bits,
-        "flash_mb": opts.flash_mb, "psram_mode": opts.psram_mode,
+        "flash_mb": opts.flash_mb, "psram_mode": opts.psram_mode, "console": opts.console,
         "custom_partitions": app_part != DEFAULT_APP_PARTITION, "app_partition_bytes": app_part,
         "audio_ring_bytes": report["ram"]["audio_ring_bytes"],
         "input_scale_c": _cfloat(info.input.scale), "output_scale_c": _cfloat(info.output.scale),

@@ -114,9 +114,10 @@ def test_project_layout(project):
 def test_sdkconfig_and_kconfig_defaults(student, tmp_path):
     params = Params().replace(detector={"threshold": 0.62, "vote_n": 3, "vote_m": 5, "hold_seconds": 1.5})
     opts = deploy.BuildOptions(i2s="pdm", pin_ws=5, pin_din=6, slot="right", bits=16, flash_mb=16,
-                               psram_mode="quad")
+                               psram_mode="quad", console="usb")
     res = deploy.generate_project(student[0], tmp_path / "p", params, opts)
     sd = (res.project / "sdkconfig.defaults").read_text().splitlines()
+    assert "CONFIG_ESP_CONSOLE_USB_SERIAL_JTAG=y" in sd  # commands readable on the native USB port
     for line in ["CONFIG_IDF_TARGET=\"esp32s3\"", "CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ_240=y", "CONFIG_SPIRAM=y",
                  "CONFIG_SPIRAM_MODE_QUAD=y", "CONFIG_ESPTOOLPY_FLASHSIZE_16MB=y",
                  "CONFIG_COMPILER_OPTIMIZATION_PERF=y", "CONFIG_PARTITION_TABLE_SINGLE_APP_LARGE=y",
@@ -142,6 +143,9 @@ VERIFIED_SDKCONFIG_NAMES = {
     "ESP32S3_DATA_CACHE_64KB", "ESP32S3_DATA_CACHE_LINE_64B", "COMPILER_OPTIMIZATION_PERF", "NN_OPTIMIZED",
     "NN_SKIP_NUDGE", "PARTITION_TABLE_CUSTOM", "PARTITION_TABLE_CUSTOM_FILENAME",
     "PARTITION_TABLE_SINGLE_APP_LARGE",
+    # `git grep "config ESP_CONSOLE_USB_SERIAL_JTAG$"`: esp_system/Kconfig in v5.1.6 and v5.4.2,
+    # esp_stdio/Kconfig on master (same name).
+    "ESP_CONSOLE_USB_SERIAL_JTAG",
 }
 
 
