@@ -38,6 +38,8 @@ _LEARN_FLAGS = [
     ("--batch-size", "batch_size", int, "batch size"),
     ("--patience", "patience", int, "early-stopping patience (epochs) on validation AUC"),
     ("--seed", "seed", int, "random seed (split, sampling, initialisation)"),
+    ("--positive-label", "positive_label", str, "label the detector fires on (default cry; required for "
+                                                   "--preset general unless a label is named cry)"),
     ("--preset", "preset", click.Choice(["cry", "general"]), "cry (sigmoid, teacher cry classes) or general "
                                                               "(softmax over the manifest's labels)"),
 ]

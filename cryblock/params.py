@@ -129,7 +129,7 @@ class LearnParams:
     """
 
     labels: tuple[str, ...] = ("not_cry", "cry")
-    positive_label: str = "cry"  #: the label the cry preset detects
+    positive_label: str = "cry"  #: the label the detector fires on (its score is thresholded)
     preset: str = "cry"  #: "cry" (sigmoid, teacher classes 19/20) or "general" (softmax, teacher head)
     temperature: float = 2.0
     alpha: float = 0.3
@@ -154,9 +154,9 @@ class LearnParams:
         _check(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "labels",
                f"need ≥ 2 distinct labels, got {list(self.labels)}")
         _check(self.preset in ("cry", "general"), "preset", f"must be 'cry' or 'general', got {self.preset!r}")
-        if self.preset == "cry":
-            _check(self.positive_label in self.labels, "positive_label",
-                   f"{self.positive_label!r} is not one of labels {list(self.labels)}")
+        # the detector thresholds this label's score (cry preset: the sigmoid; general: its softmax column)
+        _check(self.positive_label in self.labels, "positive_label",
+               f"{self.positive_label!r} is not one of labels {list(self.labels)}")
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         _check(0 <= self.alpha <= 1, "alpha", f"must be in [0, 1], got {self.alpha}")
         _check(0 <= self.filter_neg < self.filter_pos <= 1, "filter_pos",

@@ -33,7 +33,8 @@ def test_bad_parameters_name_the_parameter(section, kw, name):
 
 
 def test_params_json_round_trip(tmp_path):
-    p = Params().replace(learn={"temperature": 4.0, "labels": ["a", "b", "c"], "preset": "general"},
+    p = Params().replace(learn={"temperature": 4.0, "labels": ["a", "b", "c"], "preset": "general",
+                                "positive_label": "b"},
                          detector={"vote_n": 3, "vote_m": 5})
     f = tmp_path / "params.json"
     p.save(f)

@@ -161,6 +161,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--embedding-weight", type=float, default=d.embedding_weight)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--positive-class", type=int, default=0,
+                    help="0-based index (Edge Impulse's label order) of the class whose score the detector "
+                         "metrics threshold; e.g. 0 for labels [cry, noise]")
     ap.add_argument("--teacher", default=None, help="YAMNet file; default $CRYBLOCK_TEACHER, cache or download")
     args, _unknown = ap.parse_known_args(argv)
     return args
@@ -178,8 +181,10 @@ def run(args: argparse.Namespace, log=print):
     dsp = DspParams()
     xtr, ytr, xte, yte, k = load_split(args.data_directory, dsp)
     labels = tuple(f"class_{i}" for i in range(k))
+    if not 0 <= args.positive_class < k:
+        raise DataError(f"--positive-class must be in [0, {k - 1}] for {k} classes, got {args.positive_class}")
     params = Params().replace(learn={
-        "preset": "general", "labels": list(labels), "epochs": args.epochs, "learning_rate": args.learning_rate,
+        "preset": "general", "labels": list(labels), "positive_label": labels[args.positive_class], "epochs": args.epochs, "learning_rate": args.learning_rate,
         "temperature": args.temperature, "alpha": args.alpha, "neg_per_pos": args.neg_per_pos,
         "filter_pos": args.filter_pos, "filter_neg": args.filter_neg, "width": args.width, "depth": args.depth,
         "embedding_weight": args.embedding_weight, "batch_size": args.batch_size, "seed": args.seed})

@@ -116,9 +116,13 @@ def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike,
             raise DataError(f"{mp}: no clip has the positive label {learn.positive_label!r} (labels: {found})")
         if len(found) < 2:
             raise DataError(f"{mp}: only one label {found}; need positive and negative clips")
-    elif set(found) != set(learn.labels):
-        params = params.replace(learn={"labels": found})
-        learn = params.learn
+    else:
+        if learn.positive_label not in found:
+            raise DataError(f"{mp}: preset 'general' needs the label the detector fires on: "
+                            f"--positive-label must be one of {found} (got {learn.positive_label!r})")
+        if set(found) != set(learn.labels):
+            params = params.replace(learn={"labels": found})
+            learn = params.learn
     teacher = _teacher(teacher)  # fail fast on a missing/corrupt teacher, before feature extraction
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     t0 = time.perf_counter()
@@ -208,7 +212,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
         head = distill.fit_teacher_head(emb[sl["train"]], train.y, learn.labels, learn.seed)
         zt_train = head.logits(emb[sl["train"]])
         probs_all = head.proba(emb)
-        pos_index = learn.labels.index(learn.positive_label) if learn.positive_label in learn.labels else 1
+        pos_index = learn.labels.index(learn.positive_label)
         p_all = probs_all[np.arange(len(all_x)), np.concatenate([train.y, val.y, test.y])]  # own-label prob
         teacher_test_prob = probs_all[sl["test"]]
 
@@ -269,7 +273,8 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
             for k, pv in val_probs.items():
                 sv = pv.reshape(-1) if pv.ndim == 1 or pv.shape[1] == 1 else pv[:, pos_index]
                 tuned[k] = evaluate.binary_metrics(y_val_clip, evaluate.clip_max(sv, val.clip_index, len(y_val_clip)))
-                thr_k = float(np.clip(round(tuned[k]["threshold"], 3), 0.0, 1.0))  # Kconfig holds it ×1000
+                # floor to 1e-3 (the firmware Kconfig holds it ×1000) so it never rises above the best-F1 point
+                thr_k = float(np.clip(np.floor(tuned[k]["threshold"] * 1000) / 1000, 0.0, 1.0))
                 det_of[k] = dataclasses.replace(params.detector, threshold=thr_k)
             params = params.replace(detector={"threshold": det_of["int8"].threshold})
             log("detector thresholds tuned on validation clips (best clip F1): "
