@@ -13,7 +13,8 @@
   (duration = windows × patch hop, 0.48 s).
 * :class:`TflmRunner` — runs the INT8 model in the TensorFlow Lite **Micro** interpreter
   (``tflite_micro`` Python package), one patch per invoke as on the device, quantising the input
-  with the model's own input scale/zero-point; its arena comes from
+  with the model's own input scale/zero-point by the firmware's rule
+  (:func:`cryblock.deploy.quantize_input`); its arena comes from
   :func:`cryblock.deploy.measure_arena`.
 """
 from __future__ import annotations
@@ -185,12 +186,13 @@ class TflmRunner:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float probabilities ``[N, n_out]`` of float32 patches ``x`` (``[N, 96, 64]`` or any
         shape that reshapes to the model input), one invoke per patch."""
+        from cryblock.deploy import quantize_input
+
         shape = tuple(int(d) for d in self.inp["shape"])
         x = np.asarray(x, dtype=np.float32)
         outs = []
         for i in range(len(x)):
-            q = np.clip(np.round(x[i] / self.in_scale + self.in_zp), -128, 127).astype(np.int8).reshape(shape)
-            self.interp.set_input(q, 0)
+            self.interp.set_input(quantize_input(x[i], self.in_scale, self.in_zp).reshape(shape), 0)
             self.interp.invoke()
             o = self.interp.get_output(0).astype(np.float32)
             outs.append((o.reshape(-1) - self.out_zp) * self.out_scale)
