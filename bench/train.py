@@ -48,7 +48,7 @@ def main() -> None:
     learn = LearnParams(width=args.width, depth=args.depth, epochs=args.epochs)
     tr, va, _ = split_by_group(ps.clips, learn.test_fraction, learn.validation_fraction, learn.seed)
     sub_tr, sub_va = ps.subset_clips(tr), ps.subset_clips(va)
-    p = cry_probability(teacher.predict(sub_tr.patches)[0])
+    p = cry_probability(scores[np.isin(ps.clip_index, tr)])  # subset_clips keeps the patch order
     y = (sub_tr.labels() == "cry")
     keep = distill.teacher_filter(y, p, learn.filter_pos, learn.filter_neg)
     data = distill.DistillData(sub_tr.patches[keep], y[keep].astype(int), distill.logit(p[keep])[:, None], None,
