@@ -37,6 +37,15 @@ def teacher_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def teacher(teacher_path):
+    """The real YAMNet teacher loaded once for the session
+    (cryblock.blocks.learn.teacher.Teacher; read-only in tests)."""
+    from cryblock.blocks.learn.teacher import load_teacher
+
+    return load_teacher(teacher_path)
+
+
+@pytest.fixture(scope="session")
 def clips(data_dir):
     """All clips of the shared manifest (list of cryblock.data.Clip)."""
     from cryblock.data import load_manifest

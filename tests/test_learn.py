@@ -140,13 +140,6 @@ def test_default_student_fits_64k_int8(tmp_path):
 
 # ----------------------------------------------------------------------------- real quick run
 @pytest.fixture(scope="module")
-def teacher(teacher_path):
-    from cryblock.blocks.learn.teacher import load_teacher
-
-    return load_teacher(teacher_path)
-
-
-@pytest.fixture(scope="module")
 def quick_run(data_dir, teacher, tmp_path_factory):
     from cryblock.blocks.learn.train import train_from_manifest
 
@@ -183,20 +176,30 @@ def test_quick_run_files_and_metrics(quick_run):
     assert "saved_model/saved_model.pb" in names and all(n.startswith("saved_model/") for n in names)
 
 
-def test_detector_threshold_tuned_on_validation_and_deployed(quick_run, teacher):
-    """params.json carries the INT8 model's best clip-F1 threshold on the *validation* split."""
-    from cryblock.blocks.learn.evaluate import TflmRunner, binary_metrics, clip_max
+@pytest.fixture(scope="module")
+def quick_split(quick_run):
+    """The quick run's clips recomputed from scratch: same 80-clip subset, same group split
+    (PatchSet, train clip indices, validation clip indices)."""
     from cryblock.blocks.learn.train import sample_clips
     from cryblock.data import compute_patches, load_manifest, split_by_group
+
+    lp = Params().replace(learn=QUICK).learn
+    manifest = Path(quick_run[0].metrics["data"]["manifest"])
+    ps = compute_patches(sample_clips(load_manifest(manifest), 80, lp.seed), workers=1)
+    tr, va, _ = split_by_group(ps.clips, lp.test_fraction, lp.validation_fraction, lp.seed)
+    return ps, tr, va
+
+
+def test_detector_threshold_tuned_on_validation_and_deployed(quick_run, quick_split):
+    """params.json carries the INT8 model's best clip-F1 threshold on the *validation* split."""
+    from cryblock.blocks.learn.evaluate import TflmRunner, binary_metrics, clip_max
 
     res = quick_run[0]
     m = res.metrics
     saved = Params.load(res.out_dir / "params.json").detector.threshold
     assert m["int8"]["detector_threshold"] == saved == m["detector"]["threshold"]
     assert saved != Params().detector.threshold  # the 0.5 default was replaced
-    lp = Params().replace(learn=QUICK).learn
-    ps = compute_patches(sample_clips(load_manifest(Path(m["data"]["manifest"])), 80, lp.seed), workers=1)
-    _, va, _ = split_by_group(ps.clips, lp.test_fraction, lp.validation_fraction, lp.seed)
+    ps, _, va = quick_split
     sub = ps.subset_clips(va)
     runner = TflmRunner((res.out_dir / "model_quantized_int8_io.tflite").read_bytes())
     clip_y = np.array([c.label == "cry" for c in sub.clips])
@@ -205,7 +208,7 @@ def test_detector_threshold_tuned_on_validation_and_deployed(quick_run, teacher)
     assert saved == pytest.approx(np.floor(want * 1000) / 1000, abs=1e-9)  # ×1000 integer in the firmware Kconfig
 
 
-def test_quick_run_filter_counts_match_teacher(quick_run, teacher):
+def test_quick_run_filter_counts_match_teacher(quick_run, quick_split, teacher):
     m = quick_run[0].metrics
     f = m["filter"]
     assert 0 < f["positive_kept"] <= f["positive_windows"]
@@ -213,12 +216,8 @@ def test_quick_run_filter_counts_match_teacher(quick_run, teacher):
     assert m["training"]["windows_kept"] == f["positive_kept"] + f["negative_kept"]
     # recount from scratch: same subset, same group split, real teacher cry probability
     from cryblock.blocks.learn.teacher import cry_probability
-    from cryblock.blocks.learn.train import sample_clips
-    from cryblock.data import compute_patches, load_manifest, split_by_group
 
-    lp = Params().replace(learn=QUICK).learn
-    ps = compute_patches(sample_clips(load_manifest(Path(m["data"]["manifest"])), 80, lp.seed), workers=1)
-    tr, _, _ = split_by_group(ps.clips, lp.test_fraction, lp.validation_fraction, lp.seed)
+    ps, tr, _ = quick_split
     sub = ps.subset_clips(tr)
     p = cry_probability(teacher.predict(sub.patches)[0])
     pos = sub.labels() == "cry"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cryblock.blocks.dsp.features import pad_waveform, waveform_to_patches
-from cryblock.blocks.learn.teacher import (EMBEDDING_SIZE, NUM_CLASSES, Teacher, TeacherSource,
+from cryblock.blocks.learn.teacher import (EMBEDDING_SIZE, NUM_CLASSES, TeacherSource,
                                            TfliteWaveformYamnet, cry_probability, load_teacher,
                                            resolve_teacher_path, verify_sha256)
 from cryblock.errors import CryblockError
@@ -27,11 +27,6 @@ from cryblock.io import load_audio
 from cryblock.params import DspParams
 
 DSP = DspParams()
-
-
-@pytest.fixture(scope="module")
-def teacher(teacher_path) -> Teacher:
-    return load_teacher(teacher_path)
 
 
 def _sample(clips):
