@@ -353,7 +353,7 @@ def test_generated_sources_compile_on_host(project, tmp_path):
     chk = tmp_path / "chk.cc"
     chk.write_text('#include "frontend_tables.h"\n#include "model_settings.h"\n'
                    "static_assert(CRY_INPUT_ELEMS == CRY_PATCH_FRAMES * CRY_FE_NMEL, \"input\");\n"
-                   f"static_assert(CRY_POS_INDEX < CRY_OUTPUT_ELEMS, \"pos\");\nint main() {{ return 0; }}\n")
+                   "static_assert(CRY_POS_INDEX < CRY_OUTPUT_ELEMS, \"pos\");\nint main() { return 0; }\n")
     r = subprocess.run(["g++", "-std=c++17", *warn, f"-I{main}", "-fsyntax-only", str(chk)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     # ESP-IDF-dependent files against declaration stubs (tests/c/stubs), sdkconfig.h from Kconfig
