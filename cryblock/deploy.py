@@ -680,11 +680,10 @@ def _jinja_env(root: Path):
 
 def _frontend_context(dsp: DspParams) -> dict[str, Any]:
     t = frontend_tables(dsp)
-    fmt = lambda v: _cfloat(v)  # noqa: E731
     return {
         "version": __version__, "fe": t, "dsp": dsp,
-        "hann_c": _c_list(t["hann"], 6, fmt),
-        "mel_weights_c": _c_list(t["mel_weights"], 6, fmt),
+        "hann_c": _c_list(t["hann"], 6, _cfloat),
+        "mel_weights_c": _c_list(t["mel_weights"], 6, _cfloat),
         "mel_start_c": _c_list(t["mel_start"], 16),
         "mel_len_c": _c_list(t["mel_len"], 16),
         "mel_offset_c": _c_list(t["mel_offset"], 16),
@@ -731,7 +730,7 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "input": info.input, "output": info.output,
         "input_elems": info.input.size, "output_elems": info.output.size,
         "pos_index": positive_output_index(info, params),
-        "labels": list(params.learn.labels), "positive_label": params.learn.positive_label,
+        "positive_label": params.learn.positive_label,
         "arena": arena, "arena_bytes": arena.arena_bytes, "arena_psram": arena.region == "psram",
         "threshold_x1000": int(round(det.threshold * 1000)),
         "vote_n": det.vote_n, "vote_m": det.vote_m,
@@ -743,9 +742,6 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "audio_ring_bytes": report["ram"]["audio_ring_bytes"],
         "input_scale_c": _cfloat(info.input.scale), "output_scale_c": _cfloat(info.output.scale),
         "report": report,
-        "report_json": json.dumps(report, indent=2, ensure_ascii=False),
-        "detector": det,
-        "params_json": json.dumps(params.to_dict(), indent=2),
     }
 
 
@@ -851,7 +847,7 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     try:
         files = render_project(ctx, model, tmp, opts.target)
         (tmp / "size_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        (tmp / "params.json").write_text(json.dumps(params.to_dict(), indent=2) + "\n")
+        params.save(tmp / "params.json")
         (tmp / MARKER).write_text(json.dumps({"generator": f"cryblock {__version__}", "model": name,
                                               "options": asdict(opts)}, indent=2) + "\n")
         files += [Path("size_report.json"), Path("params.json"), Path(MARKER)]
