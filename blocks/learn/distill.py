@@ -294,14 +294,22 @@ def val_auc(y: np.ndarray, probs: np.ndarray) -> float:
     return float(roc_auc_score(y, p, multi_class="ovr", labels=present))
 
 
+def model_input(model, x: np.ndarray) -> np.ndarray:
+    """Patches shaped for ``model``'s input: float32 ``[N, 96·64]`` for a flat-input (Edge
+    Impulse) model, else ``[N, 96, 64, 1]`` (the channel axis added to ``[N, 96, 64]``)."""
+    x = np.asarray(x, dtype=np.float32)
+    if len(model.inputs[0].shape) == 2:
+        return x.reshape(len(x), int(np.prod(x.shape[1:])))
+    return x[..., None] if x.ndim == 3 else x
+
+
 def predict_batches(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Run a Keras model on ``x`` in batches (inference mode); float32 output ``[N, ...]``."""
+    """Run a Keras model on patches ``x`` (:func:`model_input` shapes them) in batches
+    (inference mode); float32 output ``[N, ...]``."""
+    x = model_input(model, x)
     outs = []
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        if xb.ndim == 3:
-            xb = xb[..., None]
-        out = model(xb, training=False)
+        out = model(x[i:i + batch_size], training=False)
         if isinstance(out, (list, tuple)):
             out = out[0]
         outs.append(np.asarray(out))
@@ -342,11 +350,7 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
     if use_emb and (data.teacher_emb is None or len(models.train_model.outputs) < 2):
         raise CryblockError("embedding_weight > 0 needs teacher embeddings and a student built with "
                             "embedding_projection=True")
-    x_all = np.asarray(data.x, dtype=np.float32)
-    if x_all.ndim == 3:
-        x_all = x_all[..., None]
-    if len(models.model.inputs[0].shape) == 2:  # flat-input (Edge Impulse) model
-        x_all = x_all.reshape(len(x_all), -1)
+    x_all = model_input(models.model, data.x)
     y_all = np.asarray(data.y)
     y_t = (y_all.astype(np.float32)[:, None] if binary
            else np.eye(models.n_out, dtype=np.float32)[y_all.astype(np.int64)])
@@ -371,9 +375,6 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    val_x = np.asarray(val_x, dtype=np.float32)
-    if len(models.model.inputs[0].shape) == 2:
-        val_x = val_x.reshape(len(val_x), -1)
     rng = np.random.default_rng(learn.seed)
     res = FitResult()
     best_weights, bad_epochs = None, 0

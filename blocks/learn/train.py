@@ -252,8 +252,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
 
         # --- evaluation on the test split
         t0 = time.perf_counter()
-        x_test = test.x.reshape(len(test.x), -1) if flat_input else test.x[..., None]
-        float_probs = distill.predict_batches(models.model, x_test)
+        float_probs = distill.predict_batches(models.model, test.x)
         runner = evaluate.TflmRunner(exp.int8_tflite)
         int8_probs = runner.predict(test.x)
         t_eval_int8 = time.perf_counter() - t0
@@ -265,9 +264,8 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
         det_of = {k: params.detector for k in ("teacher", "float", "int8")}
         tuned = None
         if learn.tune_threshold:
-            x_val = val.x.reshape(len(val.x), -1) if flat_input else val.x[..., None]
             val_probs = {"teacher": p_all[sl["val"]] if cry else probs_all[sl["val"]],
-                         "float": distill.predict_batches(models.model, x_val), "int8": runner.predict(val.x)}
+                         "float": distill.predict_batches(models.model, val.x), "int8": runner.predict(val.x)}
             y_val_clip = (np.asarray(val.clip_y) == pos_index).astype(int)
             tuned = {}
             for k, pv in val_probs.items():
