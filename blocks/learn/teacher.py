@@ -494,11 +494,9 @@ def weights_from_tflite(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, 
                 raise CryblockError(f"{p}: not a YAMNet TFLite model (op for {name} is {op['op_name']}, expected {want})")
             w = const(op["inputs"][1])
             b = const(op["inputs"][2]) if int(op["inputs"][2]) >= 0 else np.zeros(w.shape[0 if kind != "depthwise" else 3], np.float32)
-            if kind == "depthwise":  # [1, kh, kw, C] → [kh, kw, C, 1]
-                w = np.transpose(w, (1, 2, 3, 0))
-            else:  # [O, kh, kw, I] → [kh, kw, I, O]
-                w = np.transpose(w, (1, 2, 3, 0))
-            weights[name] = (np.ascontiguousarray(w), b.reshape(-1))
+            # one permutation for both: depthwise [1, kh, kw, C] → [kh, kw, C, 1],
+            # conv [O, kh, kw, I] → [kh, kw, I, O]
+            weights[name] = (np.ascontiguousarray(np.transpose(w, (1, 2, 3, 0))), b.reshape(-1))
         fc = fcs[-1]
         w = const(fc["inputs"][1])
         b = const(fc["inputs"][2]) if int(fc["inputs"][2]) >= 0 else np.zeros(NUM_CLASSES, np.float32)
