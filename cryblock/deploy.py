@@ -133,9 +133,21 @@ def read_model(path: str | os.PathLike) -> bytes:
     return data
 
 
+def _op_names(fb, m) -> list[str]:
+    """Builtin operator name of each operator code of the flatbuffer model ``m`` (``CONV_2D``, …;
+    ``BUILTIN_<n>`` for a code the schema does not name)."""
+    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    out = []
+    for i in range(m.OperatorCodesLength()):
+        oc = m.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        out.append(names.get(code, f"BUILTIN_{code}"))
+    return out
+
+
 def _tensor_info(fb, sub, idx: int) -> TensorInfo:
     t = sub.Tensors(idx)
-    shape = tuple(int(v) for v in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+    shape = _shape(sub, idx)
     q = t.Quantization()
     scale, zp = 0.0, 0
     if q is not None and q.ScaleLength():
@@ -165,16 +177,11 @@ def inspect_model(model: bytes, name: str = "model") -> ModelInfo:
         raise CryblockError(f"{name}: cannot parse TFLite flatbuffer ({e})") from None
     if n_sub != 1:
         raise CryblockError(f"{name}: expected 1 subgraph, found {n_sub}")
-    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-    codes = []
-    for i in range(m.OperatorCodesLength()):
-        oc = m.OperatorCodes(i)
-        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
-        op = names.get(code, f"BUILTIN_{code}")
-        if op == "CUSTOM":
-            cname = oc.CustomCode().decode() if oc.CustomCode() else "?"
-            raise CryblockError(f"{name}: custom operator '{cname}' is not supported by the generator")
-        codes.append(op)
+    codes = _op_names(fb, m)
+    if "CUSTOM" in codes:
+        oc = m.OperatorCodes(codes.index("CUSTOM"))
+        cname = oc.CustomCode().decode() if oc.CustomCode() else "?"
+        raise CryblockError(f"{name}: custom operator '{cname}' is not supported by the generator")
     sub = m.Subgraphs(0)
     if sub.InputsLength() != 1 or sub.OutputsLength() != 1:
         raise CryblockError(f"{name}: expected 1 input and 1 output tensor, found "
@@ -325,9 +332,7 @@ def esp_nn_scratch_bound(model: bytes) -> int:
     """
     fb = _schema()
     m = fb.Model.GetRootAs(model, 0)
-    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [names.get(max(m.OperatorCodes(i).BuiltinCode(), m.OperatorCodes(i).DeprecatedBuiltinCode()))
-             for i in range(m.OperatorCodesLength())]
+    codes = _op_names(fb, m)
     sub = m.Subgraphs(0)
     best = 0
     for j in range(sub.OperatorsLength()):
