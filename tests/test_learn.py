@@ -229,15 +229,14 @@ def test_quick_run_filter_counts_match_teacher(quick_run, quick_split, teacher):
     assert all(h["windows"] == want for h in m["training"]["history"])
 
 
-def test_int8_matches_float_in_tflm(quick_run, data_dir):
+def test_int8_matches_float_in_tflm(quick_run, clips):
     """The INT8 model in TFLite Micro agrees with the float model on real test patches."""
     from cryblock.blocks.learn.evaluate import TflmRunner
-    from cryblock.data import compute_patches, load_manifest
+    from cryblock.data import compute_patches
     import tensorflow as tf
 
     out = quick_run[0].out_dir
-    clips = [c for c in load_manifest(data_dir / "manifest.csv")][:6]
-    x = compute_patches(clips, workers=1).patches[:30]
+    x = compute_patches(clips[:6], workers=1).patches[:30]
     r = TflmRunner((out / "model_quantized_int8_io.tflite").read_bytes())
     p8 = r.predict(x).reshape(-1)
     interp = tf.lite.Interpreter(model_content=(out / "model.tflite").read_bytes())
@@ -358,7 +357,6 @@ def test_ei_bad_inputs(tmp_path):
     _ei_write(tmp_path / "notest", x, y, x, np.eye(2, dtype=np.float32)[[0] * 10])
     with pytest.raises(DataError, match="missing from the test split"):
         load_split(tmp_path / "notest")
-    (tmp_path / "corrupt").mkdir()
     _ei_write(tmp_path / "corrupt", x, y, x, y)
     (tmp_path / "corrupt" / "X_split_test.npy").write_bytes(b"not numpy")
     with pytest.raises(DataError, match="X_split_test.npy"):
@@ -373,17 +371,17 @@ def test_ei_empty_dir_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def _manifest(path: Path, rows, data_dir: Path):
+def _manifest(path: Path, rows):
     lines = ["path,label,group"] + [f"{r.path},{lab},{r.group}" for r, lab in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def test_one_class_manifest_is_rejected(clips, data_dir, tmp_path, teacher):
+def test_one_class_manifest_is_rejected(clips, tmp_path, teacher):
     from cryblock.blocks.learn.train import train_from_manifest
 
     neg = [c for c in clips if c.label == "not_cry"][:12]
-    man = _manifest(tmp_path / "m.csv", [(c, c.label) for c in neg], data_dir)
+    man = _manifest(tmp_path / "m.csv", [(c, c.label) for c in neg])
     out = tmp_path / "out"
     with pytest.raises(DataError, match="positive label"):
         train_from_manifest(man, out, Params().replace(learn=QUICK), teacher=teacher)
@@ -490,7 +488,7 @@ def test_ei_parameters_json_params_are_real_flags():
         assert getattr(ns, p["param"].replace("-", "_")) == type(getattr(ns, p["param"].replace("-", "_")))(p["value"]), flag
 
 
-def test_general_preset_on_real_multi_label_data(clips, data_dir, teacher, tmp_path):
+def test_general_preset_on_real_multi_label_data(clips, teacher, tmp_path):
     """Any label set: four ESC-10 categories (groups = ESC folds), softmax student distilled from a
     teacher head on YAMNet embeddings, detector on the chosen label, firmware built for it."""
     from cryblock import deploy
@@ -498,7 +496,7 @@ def test_general_preset_on_real_multi_label_data(clips, data_dir, teacher, tmp_p
 
     cats = {"dog bark": "dog", "rain": "rain", "rooster": "rooster", "baby cry": "baby"}
     rows = [(c, cats[c.category]) for c in clips if c.source == "ESC-10" and c.category in cats]
-    man = _manifest(tmp_path / "m.csv", [(c, lab) for c, lab in rows], data_dir)
+    man = _manifest(tmp_path / "m.csv", rows)
     p = Params().replace(learn={**QUICK, "preset": "general", "labels": ["baby", "dog", "rain", "rooster"],
                                 "positive_label": "dog", "test_fraction": 0.2, "validation_fraction": 0.25})
     with pytest.raises(DataError, match="positive-label"):
