@@ -28,24 +28,26 @@ import click
 import numpy as np
 
 from cryblock.errors import AudioError, CryblockError, DataError
-from cryblock.params import DspParams, Params
+from cryblock.params import DspParams
+
+from .options import field_options, params_with
 
 #: File extensions collected from directories (case-insensitive); all are read by libsndfile.
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
                               ".aifc", ".au", ".snd", ".w64", ".caf", ".rf64"})
 
-#: CLI flag → DspParams field.
-_DSP_FLAGS = {
-    "sample_rate": "sample_rate",
-    "window_seconds": "stft_window_seconds",
-    "hop_seconds": "stft_hop_seconds",
-    "mel_bands": "mel_bands",
-    "mel_min_hz": "mel_min_hz",
-    "mel_max_hz": "mel_max_hz",
-    "log_offset": "log_offset",
-    "patch_seconds": "patch_window_seconds",
-    "patch_hop_seconds": "patch_hop_seconds",
-}
+#: DspParams fields settable from the command line: (flag, field, type, help).
+_DSP_FLAGS = [
+    ("--sample-rate", "sample_rate", float, "Resample to this rate, Hz [16000]."),
+    ("--window-seconds", "stft_window_seconds", float, "STFT window, s [0.025]."),
+    ("--hop-seconds", "stft_hop_seconds", float, "STFT hop, s [0.010]."),
+    ("--mel-bands", "mel_bands", int, "Mel bands [64]."),
+    ("--mel-min-hz", "mel_min_hz", float, "Lowest mel edge, Hz [125]."),
+    ("--mel-max-hz", "mel_max_hz", float, "Highest mel edge, Hz [7500]."),
+    ("--log-offset", "log_offset", float, "log(mel + offset) [0.001]."),
+    ("--patch-seconds", "patch_window_seconds", float, "Patch length, s [0.96]."),
+    ("--patch-hop-seconds", "patch_hop_seconds", float, "Patch hop, s [0.48]."),
+]
 
 
 def collect_audio_files(inputs: list[Path]) -> list[Path]:
@@ -74,17 +76,6 @@ def collect_audio_files(inputs: list[Path]) -> list[Path]:
     return out
 
 
-def dsp_params_from_options(params_file: Path | None, **flags: float | int | None) -> DspParams:
-    """DspParams from an optional params.json (its ``dsp`` section) overridden by CLI flags.
-
-    Raises:
-        ParameterError: bad file or out-of-range value (names the parameter).
-    """
-    dsp = Params.load(params_file).dsp if params_file else DspParams()
-    changes = {_DSP_FLAGS[k]: v for k, v in flags.items() if v is not None}
-    return dataclasses.replace(dsp, **changes) if changes else dsp
-
-
 def _starts(clip_index: np.ndarray, dsp: DspParams) -> np.ndarray:
     """Start second of each patch within its clip (patches of a clip are consecutive)."""
     if clip_index.size == 0:
@@ -100,25 +91,6 @@ def _str_array(items) -> np.ndarray:
     return np.array(items, dtype=str) if items else np.zeros(0, dtype="<U1")
 
 
-def _dsp_options(f):
-    opts = [
-        click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="params.json whose 'dsp' section is used (flags below override it)."),
-        click.option("--sample-rate", type=float, help="Resample to this rate, Hz [16000]."),
-        click.option("--window-seconds", type=float, help="STFT window, s [0.025]."),
-        click.option("--hop-seconds", type=float, help="STFT hop, s [0.010]."),
-        click.option("--mel-bands", type=int, help="Mel bands [64]."),
-        click.option("--mel-min-hz", type=float, help="Lowest mel edge, Hz [125]."),
-        click.option("--mel-max-hz", type=float, help="Highest mel edge, Hz [7500]."),
-        click.option("--log-offset", type=float, help="log(mel + offset) [0.001]."),
-        click.option("--patch-seconds", type=float, help="Patch length, s [0.96]."),
-        click.option("--patch-hop-seconds", type=float, help="Patch hop, s [0.48]."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
 @click.command("features")
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path),
@@ -131,7 +103,9 @@ def _dsp_options(f):
               help="Cache per-clip patches here [$CRYBLOCK_CACHE if set, else no cache].")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_dsp_options
+@click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="params.json whose 'dsp' section is used (flags below override it).")
+@field_options(_DSP_FLAGS)
 def features_cmd(inputs: tuple[Path, ...], manifest: Path | None, out: Path, workers: int | None,
                  cache_dir: Path | None, no_cache: bool, quiet: bool, params_file: Path | None,
                  **flags) -> None:
@@ -149,7 +123,7 @@ def features_cmd(inputs: tuple[Path, ...], manifest: Path | None, out: Path, wor
         raise click.UsageError("give audio files/directories (INPUTS) or --manifest")
     if out.is_dir():
         raise CryblockError(f"{out}: --out is a directory; give a .npz file path")
-    dsp = dsp_params_from_options(params_file, **flags)
+    dsp = params_with(params_file, "dsp", flags).dsp
     if no_cache:
         cache_dir = None
     elif cache_dir is None and os.environ.get("CRYBLOCK_CACHE"):

@@ -19,11 +19,13 @@ import click
 
 from cryblock.errors import CryblockError
 
+from .options import field_options, params_with
+
 #: Epochs of ``cryblock demo`` (measured: ≈ 25–45 s per epoch on the full shared manifest on 2
 #: shared CPU cores; validation AUC plateaus after ≈ 10 epochs).
 DEMO_EPOCHS = 15
 
-# LearnParams fields settable from the command line: (flag, field, type)
+#: LearnParams fields settable from the command line: (flag, field, type, help).
 _LEARN_FLAGS = [
     ("--epochs", "epochs", int, "training epochs (early stopping may end sooner)"),
     ("--temperature", "temperature", float, "KD temperature T"),
@@ -45,12 +47,6 @@ _LEARN_FLAGS = [
 ]
 
 
-def _learn_options(f):
-    for flag, _field, typ, help_ in reversed(_LEARN_FLAGS):
-        f = click.option(flag, _field, type=typ, default=None, help=help_)(f)
-    return f
-
-
 def _quiet_tf() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import warnings
@@ -58,20 +54,12 @@ def _quiet_tf() -> None:
     warnings.filterwarnings("ignore", module="tensorflow")
 
 
-def _params(params_file: str | None, overrides: dict):
-    from cryblock.params import Params
-
-    p = Params.load(params_file) if params_file else Params()
-    upd = {k: v for k, v in overrides.items() if v is not None}
-    return p.replace(learn=upd) if upd else p
-
-
 def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
          workers: int | None, overrides: dict):
     _quiet_tf()
     from cryblock.blocks.learn.train import train_from_manifest
 
-    params = _params(params_file, overrides)
+    params = params_with(params_file, "learn", overrides)
     t0 = time.perf_counter()
     res = train_from_manifest(data, out, params, teacher=teacher, max_clips=max_clips, workers=workers,
                               log=lambda s: click.echo(s))
@@ -94,7 +82,7 @@ def register(group: click.Group) -> None:
     @click.option("--params", "params_file", type=click.Path(), default=None, help="params.json to start from")
     @click.option("--max-clips", type=int, default=None, help="use a random label-stratified subset (quick run)")
     @click.option("--workers", type=int, default=None, help="feature-extraction processes")
-    @_learn_options
+    @field_options(_LEARN_FLAGS)
     def train_cmd(data, out, teacher, params_file, max_clips, workers, **overrides):
         """Distil YAMNet into the INT8 student; export, evaluate and report."""
         _run(data, out, teacher, params_file, max_clips, workers, overrides)
@@ -105,7 +93,7 @@ def register(group: click.Group) -> None:
     @click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="run folder")
     @click.option("--teacher", type=click.Path(), default=None, help="YAMNet file; default $CRYBLOCK_TEACHER/cache/download")
     @click.option("--max-clips", type=int, default=None, help="use a subset (quick check)")
-    @_learn_options
+    @field_options(_LEARN_FLAGS)
     def demo_cmd(data, out, teacher, max_clips, **overrides):
         """The main job: train on the full shared manifest, print the results table and write
         the ESP32-S3 project for the INT8 student into OUT/fw.
