@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io as _io
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -19,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import AudioError, DataError
+from .io import atomic_write_bytes
 from .params import DspParams
 
 REQUIRED_COLUMNS = ("path", "label", "group")
@@ -133,10 +135,9 @@ def _clip_patches(args: tuple[str, DspParams, str | None]) -> tuple[np.ndarray |
     except AudioError as e:
         return None, str(e)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, pt)
-        os.replace(tmp, cache_file)
+        buf = _io.BytesIO()
+        np.save(buf, pt)
+        atomic_write_bytes(cache_file, buf.getvalue())
     return pt, None
 
 
