@@ -365,20 +365,19 @@ def _check_tflite_bytes(buf: bytes, path) -> None:
 
     The interpreter does not bounds-check a truncated or damaged file and may crash the whole
     process (observed: a truncated yamnet.tflite segfaults ``tf.lite.Interpreter``). The
-    flatbuffer is therefore unpacked completely in Python (``schema_py_generated.ModelT``,
-    bounds-checked, ~10 ms for YAMNet) and tensor/buffer/operator indices are checked.
+    flatbuffer is therefore unpacked completely in Python (``schema_py_generated.ModelT`` of the
+    schema bindings :mod:`cryblock.deploy` reads models with, bounds-checked, ~10 ms for YAMNet)
+    and tensor/buffer/operator indices are checked.
 
     Raises:
         CryblockError: not a TFLite flatbuffer, truncated or inconsistent (names the file).
     """
+    from cryblock.deploy import _schema
+
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise CryblockError(f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier)")
     try:
-        from tensorflow.lite.python import schema_py_generated as schema
-    except ImportError:  # pragma: no cover - other TF builds; the interpreter's own checks remain
-        return
-    try:
-        model = schema.ModelT.InitFromPackedBuf(bytearray(buf), 0)
+        model = _schema().ModelT.InitFromPackedBuf(bytearray(buf), 0)
         n_buffers = len(model.buffers or [])
         for b in model.buffers or []:
             off, size = int(getattr(b, "offset", 0) or 0), int(getattr(b, "size", 0) or 0)
