@@ -8,6 +8,11 @@ import click
 
 from cryblock import device
 
+#: Options of the commands that talk to the running firmware (monitor, bench, config).
+_board_port = click.option("--port", required=True, help="Serial port of the board.")
+_console_baud = click.option("--baud", type=click.IntRange(300, 5_000_000), default=device.CONSOLE_BAUD,
+                             show_default=True)
+
 
 @click.command("flash")
 @click.option("--port", required=True, help="Serial port of the ESP32-S3 (e.g. /dev/ttyACM0, COM5).")
@@ -44,8 +49,8 @@ def _live_printer(quiet: bool):
 
 
 @click.command("monitor")
-@click.option("--port", required=True, help="Serial port of the board.")
-@click.option("--baud", type=click.IntRange(300, 5_000_000), default=device.CONSOLE_BAUD, show_default=True)
+@_board_port
+@_console_baud
 @click.option("--out", "out_csv", type=click.Path(dir_okay=False), default=None,
               help="Write all records as CSV (one row per record).")
 @click.option("--json", "out_json", type=click.Path(dir_okay=False), default=None,
@@ -78,12 +83,12 @@ def _finish(res: device.CaptureResult, out_csv, out_json) -> dict:
 
 
 @click.command("bench")
-@click.option("--port", required=True, help="Serial port of the board.")
+@_board_port
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), required=True,
               help="Capture duration in seconds.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default="cryblock-bench", show_default=True,
               help="Folder for bench.csv (records) and bench.json (summary + records).")
-@click.option("--baud", type=click.IntRange(300, 5_000_000), default=device.CONSOLE_BAUD, show_default=True)
+@_console_baud
 @click.option("--reset", is_flag=True, help="Pulse EN via RTS first so BOOT (arena) is captured.")
 def bench_cmd(port: str, seconds: float, out_dir: str, baud: int, reset: bool) -> None:
     """Capture the log for SECONDS and report latency percentiles, arena, rates, resets."""
@@ -94,11 +99,11 @@ def bench_cmd(port: str, seconds: float, out_dir: str, baud: int, reset: bool) -
 
 
 @click.command("config")
-@click.option("--port", required=True, help="Serial port of the board.")
+@_board_port
 @click.option("--threshold", type=float, default=None, help="Score threshold in [0, 1].")
 @click.option("--vote", default=None, metavar="N/M", help="N-of-M voting, e.g. 2/3.")
 @click.option("--hold-ms", type=int, default=None, help="Hold time after the last vote, ms.")
-@click.option("--baud", type=click.IntRange(300, 5_000_000), default=device.CONSOLE_BAUD, show_default=True)
+@_console_baud
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=3.0,
               show_default=True, help="Seconds to wait for each CFG answer.")
 def config_cmd(port: str, threshold: float | None, vote: str | None, hold_ms: int | None, baud: int,
