@@ -60,6 +60,12 @@ def _subset(ps, clip_ids: np.ndarray, label_index: dict[str, int]) -> Split:
                  [str(c.path) for c in sub.clips])
 
 
+def _positive_score(probs: np.ndarray, pos_index: int) -> np.ndarray:
+    """Positive-class score per window ``[N]``: the sigmoid output of ``[N]``/``[N, 1]``
+    probabilities, or column ``pos_index`` of softmax ones ``[N, K]``."""
+    return probs.reshape(-1) if probs.ndim == 1 or probs.shape[1] == 1 else probs[:, pos_index]
+
+
 def sample_clips(clips, max_clips: int, seed: int = 0):
     """At most ``max_clips`` clips, drawn at random per label in proportion to the label counts
     (fixed seed), in manifest order. Used for quick runs (``--max-clips``)."""
@@ -269,7 +275,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
             y_val_clip = (np.asarray(val.clip_y) == pos_index).astype(int)
             tuned = {}
             for k, pv in val_probs.items():
-                sv = pv.reshape(-1) if pv.ndim == 1 or pv.shape[1] == 1 else pv[:, pos_index]
+                sv = _positive_score(pv, pos_index)
                 tuned[k] = evaluate.binary_metrics(y_val_clip, evaluate.clip_max(sv, val.clip_index, len(y_val_clip)))
                 # floor to 1e-3 (the firmware Kconfig holds it ×1000) so it never rises above the best-F1 point
                 thr_k = float(np.clip(np.floor(tuned[k]["threshold"] * 1000) / 1000, 0.0, 1.0))
@@ -279,8 +285,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
                 + ", ".join(f"{k} {det_of[k].threshold}" for k in det_of) + " (INT8 one deployed)")
 
         probs = {"teacher": np.asarray(teacher_test_prob), "float": float_probs, "int8": int8_probs}
-        # positive-class score per window: the sigmoid output, or the positive column of a softmax
-        scores = {k: p.reshape(-1) if p.ndim == 1 or p.shape[1] == 1 else p[:, pos_index] for k, p in probs.items()}
+        scores = {k: _positive_score(p, pos_index) for k, p in probs.items()}
         y_bin = (np.asarray(test.y) == pos_index).astype(int)
         clip_bin = (np.asarray(test.clip_y) == pos_index).astype(int)
         results = {}
