@@ -124,8 +124,8 @@ def raw_to_waveform(raw_data: Any, axes: Any, sampling_freq: Any, dsp: DspParams
         if 0 < peak <= 1.0 and not np.all(x == np.round(x)):
             raise AudioError(f"{source}: samples look like [-1, 1] float audio (peak {peak:g}); "
                              f"Edge Impulse audio is expected on the int16 scale [-32768, 32767]")
-    x = (x / INT16_FULL_SCALE).reshape(-1, n_axes)
-    return prepare_waveform(x if n_axes > 1 else x[:, 0], rate, dsp.sample_rate, source=source)
+    # [n, axes]: prepare_waveform averages the axes to mono
+    return prepare_waveform((x / INT16_FULL_SCALE).reshape(-1, n_axes), rate, dsp.sample_rate, source=source)
 
 
 def _draw_patches_png(patches: np.ndarray, dsp: DspParams) -> str:
