@@ -232,15 +232,14 @@ def test_quick_run_filter_counts_match_teacher(quick_run, quick_split, teacher):
 def test_int8_matches_float_in_tflm(quick_run, clips):
     """The INT8 model in TFLite Micro agrees with the float model on real test patches."""
     from cryblock.blocks.learn.evaluate import TflmRunner
+    from cryblock.blocks.learn.teacher import tflite_interpreter
     from cryblock.data import compute_patches
-    import tensorflow as tf
 
     out = quick_run[0].out_dir
     x = compute_patches(clips[:6], workers=1).patches[:30]
     r = TflmRunner((out / "model_quantized_int8_io.tflite").read_bytes())
     p8 = r.predict(x).reshape(-1)
-    interp = tf.lite.Interpreter(model_content=(out / "model.tflite").read_bytes())
-    interp.allocate_tensors()
+    interp = tflite_interpreter(out / "model.tflite")
     i, o = interp.get_input_details()[0], interp.get_output_details()[0]
     pf = []
     for k in range(len(x)):
