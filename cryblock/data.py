@@ -167,19 +167,20 @@ def compute_patches(clips: Sequence[Clip], params: DspParams = DspParams(), *, w
     """
     workers = workers or os.cpu_count() or 1
     jobs = [(str(c.path), params, str(cache_dir) if cache_dir else None) for c in clips]
-    if workers > 1 and len(jobs) > 8:
-        with ProcessPoolExecutor(max_workers=workers) as ex:
-            results = []
-            for r in ex.map(_clip_patches, jobs, chunksize=8):
-                results.append(r)
-                if progress:
-                    progress(1)
-    else:
+
+    def collect(done: Iterable[tuple[np.ndarray | None, str | None]]) -> list:
         results = []
-        for j in jobs:
-            results.append(_clip_patches(j))
+        for r in done:
+            results.append(r)
             if progress:
                 progress(1)
+        return results
+
+    if workers > 1 and len(jobs) > 8:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            results = collect(ex.map(_clip_patches, jobs, chunksize=8))
+    else:
+        results = collect(map(_clip_patches, jobs))
     kept, arrays, index, skipped = [], [], [], []
     for clip, (pt, err) in zip(clips, results):
         if pt is None:
