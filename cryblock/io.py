@@ -61,9 +61,10 @@ def prepare_waveform(samples: np.ndarray, sample_rate: float, target_rate: float
     if sample_rate != target_rate:
         import soxr
 
+        n_in = x.shape[0]
         x = soxr.resample(x, sample_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
         if x.size == 0:
-            raise AudioError(f"{source}: too short to resample ({samples.shape[0]} samples at {sample_rate} Hz)")
+            raise AudioError(f"{source}: too short to resample ({n_in} samples at {sample_rate} Hz)")
     return np.ascontiguousarray(x)
 
 
