@@ -42,7 +42,7 @@ def main() -> None:
     dsp = DspParams()
     clips = [c for c in load_manifest(Path(args.data) / "manifest.csv")
              if c.source in ("ESC-10", "donateacry-corpus")][::4]
-    ps = compute_patches(clips, dsp, cache_dir=default_cache_dir() / "features")
+    ps = compute_patches(clips, dsp, cache_dir=default_cache_dir())  # the feature cache train and features use
     x = ps.patches
     while len(x) < args.patches:
         x = np.concatenate([x, x])
