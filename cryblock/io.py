@@ -101,10 +101,14 @@ def load_audio(path: str | os.PathLike, target_rate: float = 16000.0) -> np.ndar
     return prepare_waveform(data, float(rate), target_rate, source=str(p))
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+#: the process umask, read once at import (reading it means setting it, which is not thread-safe)
+_UMASK = _read_umask()
 
 
 def _atomic_write(path: str | os.PathLike, write: Any, mode: str) -> Path:
@@ -114,7 +118,7 @@ def _atomic_write(path: str | os.PathLike, write: Any, mode: str) -> Path:
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, dest)
     except BaseException:
         try:
