@@ -201,10 +201,11 @@ class TflmRunner:
 
 
 def _qparams(det: dict) -> tuple[float, int]:
+    """(scale, zero point) of a TFLite Micro tensor detail (``quantization_parameters``, the only
+    form ``tflite_micro.runtime`` reports). Raises CryblockError for an int8 tensor without a
+    scale (it would otherwise quantise with scale 0)."""
     qp = det.get("quantization_parameters") or {}
-    scales = qp.get("scales")
-    zps = qp.get("zero_points")
-    if scales is not None and len(scales):
-        return float(scales[0]), int(zps[0])
-    s, z = det.get("quantization", (0.0, 0))
-    return float(s), int(z)
+    scales, zps = qp.get("scales"), qp.get("zero_points")
+    if scales is None or not len(scales):
+        raise CryblockError("INT8 model input/output has no quantisation scale")
+    return float(scales[0]), int(zps[0])
