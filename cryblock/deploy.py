@@ -73,9 +73,10 @@ _TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64",
                  7: "int16", 9: "int8"}
 
 
-def _schema():
-    # The TFLite flatbuffer schema bindings shipped with the tflite-micro wheel (same schema as
-    # tensorflow.lite.python.schema_py_generated, without importing TensorFlow).
+def tflite_schema():
+    """The TFLite flatbuffer schema bindings (module) shipped with the tflite-micro wheel: the same
+    schema as ``tensorflow.lite.python.schema_py_generated``, without importing TensorFlow. Used by
+    :func:`inspect_model` and the teacher's structural file check."""
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
 
     return fb
@@ -169,7 +170,7 @@ def inspect_model(model: bytes, name: str = "model") -> ModelInfo:
         CryblockError: unparsable flatbuffer, more than one subgraph/input/output, a custom op,
             or an operator the TFLM op resolver cannot register (message names the op).
     """
-    fb = _schema()
+    fb = tflite_schema()
     try:
         m = fb.Model.GetRootAs(model, 0)
         n_sub = m.SubgraphsLength()
@@ -330,7 +331,7 @@ def esp_nn_scratch_bound(model: bytes) -> int:
     scratch buffers like tensors living for one op, so the device arena grows by at most the
     largest one (plus alignment, covered by the margin of :func:`plan_arena`).
     """
-    fb = _schema()
+    fb = tflite_schema()
     m = fb.Model.GetRootAs(model, 0)
     codes = _op_names(fb, m)
     sub = m.Subgraphs(0)

@@ -372,12 +372,12 @@ def _check_tflite_bytes(buf: bytes, path) -> None:
     Raises:
         CryblockError: not a TFLite flatbuffer, truncated or inconsistent (names the file).
     """
-    from cryblock.deploy import _schema
+    from cryblock.deploy import tflite_schema
 
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise CryblockError(f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier)")
     try:
-        model = _schema().ModelT.InitFromPackedBuf(bytearray(buf), 0)
+        model = tflite_schema().ModelT.InitFromPackedBuf(bytearray(buf), 0)
         n_buffers = len(model.buffers or [])
         for b in model.buffers or []:
             off, size = int(getattr(b, "offset", 0) or 0), int(getattr(b, "size", 0) or 0)
