@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/size.py --model out/model_quantized_int8_io.tflite [--params params.json]
 
-Prints the generator's report (cryblock.deploy.size_report: flash, RAM, arena, MAC-based latency
+Prints the generator's report (cryblock.blocks.deploy.size.size_report: flash, RAM, arena, MAC-based latency
 estimate) and, for orientation only, the host time of one TFLM invoke (reference kernels, x86)
 and of the C front-end per second of audio (host gcc -O2, double-precision FFT). Device numbers
 come from the firmware's INF lines (`cryblock bench`).
@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cryblock import deploy
+from cryblock.blocks.deploy.arena import plan_arena
+from cryblock.blocks.deploy.model import inspect_model, read_model
+from cryblock.blocks.deploy.project import write_host_sources
+from cryblock.blocks.deploy.size import format_report, size_report
 from cryblock.params import Params
 
 
@@ -31,10 +34,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     params = Params.load(a.params) if a.params else Params()
-    model = deploy.read_model(a.model)
-    info = deploy.inspect_model(model, Path(a.model).name)
-    plan = deploy.plan_arena(model, a.ram)
-    rep = deploy.size_report(info, plan, params.dsp)
+    model = read_model(a.model)
+    info = inspect_model(model, Path(a.model).name)
+    plan = plan_arena(model, a.ram)
+    rep = size_report(info, plan, params.dsp)
 
     from tflite_micro import runtime
 
@@ -48,7 +51,7 @@ def main(argv=None) -> int:
     rep["host"] = {"tflm_invoke_ms": round((time.perf_counter() - t) / 20 * 1000, 3)}
 
     with tempfile.TemporaryDirectory() as td:
-        src = deploy.write_host_sources(Path(td) / "src", params.dsp)
+        src = write_host_sources(Path(td) / "src", params.dsp)
         exe = Path(td) / "fe"
         harness = Path(__file__).resolve().parents[1] / "tests" / "c" / "fe_harness.c"
         subprocess.run(["gcc", "-O2", f"-I{src}", str(harness), str(src / "frontend.c"),
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(rep, indent=2, ensure_ascii=False))
     else:
-        print(deploy.format_report(rep))
+        print(format_report(rep))
         print(f"host    : TFLM invoke {rep['host']['tflm_invoke_ms']} ms (x86 reference kernels), "
               f"C front-end {rep['host']['frontend_ms_per_audio_s']} ms per s of audio")
     return 0

@@ -45,7 +45,9 @@ def register(group: click.Group) -> None:
 def build(model_path, params_path, target, out_dir, i2s, pin_bclk, pin_ws, pin_din, slot, bits, ram,
           arena_margin, flash_size, psram_mode, console, no_idf, as_json):
     """Generate an ESP-IDF project for the model and report flash/RAM/latency."""
-    from cryblock.deploy import BuildOptions, find_idf, format_report, generate_project, run_idf_build
+    from cryblock.blocks.deploy.idf import find_idf, run_idf_build
+    from cryblock.blocks.deploy.project import BuildOptions, generate_project
+    from cryblock.blocks.deploy.size import format_report
     from cryblock.params import Params
 
     if params_path is None:

@@ -1,4 +1,4 @@
-"""Device commands: ``flash``, ``monitor``, ``bench``, ``config`` (see :mod:`cryblock.device`)."""
+"""Device commands: ``flash``, ``monitor``, ``bench``, ``config`` (see :mod:`cryblock.blocks.deploy`)."""
 from __future__ import annotations
 
 import json
@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from cryblock import device
+from cryblock.blocks.deploy import bench, capture, config, flash
 
 #: Options of the commands that talk to the running firmware (monitor, bench, config).
 _board_port = click.option("--port", required=True, help="Serial port of the board.")
-_console_baud = click.option("--baud", type=click.IntRange(300, 5_000_000), default=device.CONSOLE_BAUD,
+_console_baud = click.option("--baud", type=click.IntRange(300, 5_000_000), default=capture.CONSOLE_BAUD,
                              show_default=True)
 
 
@@ -20,7 +20,7 @@ _console_baud = click.option("--baud", type=click.IntRange(300, 5_000_000), defa
               help="ESP-IDF project folder; its build/ folder is flashed.")
 @click.option("--build-dir", type=click.Path(file_okay=False), default=None,
               help="ESP-IDF build folder holding flasher_args.json (instead of --project).")
-@click.option("--baud", type=click.IntRange(9600, 5_000_000), default=device.FLASH_BAUD, show_default=True,
+@click.option("--baud", type=click.IntRange(9600, 5_000_000), default=flash.FLASH_BAUD, show_default=True,
               help="Flashing speed after the stub is loaded.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Read back MD5 digests of every region after writing (verify_flash).")
@@ -28,11 +28,11 @@ def flash_cmd(port: str, project: str | None, build_dir: str | None, baud: int, 
     """Flash an ESP-IDF build (flasher_args.json) to an ESP32-S3, verify, hard-reset."""
     if project is None and build_dir is None:
         project = "."
-    bd = device.find_build_dir(project=project, build_dir=build_dir)
-    plan = device.load_flasher_args(bd)
+    bd = flash.find_build_dir(project=project, build_dir=build_dir)
+    plan = flash.load_flasher_args(bd)
     for off, p in plan.files:
         click.echo(f"  0x{off:06x}  {p.stat().st_size:8d} B  {p}")
-    rep = device.flash(plan, port, baud=baud, verify=verify)
+    rep = flash.flash(plan, port, baud=baud, verify=verify)
     click.echo(f"flashed {len(rep.regions)} region(s) to {rep.chip} on {rep.port}"
                f"{', verified' if rep.verified else ''}; reset: {rep.reset}")
 
@@ -42,9 +42,9 @@ def _live_printer(quiet: bool):
         if quiet:
             return
         if rec is not None:
-            click.echo(device.format_record(rec))
+            click.echo(capture.format_record(rec))
         elif raw.strip():
-            click.echo("# " + device.printable(raw), err=True)
+            click.echo("# " + capture.printable(raw), err=True)
     return on_line
 
 
@@ -65,19 +65,19 @@ def monitor_cmd(port: str, baud: int, out_csv: str | None, out_json: str | None,
                 send: tuple[str, ...], reset: bool, quiet: bool) -> None:
     """Print the firmware's CRYB/1 log live; on exit summarise it and write CSV/JSON."""
     for p in (out_csv, out_json):
-        device.check_output_path(p)
-    res = device.capture(port, baud=baud, seconds=seconds, send=send, reset=reset,
+        capture.check_output_path(p)
+    res = capture.capture(port, baud=baud, seconds=seconds, send=send, reset=reset,
                          on_line=_live_printer(quiet))
     _finish(res, out_csv, out_json)
 
 
-def _finish(res: device.CaptureResult, out_csv, out_json) -> dict:
+def _finish(res: capture.CaptureResult, out_csv, out_json) -> dict:
     s = res.summary()
     if res.port_lost:
         click.echo(f"warning: serial port went away ({res.stop_reason}); summarising what was captured",
                    err=True)
-    click.echo(device.format_summary(s))
-    for p in device.write_capture(res, out_csv, out_json):
+    click.echo(bench.format_summary(s))
+    for p in capture.write_capture(res, out_csv, out_json):
         click.echo(f"wrote {p}")
     return s
 
@@ -93,8 +93,8 @@ def _finish(res: device.CaptureResult, out_csv, out_json) -> dict:
 def bench_cmd(port: str, seconds: float, out_dir: str, baud: int, reset: bool) -> None:
     """Capture the log for SECONDS and report latency percentiles, arena, rates, resets."""
     d = Path(out_dir)
-    device.check_output_path(d / "bench.json")
-    res = device.capture(port, baud=baud, seconds=seconds, reset=reset)
+    capture.check_output_path(d / "bench.json")
+    res = capture.capture(port, baud=baud, seconds=seconds, reset=reset)
     _finish(res, d / "bench.csv", d / "bench.json")
 
 
@@ -109,8 +109,8 @@ def bench_cmd(port: str, seconds: float, out_dir: str, baud: int, reset: bool) -
 def config_cmd(port: str, threshold: float | None, vote: str | None, hold_ms: int | None, baud: int,
                timeout_s: float) -> None:
     """Set/read the detector configuration of the running firmware (answers with a CFG line)."""
-    v = device.parse_vote(vote) if vote is not None else None
-    cfg = device.configure(port, threshold=threshold, vote=v, hold_ms=hold_ms, baud=baud,
+    v = config.parse_vote(vote) if vote is not None else None
+    cfg = config.configure(port, threshold=threshold, vote=v, hold_ms=hold_ms, baud=baud,
                            timeout_s=timeout_s)
     click.echo("config " + json.dumps(cfg))
 

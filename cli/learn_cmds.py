@@ -109,7 +109,8 @@ def register(group: click.Group) -> None:
             data = str(Path(env) / "manifest.csv")
         res = _run(data, out, teacher, None, max_clips, None, overrides)
         # deploy stage: the ESP32-S3 project for the INT8 student, with the tuned detector
-        from cryblock.deploy import BuildOptions, format_report, generate_project
+        from cryblock.blocks.deploy.project import BuildOptions, generate_project
+        from cryblock.blocks.deploy.size import format_report
         from cryblock.params import Params
 
         fw = generate_project(res.out_dir / "model_quantized_int8_io.tflite", res.out_dir / "fw",

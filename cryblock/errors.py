@@ -21,3 +21,11 @@ class ParameterError(CryblockError, ValueError):
 
 class DataError(CryblockError):
     """A dataset (manifest, Edge Impulse .npy split) is malformed (names the file)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception message squeezed onto one line (e.g. esptool's FatalErrors span several);
+    esptool's ``Hint:`` / ``For troubleshooting`` lines are dropped."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("Hint:", "For troubleshooting"))]
+    return " ".join(lines) or type(exc).__name__

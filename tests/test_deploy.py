@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryblock import deploy
+from cryblock.blocks.deploy import arena, size
+from cryblock.blocks.deploy import model as tfl
+from cryblock.blocks.deploy import project as gen
 from cryblock.errors import CryblockError
 from cryblock.params import DetectorParams, Params
 
@@ -64,7 +66,7 @@ def student(patches, tmp_path_factory):
 @pytest.fixture(scope="module")
 def project(student, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "fw"
-    res = deploy.generate_project(student[0], out, Params(), deploy.BuildOptions())
+    res = gen.generate_project(student[0], out, Params(), gen.BuildOptions())
     return res
 
 
@@ -90,7 +92,7 @@ def _tflite_ops(model_path: Path) -> set[str]:
 def test_project_layout(project):
     root = project.project
     for rel in ["CMakeLists.txt", "sdkconfig.defaults", "README.md", "size_report.json", "params.json",
-                deploy.MARKER, "main/CMakeLists.txt", "main/idf_component.yml", "main/Kconfig.projbuild",
+                gen.MARKER, "main/CMakeLists.txt", "main/idf_component.yml", "main/Kconfig.projbuild",
                 "main/main.cc", "main/model_data.cc", "main/model_data.h", "main/model_settings.h",
                 "main/frontend.c", "main/frontend.h", "main/frontend_tables.c", "main/frontend_tables.h",
                 "main/postproc.c", "main/postproc.h", "main/cry_log.c", "main/cry_log.h",
@@ -113,9 +115,9 @@ def test_project_layout(project):
 
 def test_sdkconfig_and_kconfig_defaults(student, tmp_path):
     params = Params().replace(detector={"threshold": 0.62, "vote_n": 3, "vote_m": 5, "hold_seconds": 1.5})
-    opts = deploy.BuildOptions(i2s="pdm", pin_ws=5, pin_din=6, slot="right", bits=16, flash_mb=16,
+    opts = gen.BuildOptions(i2s="pdm", pin_ws=5, pin_din=6, slot="right", bits=16, flash_mb=16,
                                psram_mode="quad", console="usb")
-    res = deploy.generate_project(student[0], tmp_path / "p", params, opts)
+    res = gen.generate_project(student[0], tmp_path / "p", params, opts)
     sd = (res.project / "sdkconfig.defaults").read_text().splitlines()
     assert "CONFIG_ESP_CONSOLE_USB_SERIAL_JTAG=y" in sd  # commands readable on the native USB port
     for line in ["CONFIG_IDF_TARGET=\"esp32s3\"", "CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ_240=y", "CONFIG_SPIRAM=y",
@@ -150,9 +152,9 @@ VERIFIED_SDKCONFIG_NAMES = {
 
 
 def test_sdkconfig_option_names_are_verified(project):
-    template = (Path(deploy.__file__).parents[1] / "templates/esp32s3/sdkconfig.defaults.j2").read_text()
+    template = (gen.templates_dir() / "sdkconfig.defaults.j2").read_text()
     texts = [(project.project / "sdkconfig.defaults").read_text()]
-    texts += [template.replace("{{ flash_mb }}", str(mb)) for mb in deploy.FLASH_SIZES_MB]  # every branch
+    texts += [template.replace("{{ flash_mb }}", str(mb)) for mb in gen.FLASH_SIZES_MB]  # every branch
     for text in texts:
         names = set(re.findall(r"CONFIG_([A-Z0-9_]+)", text))
         assert names and names <= VERIFIED_SDKCONFIG_NAMES, names - VERIFIED_SDKCONFIG_NAMES
@@ -166,19 +168,19 @@ def test_op_resolver_lists_exactly_the_models_ops(project, student):
     n = int(re.search(r"MicroMutableOpResolver<(\d+)>", main).group(1))
     calls = re.findall(r"resolver\.(Add\w+)\(\)", main)
     assert n == len(ops) == len(calls) == len(set(calls))
-    assert sorted(calls) == sorted(deploy.OP_RESOLVER_METHODS[o] for o in ops)
+    assert sorted(calls) == sorted(tfl.OP_RESOLVER_METHODS[o] for o in ops)
 
 
 def test_unknown_or_custom_op_is_a_clear_error():
     with pytest.raises(CryblockError, match="FOO_OP"):
-        deploy.resolver_calls(["CONV_2D", "FOO_OP"])
+        tfl.resolver_calls(["CONV_2D", "FOO_OP"])
 
 
 def test_model_array_round_trips(project, student):
     model = Path(student[0]).read_bytes()
     src = (project.project / "main/model_data.cc").read_text()
     assert "alignas(16) const unsigned char g_model[]" in src
-    assert deploy.parse_c_array(src) == model
+    assert tfl.parse_c_array(src) == model
     assert f"const unsigned int g_model_len = {len(model)};" in src
 
 
@@ -209,7 +211,7 @@ def test_arena_allocates_and_output_matches_tflite(project, student, patches):
     sel = x[:: max(1, len(x) // 24)]
     outs_micro, outs_tfl = [], []
     for p in sel:
-        q = deploy.quantize_input(p, inp.scale, inp.zero_point).reshape(d_in["shape"])
+        q = tfl.quantize_input(p, inp.scale, inp.zero_point).reshape(d_in["shape"])
         micro.set_input(q, 0)
         micro.invoke()
         outs_micro.append(micro.get_output(0).copy())
@@ -229,10 +231,10 @@ def test_arena_allocates_and_output_matches_tflite(project, student, patches):
 def test_arena_too_large_for_region_is_refused(student):
     model = Path(student[0]).read_bytes()
     with pytest.raises(CryblockError, match="--ram psram"):
-        deploy.plan_arena(model, "internal", measured=400_000)
-    assert deploy.plan_arena(model, "auto", measured=400_000).region == "psram"
+        arena.plan_arena(model, "internal", measured=400_000)
+    assert arena.plan_arena(model, "auto", measured=400_000).region == "psram"
     with pytest.raises(CryblockError, match="psram RAM budget"):
-        deploy.plan_arena(model, "psram", measured=3_000_000)
+        arena.plan_arena(model, "psram", measured=3_000_000)
 
 
 def test_size_report(project, student):
@@ -244,18 +246,18 @@ def test_size_report(project, student):
     core = sum(info.macs_by_op.get(k, 0) for k in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
     assert core == count_macs(student[2])
     assert r["model"]["bytes"] == Path(student[0]).stat().st_size
-    assert r["flash"]["total_estimate_bytes"] == r["model"]["bytes"] + deploy.CODE_FLASH_ESTIMATE
+    assert r["flash"]["total_estimate_bytes"] == r["model"]["bytes"] + size.CODE_FLASH_ESTIMATE
     assert r["latency"]["estimate_ms"] == pytest.approx(info.macs / 0.15e9 * 1000, abs=0.01)
     assert r["latency"]["range_ms"][1] == pytest.approx(4 * r["latency"]["range_ms"][0], rel=1e-2)
     assert r["ram"]["internal_total_bytes"] > r["ram"]["arena_bytes"]
     saved = json.loads((project.project / "size_report.json").read_text())
     assert saved["ram"]["arena_bytes"] == r["ram"]["arena_bytes"]
-    print(deploy.format_report(r))
+    print(size.format_report(r))
 
 
 def test_large_app_gets_custom_partition_table():
-    assert deploy.app_partition_size(500_000) == deploy.DEFAULT_APP_PARTITION
-    big = deploy.app_partition_size(3_000_000)
+    assert size.app_partition_size(500_000) == size.DEFAULT_APP_PARTITION
+    big = size.app_partition_size(3_000_000)
     assert big % 0x10000 == 0 and big >= 3_000_000 * 1.25
 
 
@@ -264,21 +266,21 @@ def test_templates_are_rendered_strictly(project, student, tmp_path):
     and the full context renders every template (including partitions.csv)."""
     import jinja2
 
-    params, opts = Params(), deploy.BuildOptions()
+    params, opts = Params(), gen.BuildOptions()
     info = project.info
-    ctx = deploy.template_context(info, project.arena, params, opts, project.report)
+    ctx = gen.template_context(info, project.arena, params, opts, project.report)
     model = Path(student[0]).read_bytes()
     big = dict(ctx, custom_partitions=True, app_partition_bytes=0x300000)
-    files = deploy.render_project(big, model, tmp_path / "full")
+    files = gen.render_project(big, model, tmp_path / "full")
     assert Path("partitions.csv") in files
     part = (tmp_path / "full/partitions.csv").read_text()
     assert "factory,  app,  factory, ,        0x300000," in part
-    templates = list(deploy.templates_dir().rglob("*.j2"))
+    templates = list(gen.templates_dir().rglob("*.j2"))
     assert len(templates) >= 9
     for key in ("arena_bytes", "op_methods", "pin_ws", "hann_c", "report"):
         bad = {k: v for k, v in big.items() if k != key}
         with pytest.raises(jinja2.UndefinedError):
-            deploy.render_project(bad, model, tmp_path / f"bad_{key}")
+            gen.render_project(bad, model, tmp_path / f"bad_{key}")
 
 
 def test_manifest_passes_compote_lint(project, tmp_path):
@@ -330,7 +332,7 @@ def _stub_dir(tmp: Path, kconfig: str, **overrides) -> Path:
     d = tmp / "gen_stubs"
     (d / "tensorflow/lite/micro").mkdir(parents=True, exist_ok=True)
     (d / "sdkconfig.h").write_text(_sdkconfig_from_kconfig(kconfig, **overrides))
-    methods = "".join(f"  TfLiteStatus {m}();\n" for m in sorted(set(deploy.OP_RESOLVER_METHODS.values())))
+    methods = "".join(f"  TfLiteStatus {m}();\n" for m in sorted(set(tfl.OP_RESOLVER_METHODS.values())))
     (d / "tensorflow/lite/micro/micro_mutable_op_resolver.h").write_text(
         '#pragma once\n#include "tensorflow/lite/micro/micro_interpreter.h"\nnamespace tflite {\n'
         "template <unsigned int tOpCount>\nclass MicroMutableOpResolver : public MicroOpResolver {\n public:\n"
@@ -389,7 +391,7 @@ def test_detector_on_real_score_sequence_c_equals_python(project, student, patch
     x, _ = patches
     scores = []
     for p in x:
-        tl.set_tensor(d_in["index"], deploy.quantize_input(p, *d_in["quantization"]).reshape(d_in["shape"]))
+        tl.set_tensor(d_in["index"], tfl.quantize_input(p, *d_in["quantization"]).reshape(d_in["shape"]))
         tl.invoke()
         q = int(tl.get_tensor(d_out["index"]).ravel()[0])
         scores.append(np.float32((q - o_zp) * o_scale))  # as main.cc dequantises
@@ -468,10 +470,10 @@ def test_cli_user_errors(student, tmp_path):
 
 def test_model_with_wrong_labels_or_shape(student, tmp_path):
     # a 1-unit sigmoid model works with any labels; a 2-label params file is fine too
-    res = deploy.generate_project(student[0], tmp_path / "ok", Params().replace(learn={"labels": ["a", "b", "c"],
+    res = gen.generate_project(student[0], tmp_path / "ok", Params().replace(learn={"labels": ["a", "b", "c"],
                                                                                      "positive_label": "b"}))
     assert "#define CRY_POS_INDEX 0" in (res.project / "main/model_settings.h").read_text()
     odd = Params().replace(dsp={"patch_window_seconds": 0.5})
     with pytest.raises(CryblockError, match="does not hold one"):
-        deploy.generate_project(student[0], tmp_path / "bad", odd)
+        gen.generate_project(student[0], tmp_path / "bad", odd)
     assert not (tmp_path / "bad").exists()

@@ -1,11 +1,11 @@
 """Host-gcc checks of the firmware's plain-C parts against their Python twins.
 
 * frontend.c (log-mel, streaming patches) vs cryblock.blocks.dsp.features on real recordings;
-* cry_quantize_int8 vs cryblock.deploy.quantize_input / numpy;
+* cry_quantize_int8 vs cryblock.model.quantize_input / numpy;
 * postproc.c (threshold, N-of-M, hold, serial commands) vs cryblock.detector;
 * cry_log.c vs cryblock.logformat.
 
-The harnesses live in tests/c/; sources come from :func:`cryblock.deploy.write_host_sources`.
+The harnesses live in tests/c/; sources come from :func:`cryblock.project.write_host_sources`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from cryblock import logformat
-from cryblock.deploy import quantize_input, write_host_sources
+from cryblock.blocks.deploy.model import quantize_input
+from cryblock.blocks.deploy.project import write_host_sources
 from cryblock.detector import Detector, run_detector
 from cryblock.params import DetectorParams, DspParams
 

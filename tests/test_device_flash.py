@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from esptool.bin_image import ELFSection, ESP32C3FirmwareImage, ESP32S3FirmwareImage
 from esptool.util import FatalError
 
-from cryblock import device
+from cryblock.blocks.deploy import flash
 from cryblock.cli.main import cli
 from cryblock.errors import CryblockError
 
@@ -81,7 +81,7 @@ def build(tmp_path: Path) -> Path:
 
 
 def test_flasher_args_parsed(build: Path) -> None:
-    plan = device.load_flasher_args(build)
+    plan = flash.load_flasher_args(build)
     assert [off for off, _ in plan.files] == [0x0, 0x8000, 0x10000]  # sorted by offset
     assert [p for _, p in plan.files] == [
         (build / "bootloader/bootloader.bin").resolve(),
@@ -91,7 +91,7 @@ def test_flasher_args_parsed(build: Path) -> None:
     assert (plan.before, plan.after, plan.stub, plan.chip) == ("default-reset", "hard-reset", True, "esp32s3")
     assert plan.addr_data[2] == (0x10000, str((build / APP_NAME).resolve()))
     # --project resolves to <project>/build
-    assert device.find_build_dir(project=build.parent) == build
+    assert flash.find_build_dir(project=build.parent) == build
 
 
 @pytest.mark.parametrize("damage, expect", [
@@ -140,7 +140,7 @@ def test_flasher_args_errors(build: Path, damage: str, expect: str) -> None:
         if fa.exists():
             fa.write_text(json.dumps(doc))
     with pytest.raises(CryblockError, match=expect.replace(".", r"\.").replace("(", r"\(")):
-        device.load_flasher_args(target)
+        flash.load_flasher_args(target)
 
 
 def test_cli_missing_build_is_one_line_error(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_port_without_chip_real_esptool(build: Path) -> None:
     master, slave = pty.openpty()
     try:
         with pytest.raises(CryblockError, match=r"port /dev/pts/\d+: Failed to connect to Espressif device"):
-            device.flash(device.load_flasher_args(build), os.ttyname(slave), connect_attempts=1)
+            flash.flash(flash.load_flasher_args(build), os.ttyname(slave), connect_attempts=1)
     finally:
         os.close(master)
         os.close(slave)
@@ -262,6 +262,6 @@ def test_flash_refuses_other_chip(build: Path, esptool_boundary) -> None:
 def test_flash_md5_failure_is_reported(build: Path, esptool_boundary) -> None:
     esptool_boundary["fail"] = "MD5 of file does not match data in flash!"
     with pytest.raises(CryblockError, match="flashing ESP32-S3 on /dev/ttyACM0 failed: MD5 of file does not match"):
-        device.flash(device.load_flasher_args(build), "/dev/ttyACM0", verify=False)
+        flash.flash(flash.load_flasher_args(build), "/dev/ttyACM0", verify=False)
     assert esptool_boundary["calls"][-1] == ("close",)
     assert "reset_chip" not in [c[0] for c in esptool_boundary["calls"]]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cryblock import device
+from cryblock.blocks.deploy import bench, capture
 from cryblock.cli.main import cli
 
 try:
@@ -217,7 +217,7 @@ def test_ctrl_c_ends_capture_with_summary(scenario) -> None:
             raise KeyboardInterrupt
 
     with FakeDevice(chunks) as fake:
-        res = device.capture(fake.port, on_line=on_line)
+        res = capture.capture(fake.port, on_line=on_line)
     s = res.summary()
     assert s["stop_reason"] == "interrupted" and not s["port_lost"]
     assert s["lines"] == 40
@@ -225,9 +225,9 @@ def test_ctrl_c_ends_capture_with_summary(scenario) -> None:
 
 
 def test_empty_capture_summary_renders() -> None:
-    s = device.LogCapture().summary(capture_s=2.0)
+    s = capture.LogCapture().summary(capture_s=2.0)
     assert s["inferences"] == 0 and s["latency_us"]["total"] is None and s["detections_per_hour"] == 0.0
-    text = device.format_summary(s)
+    text = bench.format_summary(s)
     assert "no BOOT line seen" in text and "rate n/a" in text
 
 
@@ -241,7 +241,7 @@ def _inf(t_ms: int, seq: int) -> bytes:
 
 
 def test_reset_inferred_when_boot_line_lost() -> None:
-    log = device.LogCapture()
+    log = capture.LogCapture()
     for raw in [_inf(5000, 10), _inf(5480, 11), b"CRYB/1 BOOT model_b", _inf(312, 0), _inf(792, 1)]:
         log.feed_line(raw)
     s = log.summary()
@@ -252,7 +252,7 @@ def test_reset_inferred_when_boot_line_lost() -> None:
 
 
 def test_line_splitter_reassembles_byte_by_byte() -> None:
-    sp = device.LineSplitter(max_line=128)
+    sp = capture.LineSplitter(max_line=128)
     stream = _inf(312, 0) + b"\r\n" + b"\xff" * 300 + b"\n" + _inf(792, 1)
     lines = []
     for i in range(len(stream)):

@@ -490,7 +490,8 @@ def test_ei_parameters_json_params_are_real_flags():
 def test_general_preset_on_real_multi_label_data(clips, teacher, tmp_path):
     """Any label set: four ESC-10 categories (groups = ESC folds), softmax student distilled from a
     teacher head on YAMNet embeddings, detector on the chosen label, firmware built for it."""
-    from cryblock import deploy
+    from cryblock.blocks.deploy import model as tfl
+    from cryblock.blocks.deploy import project as gen
     from cryblock.blocks.learn.train import train_from_manifest
 
     cats = {"dog bark": "dog", "rain": "rain", "rooster": "rooster", "baby cry": "baby"}
@@ -507,10 +508,10 @@ def test_general_preset_on_real_multi_label_data(clips, teacher, tmp_path):
     assert m["teacher"]["accuracy"] > 0.8 and m["teacher"]["macro_auc"] > 0.95  # YAMNet knows these sounds
     assert m["int8"]["accuracy"] > 0.4  # 3 short epochs at width 8: well above chance (0.25)
     model = (res.out_dir / "model_quantized_int8_io.tflite").read_bytes()
-    info = deploy.inspect_model(model)
+    info = tfl.inspect_model(model)
     assert info.output.size == 4 and "SOFTMAX" in info.ops
     saved = Params.load(res.out_dir / "params.json")
-    assert deploy.positive_output_index(info, saved) == 1
-    fw = deploy.generate_project(res.out_dir / "model_quantized_int8_io.tflite", tmp_path / "fw", saved,
-                                 deploy.BuildOptions())
+    assert tfl.positive_output_index(info, saved) == 1
+    fw = gen.generate_project(res.out_dir / "model_quantized_int8_io.tflite", tmp_path / "fw", saved,
+                                 gen.BuildOptions())
     assert 'element 1 ("dog")' in (fw.project / "main" / "model_settings.h").read_text()

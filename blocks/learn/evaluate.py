@@ -14,8 +14,8 @@
 * :class:`TflmRunner` — runs the INT8 model in the TensorFlow Lite **Micro** interpreter
   (``tflite_micro`` Python package), one patch per invoke as on the device, quantising the input
   with the model's own input scale/zero-point by the firmware's rule
-  (:func:`cryblock.deploy.quantize_input`); its arena comes from
-  :func:`cryblock.deploy.measure_arena`.
+  (:func:`cryblock.blocks.deploy.model.quantize_input`); its arena comes from
+  :func:`cryblock.blocks.deploy.arena.measure_arena`.
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ class TflmRunner:
     Args:
         model_bytes: the ``model_quantized_int8_io.tflite`` flatbuffer.
         arena_size: tensor arena bytes (default: the measured arena
-            (:func:`cryblock.deploy.measure_arena`) + 1 KiB).
+            (:func:`cryblock.blocks.deploy.arena.measure_arena`) + 1 KiB).
 
     Attributes:
         min_arena_bytes: the arena TFLM's recording allocator reports for the model (the
@@ -167,7 +167,7 @@ class TflmRunner:
         self.model_bytes = bytes(model_bytes)
         self.min_arena_bytes = None
         if arena_size is None:
-            from cryblock.deploy import measure_arena
+            from cryblock.blocks.deploy.arena import measure_arena
 
             self.min_arena_bytes = measure_arena(self.model_bytes)
             arena_size = self.min_arena_bytes + 1024
@@ -186,7 +186,7 @@ class TflmRunner:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float probabilities ``[N, n_out]`` of float32 patches ``x`` (``[N, 96, 64]`` or any
         shape that reshapes to the model input), one invoke per patch."""
-        from cryblock.deploy import quantize_input
+        from cryblock.blocks.deploy.model import quantize_input
 
         shape = tuple(int(d) for d in self.inp["shape"])
         x = np.asarray(x, dtype=np.float32)

@@ -366,13 +366,13 @@ def _check_tflite_bytes(buf: bytes, path) -> None:
     The interpreter does not bounds-check a truncated or damaged file and may crash the whole
     process (observed: a truncated yamnet.tflite segfaults ``tf.lite.Interpreter``). The
     flatbuffer is therefore unpacked completely in Python (``schema_py_generated.ModelT`` of the
-    schema bindings :mod:`cryblock.deploy` reads models with, bounds-checked, ~10 ms for YAMNet)
+    schema bindings :mod:`cryblock.blocks.deploy.model` reads models with, bounds-checked, ~10 ms for YAMNet)
     and tensor/buffer/operator indices are checked.
 
     Raises:
         CryblockError: not a TFLite flatbuffer, truncated or inconsistent (names the file).
     """
-    from cryblock.deploy import tflite_schema
+    from cryblock.blocks.deploy.model import tflite_schema
 
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise CryblockError(f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier)")

@@ -1,0 +1,195 @@
+"""Tensor arena sizing for TFLite Micro on the ESP32-S3.
+
+:func:`measure_arena` measures what the TFLM interpreter allocates for a model on the host
+(reference kernels); :func:`esp_nn_scratch_bound` adds the largest scratch buffer ESP-NN's
+optimised S3 kernels request; :func:`plan_arena` combines them with a margin and picks the RAM
+region (:data:`RAM_BUDGETS`).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+from cryblock.errors import CryblockError, ParameterError
+
+from .model import _op_names, _shape, tflite_schema
+
+
+_ARENA_RE = re.compile(r"Arena allocation total (\d+) bytes")
+
+
+def _tflm_interpreter(model: bytes, arena_size: int):
+    from tflite_micro import runtime
+
+    return runtime.Interpreter.from_bytes(model, arena_size=int(arena_size))
+
+
+def measure_arena(model: bytes, probe_size: int = 8 << 20) -> int:
+    """Arena bytes the TFLM interpreter needs for ``model`` on the host.
+
+    Builds a ``tflite_micro`` interpreter with a generous arena, redirects C-level stderr (fd 2)
+    around ``print_allocations()`` and parses ``Arena allocation total N bytes`` of TFLM's
+    RecordingMicroAllocator. The host uses TFLM's reference kernels; ESP-NN's optimised kernels
+    additionally request scratch buffers (see :func:`esp_nn_scratch_bound`).
+
+    Raises:
+        CryblockError: the model does not allocate even in ``probe_size`` bytes, or the
+            allocation report cannot be parsed.
+    """
+    try:
+        ip = _tflm_interpreter(model, probe_size)
+    except RuntimeError as e:
+        raise CryblockError(f"TFLM cannot allocate the model in {probe_size} bytes ({e})") from None
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            ip.print_allocations()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode("utf-8", errors="replace")
+    m = _ARENA_RE.search(text)
+    if not m:
+        raise CryblockError("could not parse TFLM's allocation report (no 'Arena allocation total')")
+    return int(m.group(1))
+
+
+def _same_pad(size: int, out: int, k: int, stride: int) -> int:
+    # TFLM ComputePaddingHeightWidth for SAME padding (dilation 1): floor(total / 2)
+    return max(0, (out - 1) * stride + k - size) // 2
+
+
+def _conv_scratch_s3(h, w, cin, kh, kw, cout, ph, pw, sh, sw) -> int:
+    # esp-nn esp_nn_get_conv_scratch_size_esp32s3 (esp-nn v1.x, esp_nn_conv_esp32s3.c)
+    if kh == 1 and kw == 1 and ph == 0 and pw == 0 and sh == 1 and sw == 1:
+        nc = (cin + 7) & ~7
+        transpose = 0 if w * h < 8 else 2 * 8 * nc
+        inp = w * h * nc if cin % 8 else 0
+        return inp + nc * cout + transpose + 32
+    nc = (cin + 15) & ~15
+    inp = (w + 2 * pw) * (h + 2 * ph) * cin if (ph or pw) else 0
+    return inp + kh * kw * nc * cout + 32 + 4 * cout
+
+
+def _dwconv_scratch_s3(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw) -> int:
+    # esp-nn esp_nn_get_depthwise_conv_scratch_size_esp32s3 (esp_nn_depthwise_conv_s8_esp32s3.c)
+    filt = kh * kw * c * mult
+    if mult == 1 and c % 8 == 0 and kh == 3 and kw == 3:
+        if c % 16 == 0:
+            if ph or pw:
+                pad_w, pad_h = 2 * pw, 2 * ph
+            else:
+                pad_w, pad_h = ow * sw + kw - 1 - w, oh * sh + kh - 1 - h
+            if pad_w or pad_h:
+                return (w + pad_w) * (h + pad_h) * c + filt + 16
+            return filt + 16
+        return 2 * (filt + h * w * c) + 16
+    if mult % 4 == 0:
+        return 2 * (filt + h * w * c) + 16
+    return 32
+
+
+def esp_nn_scratch_bound(model: bytes) -> int:
+    """Largest ESP-NN scratch buffer (bytes) any conv / depthwise op of ``model`` requests on the
+    ESP32-S3.
+
+    Mirrors esp-nn's ``esp_nn_get_conv_scratch_size_esp32s3`` and
+    ``esp_nn_get_depthwise_conv_scratch_size_esp32s3`` (esp-nn v1.x: aligned/padded int8 copies
+    of filter and input, int16 copies for some depthwise shapes), with TFLM's SAME-padding rule.
+    The host TFLM interpreter uses reference kernels that request none of this; TFLM plans
+    scratch buffers like tensors living for one op, so the device arena grows by at most the
+    largest one (plus alignment, covered by the margin of :func:`plan_arena`).
+    """
+    fb = tflite_schema()
+    m = fb.Model.GetRootAs(model, 0)
+    codes = _op_names(fb, m)
+    sub = m.Subgraphs(0)
+    best = 0
+    for j in range(sub.OperatorsLength()):
+        o = sub.Operators(j)
+        op = codes[o.OpcodeIndex()]
+        if op not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            continue
+        x, f, y = _shape(sub, o.Inputs(0)), _shape(sub, o.Inputs(1)), _shape(sub, o.Outputs(0))
+        if len(x) != 4 or len(f) != 4 or len(y) != 4:
+            continue
+        tab = o.BuiltinOptions()
+        opt = fb.Conv2DOptions() if op == "CONV_2D" else fb.DepthwiseConv2DOptions()
+        opt.Init(tab.Bytes, tab.Pos)
+        sh, sw = opt.StrideH(), opt.StrideW()
+        _, h, w, cin = x
+        _, oh, ow, cout = y
+        kh, kw = f[1], f[2]
+        same = opt.Padding() == fb.Padding.SAME
+        ph = _same_pad(h, oh, kh, sh) if same else 0
+        pw = _same_pad(w, ow, kw, sw) if same else 0
+        if op == "CONV_2D":
+            need = _conv_scratch_s3(h, w, cin, kh, kw, cout, ph, pw, sh, sw)
+        else:
+            need = _dwconv_scratch_s3(h, w, cin, kh, kw, max(1, cout // max(cin, 1)), oh, ow, ph, pw, sh, sw)
+        best = max(best, need)
+    return best
+
+
+#: RAM budgets for the arena on the ESP32-S3 (bytes).
+#: Internal: the S3 has 512 KB SRAM; an IDF app without Wi-Fi typically starts with ≈320–350 KB
+#: free heap. We allow the arena at most 240 KiB so the audio ring, front-end, task stacks and
+#: I2S DMA (≈70 KB, see size_report) still fit.
+#: PSRAM: 2 MiB, the smallest PSRAM on common S3 modules (N8R2; N8R8/N16R8 have 8 MiB), less
+#: 256 KiB left for other allocations that may land in PSRAM (CONFIG_SPIRAM_USE_MALLOC).
+RAM_BUDGETS = {"internal": 240 * 1024, "psram": 2 * 1024 * 1024 - 256 * 1024}
+
+
+@dataclass(frozen=True)
+class ArenaPlan:
+    """Arena sizing: ``arena_bytes = round_up_16(measured + esp_nn_scratch + margin·measured)``."""
+
+    measured_bytes: int
+    esp_nn_scratch_bytes: int
+    margin_fraction: float
+    arena_bytes: int
+    region: str  #: "internal" | "psram"
+    budget_bytes: int
+    basis: str
+
+
+def plan_arena(model: bytes, ram: str = "auto", margin: float = 0.10,
+               measured: int | None = None) -> ArenaPlan:
+    """Size the tensor arena and choose its RAM region.
+
+    Args:
+        model: ``.tflite`` bytes.
+        ram: "internal", "psram" or "auto" (internal when it fits, else PSRAM).
+        margin: extra fraction of the measured arena (default 10 %), on top of the ESP-NN
+            scratch bound, for kernel/allocator differences between host and device.
+        measured: host measurement (bytes) if already known, else :func:`measure_arena`.
+
+    Raises:
+        ParameterError: bad ``ram`` / ``margin``.
+        CryblockError: the arena does not fit the chosen region's budget (:data:`RAM_BUDGETS`).
+    """
+    if ram not in ("auto", "internal", "psram"):
+        raise ParameterError(f"parameter 'ram': must be auto, internal or psram, got {ram!r}")
+    if not (0 <= margin <= 4):
+        raise ParameterError(f"parameter 'arena_margin': must be in [0, 4], got {margin}")
+    meas = measure_arena(model) if measured is None else int(measured)
+    scratch = esp_nn_scratch_bound(model)
+    arena = int(math.ceil((meas + scratch + margin * meas) / 16.0) * 16)
+    basis = ("host TFLM RecordingMicroAllocator total + largest ESP-NN S3 scratch buffer (esp-nn "
+             f"esp_nn_get_*conv_scratch_size_esp32s3) + {margin:.0%} margin, "
+             "rounded up to 16 B; the device's interpreter->arena_used_bytes() (BOOT line) is ground truth")
+    if ram == "auto":
+        region = "internal" if arena <= RAM_BUDGETS["internal"] else "psram"
+    else:
+        region = ram
+    budget = RAM_BUDGETS[region]
+    if arena > budget:
+        hint = " (use --ram psram)" if region == "internal" else ""
+        raise CryblockError(f"tensor arena needs {arena} bytes, more than the {region} RAM budget of "
+                            f"{budget} bytes{hint}")
+    return ArenaPlan(meas, scratch, float(margin), arena, region, budget, basis)

@@ -1,0 +1,394 @@
+"""Capture the firmware's ``CRYB/1`` serial log.
+
+:func:`capture` reads the serial port with pyserial (opened with RTS/DTR low so opening does not
+reset the board), splits the byte stream into lines (:class:`LineSplitter`), parses them with
+:func:`cryblock.logformat.parse_line` and accumulates a :class:`LogCapture`; :mod:`.bench`
+summarises it. Garbage, partial lines, non-UTF-8 bytes, device resets and a port that disappears
+are all tolerated: the capture ends and what was read is kept. :func:`write_capture` writes the
+records as CSV / JSON.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from cryblock.errors import CryblockError, ParameterError, one_line
+from cryblock.io import atomic_write_text
+from cryblock.logformat import MAGIC, Record, parse_line
+
+
+#: The firmware console speed (ESP-IDF ``CONFIG_ESP_CONSOLE_UART_BAUDRATE`` default), Bd.
+CONSOLE_BAUD = 115200
+
+
+class LineSplitter:
+    """Reassemble lines from arbitrary serial read chunks.
+
+    :meth:`feed` returns the complete lines (``\\n``-terminated; the terminator and a trailing
+    ``\\r`` removed) and keeps the unfinished tail for the next call. A "line" longer than
+    ``max_line`` bytes without a newline (binary noise, wrong baud) is cut and returned as is, so
+    memory stays bounded.
+    """
+
+    def __init__(self, max_line: int = 4096) -> None:
+        self.max_line = max_line
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the lines it completed (bytes, without line terminator)."""
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            i = self._buf.find(b"\n")
+            if i < 0:
+                break
+            out.append(bytes(self._buf[:i]).rstrip(b"\r"))
+            del self._buf[:i + 1]
+        while len(self._buf) > self.max_line:
+            out.append(bytes(self._buf[:self.max_line]))
+            del self._buf[:self.max_line]
+        return out
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of the unfinished last line."""
+        return bytes(self._buf)
+
+
+@dataclass
+class LogRecord:
+    """One parsed record as captured: host time (s since capture start), boot session index
+    (0 = before the first BOOT line seen; +1 at every BOOT or detected reset), kind, raw fields."""
+
+    host_s: float
+    session: int
+    kind: str
+    fields: dict[str, str]
+
+    def num(self, key: str) -> float | None:
+        """Field as float, or None when absent/unparsable."""
+        return Record(self.kind, self.fields).num(key)
+
+
+_OTHER_VERSION = re.compile(rb"CRYB/(\d+) ")
+
+
+def _value(v: str) -> int | float | str:
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        f = float(v)
+        return f if math.isfinite(f) else v
+    except ValueError:
+        return v
+
+
+class LogCapture:
+    """Accumulates a ``CRYB/1`` stream line by line and summarises it.
+
+    Line classes: a *record* parses with :func:`cryblock.logformat.parse_line`; a *blank* line is
+    ignored; everything else is *garbage* (boot-ROM chatter, ESP_LOG text, noise). Garbage lines
+    that contain ``CRYB/1 `` are also counted as *corrupt* (wrong checksum, truncated, cut by a
+    reset); those with another ``CRYB/<n>`` version as *other_version*.
+
+    A *reset* is a BOOT record that is not the first record of the capture, or an INF whose
+    ``t_ms`` goes backwards within a session (the BOOT line itself was lost). Each starts a new
+    session; INF ``seq`` gaps inside a session count as *lost* inferences.
+    """
+
+    def __init__(self, keep_garbage: int = 200) -> None:
+        self.records: list[LogRecord] = []
+        self.lines = 0
+        self.blank = 0
+        self.garbage = 0
+        self.corrupt = 0
+        self.other_version = 0
+        self.garbage_samples: list[str] = []
+        self.keep_garbage = keep_garbage
+        self.session = 0
+        self.resets = 0
+        self.resets_inferred = 0
+        self._last_inf: LogRecord | None = None
+
+    def feed_line(self, raw: bytes | str, host_s: float = 0.0) -> LogRecord | None:
+        """Classify one line (without terminator); returns the record, or None if not one."""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", errors="replace")
+        self.lines += 1
+        rec = parse_line(raw)
+        if rec is None:
+            if not raw.strip():
+                self.blank += 1
+                return None
+            self.garbage += 1
+            if (MAGIC + " ").encode() in raw:
+                self.corrupt += 1
+            else:
+                m = _OTHER_VERSION.search(raw)
+                if m and m.group(1) != b"1":
+                    self.other_version += 1
+            if len(self.garbage_samples) < self.keep_garbage:
+                self.garbage_samples.append(raw.decode("utf-8", errors="replace"))
+            return None
+        if rec.kind == "BOOT":
+            if self.records:
+                self.resets += 1
+            self.session += 1
+            self._last_inf = None
+        elif rec.kind == "INF":
+            t = rec.num("t_ms")
+            prev = self._last_inf
+            if prev is not None and t is not None and (prev.num("t_ms") or 0.0) > t:
+                self.resets += 1
+                self.resets_inferred += 1
+                self.session += 1
+        lr = LogRecord(float(host_s), self.session, rec.kind, dict(rec.fields))
+        if rec.kind == "INF":
+            self._last_inf = lr
+        self.records.append(lr)
+        return lr
+
+    def summary(self, capture_s: float | None = None) -> dict:
+        """Summary of everything captured so far (:func:`cryblock.blocks.deploy.bench.summarize`)."""
+        from .bench import summarize
+
+        return summarize(self, capture_s)
+
+
+@dataclass
+class CaptureResult:
+    """What :func:`capture` returns: the accumulated :class:`LogCapture`, host duration (s),
+    why it stopped (``time``, ``interrupted``, ``port lost: …``) and the number of
+    bytes of an unterminated last line (not counted as a line)."""
+
+    log: LogCapture
+    capture_s: float
+    stop_reason: str
+    port_lost: bool = False
+    unterminated_bytes: int = 0
+    bytes_read: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """:meth:`LogCapture.summary` plus the capture's stop reason and byte counts."""
+        s = self.log.summary(self.capture_s)
+        s.update(stop_reason=self.stop_reason, port_lost=self.port_lost,
+                 bytes_read=self.bytes_read, unterminated_bytes=self.unterminated_bytes,
+                 notes=list(self.notes))
+        return s
+
+
+def open_serial(port: str, baud: int = CONSOLE_BAUD, timeout: float = 0.05):
+    """Open ``port`` for log capture without resetting the board.
+
+    RTS and DTR are set low *before* opening (as esptool does), because on ESP dev boards these
+    lines drive EN/IO0 and toggling them on open resets the chip. The port is opened exclusively.
+
+    Returns:
+        an open ``serial.Serial`` with read ``timeout`` seconds.
+
+    Raises:
+        CryblockError: the port does not exist, is busy, or cannot be configured.
+    """
+    import serial
+
+    ser = serial.Serial()
+    ser.port = port
+    ser.baudrate = int(baud)
+    ser.timeout = timeout
+    ser.exclusive = True
+    ser.rts = False
+    ser.dtr = False
+    try:
+        ser.open()
+    except (serial.SerialException, OSError, ValueError) as e:
+        raise CryblockError(f"cannot open serial port {port}: {one_line(e)}") from None
+    return ser
+
+
+def reset_board(ser) -> str | None:
+    """Pulse EN through RTS (esptool's ``HardReset``) so the firmware restarts and prints BOOT.
+
+    Returns None on success, or a note when the port has no modem-control lines (the user must
+    press the board's reset button instead).
+    """
+    try:
+        ser.dtr = False
+        ser.rts = True
+        time.sleep(0.1)
+        ser.rts = False
+    except OSError as e:
+        return f"could not pulse RTS on {ser.port} ({one_line(e)}); press the board's RESET button"
+    return None
+
+
+def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
+            send: Iterable[str] = (), reset: bool = False,
+            on_line: Callable[[bytes, LogRecord | None], None] | None = None) -> CaptureResult:
+    """Read and parse the ``CRYB/1`` log on ``port`` until time is up, Ctrl-C, or the port goes away.
+
+    Args:
+        port: serial device; opened by :func:`open_serial` (no reset on open).
+        baud: console speed in Bd (firmware default 115200).
+        seconds: capture duration in host seconds; None = until Ctrl-C or port loss.
+        send: text commands written (one per line, ``\\n``-terminated) right after opening.
+        reset: pulse EN via RTS after opening so the capture starts with a BOOT line.
+        on_line: called for every complete line with ``(raw_bytes, record_or_None)``.
+
+    Returns:
+        :class:`CaptureResult`; never raises for device misbehaviour (garbage, resets, a port
+        that disappears mid-capture — ``port_lost`` is then True).
+
+    Raises:
+        CryblockError: the port cannot be opened.
+    """
+    import serial
+
+    if seconds is not None and not (seconds > 0):
+        raise ParameterError(f"seconds must be > 0, got {seconds}")
+    ser = open_serial(port, baud)
+    log = LogCapture()
+    splitter = LineSplitter()
+    notes: list[str] = []
+    t0 = time.monotonic()
+    stop_reason = "time"
+    port_lost = False
+    nbytes = 0
+    try:
+        if reset:
+            note = reset_board(ser)
+            if note:
+                notes.append(note)
+        try:
+            for line in send:
+                ser.write(line.rstrip("\r\n").encode("ascii", errors="replace") + b"\n")
+            if send:
+                ser.flush()
+        except (serial.SerialException, OSError) as e:
+            stop_reason = f"port lost: {one_line(e)}"
+            port_lost = True
+        while not port_lost:
+            now = time.monotonic()
+            if seconds is not None and now - t0 >= seconds:
+                stop_reason = "time"
+                break
+            try:
+                waiting = ser.in_waiting
+                chunk = ser.read(max(1, min(waiting, 65536)))
+            except (serial.SerialException, OSError) as e:
+                stop_reason = f"port lost: {one_line(e)}"
+                port_lost = True
+                break
+            if not chunk:
+                continue
+            nbytes += len(chunk)
+            host_s = time.monotonic() - t0
+            for raw in splitter.feed(chunk):
+                rec = log.feed_line(raw, host_s)
+                if on_line is not None:
+                    on_line(raw, rec)
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    finally:
+        try:
+            ser.close()
+        except Exception:  # noqa: BLE001 - a vanished port may fail to close; nothing to save
+            pass
+    return CaptureResult(log=log, capture_s=time.monotonic() - t0, stop_reason=stop_reason,
+                         port_lost=port_lost, unterminated_bytes=len(splitter.pending),
+                         bytes_read=nbytes, notes=notes)
+
+
+def records_csv(records: Sequence[LogRecord]) -> str:
+    """CSV text, one row per record: ``host_s,session,kind`` then every field name seen
+    (first-seen order; empty where a record lacks it). Values are the raw strings from the line."""
+    keys: list[str] = []
+    seen: set[str] = set()
+    for r in records:
+        for k in r.fields:
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["host_s", "session", "kind", *keys])
+    for r in records:
+        w.writerow([f"{r.host_s:.3f}", r.session, r.kind, *(r.fields.get(k, "") for k in keys)])
+    return buf.getvalue()
+
+
+def write_capture(result: CaptureResult, csv_path: str | Path | None = None,
+                  json_path: str | Path | None = None) -> list[Path]:
+    """Write the records as CSV (:func:`records_csv`) and/or ``{"summary", "records",
+    "garbage_samples"}`` as JSON, each atomically (temp file + rename). Returns the paths written."""
+    out = []
+    jobs = []
+    if csv_path is not None:
+        jobs.append((csv_path, lambda: records_csv(result.log.records)))
+    if json_path is not None:
+        def doc() -> str:
+            return json.dumps({
+                "summary": result.summary(),
+                "records": [{"host_s": round(r.host_s, 3), "session": r.session, "kind": r.kind,
+                             "fields": r.fields} for r in result.log.records],
+                "garbage_samples": result.log.garbage_samples,
+            }, indent=1) + "\n"
+        jobs.append((json_path, doc))
+    for path, text in jobs:
+        try:
+            out.append(atomic_write_text(path, text()))
+        except OSError as e:
+            raise CryblockError(f"{path}: cannot write ({e.strerror or e})") from None
+    return out
+
+
+def check_output_path(path: str | Path | None) -> None:
+    """Fail early (before a long capture) if ``path`` cannot be a file: it is a folder, or a
+    parent is a file. Raises CryblockError naming the path."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise CryblockError(f"{p}: is a folder, expected a file name")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CryblockError(f"{p}: {parent} is a file, not a folder")
+            break
+
+
+_ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(raw: bytes) -> str:
+    """A non-record line made safe for a terminal: UTF-8 decoded (bad bytes → U+FFFD), ESP_LOG
+    colour codes removed, other control characters (which noise could turn into terminal
+    escape sequences) shown as ``?``."""
+    text = _ANSI_SGR.sub("", raw.decode("utf-8", errors="replace"))
+    return _CONTROL.sub("?", text)
+
+
+def format_record(rec: LogRecord) -> str:
+    """One human-readable line for a record (what ``cryblock monitor`` prints live)."""
+    f = rec.fields
+    if rec.kind == "INF":
+        def ms(key: str) -> str:
+            v = rec.num(key)
+            return "?" if v is None else f"{v / 1000:.1f}ms"
+        t = rec.num("t_ms")
+        return (f"INF t={'?' if t is None else f'{t / 1000:.2f}s'} seq={f.get('seq', '?')} "
+                f"score={f.get('score', '?')} pos={f.get('pos', '?')} votes={f.get('votes', '?')} "
+                f"det={f.get('det', '?')} fe={ms('fe_us')} inv={ms('inv_us')}")
+    return f"{rec.kind} " + " ".join(f"{k}={v}" for k, v in f.items())

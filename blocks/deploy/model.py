@@ -1,0 +1,267 @@
+"""The INT8 model as the firmware sees it: flatbuffer inspection, op resolver, C array, input rule.
+
+* :func:`inspect_model` reads a ``.tflite`` flatbuffer (the schema bindings shipped with the
+  tflite-micro wheel, :func:`tflite_schema`): its operators, the single input/output tensor with
+  its quantisation, and a MAC count.
+* :func:`resolver_calls` maps the operators to ``tflite::MicroMutableOpResolver`` methods.
+* :func:`model_c_source` / :func:`parse_c_array` write and read the ``alignas(16)`` C array.
+* :func:`quantize_input` is the Python reference of the firmware's int8 input quantisation.
+* :func:`positive_output_index` picks the output the detector thresholds.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cryblock.errors import CryblockError
+from cryblock.params import Params
+
+
+#: BuiltinOperator name → ``tflite::MicroMutableOpResolver`` method
+#: (tensorflow/lite/micro/micro_mutable_op_resolver.h). Ops missing here raise a clear error.
+OP_RESOLVER_METHODS: dict[str, str] = {
+    "ABS": "AddAbs", "ADD": "AddAdd", "ADD_N": "AddAddN", "ARG_MAX": "AddArgMax",
+    "ARG_MIN": "AddArgMin", "AVERAGE_POOL_2D": "AddAveragePool2D",
+    "BATCH_TO_SPACE_ND": "AddBatchToSpaceNd", "CAST": "AddCast", "CEIL": "AddCeil",
+    "CONCATENATION": "AddConcatenation", "CONV_2D": "AddConv2D", "COS": "AddCos",
+    "DEPTH_TO_SPACE": "AddDepthToSpace", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D",
+    "DEQUANTIZE": "AddDequantize", "ELU": "AddElu", "EQUAL": "AddEqual", "EXP": "AddExp",
+    "EXPAND_DIMS": "AddExpandDims", "FILL": "AddFill", "FLOOR": "AddFloor",
+    "FULLY_CONNECTED": "AddFullyConnected", "GATHER": "AddGather", "GREATER": "AddGreater",
+    "GREATER_EQUAL": "AddGreaterEqual", "HARD_SWISH": "AddHardSwish",
+    "L2_NORMALIZATION": "AddL2Normalization", "LEAKY_RELU": "AddLeakyRelu", "LESS": "AddLess",
+    "LOG": "AddLog", "LOGISTIC": "AddLogistic", "MAXIMUM": "AddMaximum",
+    "MAX_POOL_2D": "AddMaxPool2D", "MEAN": "AddMean", "MINIMUM": "AddMinimum", "MUL": "AddMul",
+    "NEG": "AddNeg", "PACK": "AddPack", "PAD": "AddPad", "PADV2": "AddPadV2", "PRELU": "AddPrelu",
+    "QUANTIZE": "AddQuantize", "REDUCE_MAX": "AddReduceMax", "RELU": "AddRelu",
+    "RELU6": "AddRelu6", "RESHAPE": "AddReshape", "RESIZE_BILINEAR": "AddResizeBilinear",
+    "RESIZE_NEAREST_NEIGHBOR": "AddResizeNearestNeighbor", "ROUND": "AddRound",
+    "RSQRT": "AddRsqrt", "SHAPE": "AddShape", "SIN": "AddSin", "SOFTMAX": "AddSoftmax",
+    "SPACE_TO_BATCH_ND": "AddSpaceToBatchNd", "SPACE_TO_DEPTH": "AddSpaceToDepth",
+    "SPLIT": "AddSplit", "SPLIT_V": "AddSplitV", "SQRT": "AddSqrt", "SQUARE": "AddSquare",
+    "SQUEEZE": "AddSqueeze", "STRIDED_SLICE": "AddStridedSlice", "SUB": "AddSub", "SUM": "AddSum",
+    "TANH": "AddTanh", "TRANSPOSE": "AddTranspose", "TRANSPOSE_CONV": "AddTransposeConv",
+    "UNPACK": "AddUnpack",
+}
+
+
+_TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool",
+                 7: "int16", 9: "int8"}
+
+
+def tflite_schema():
+    """The TFLite flatbuffer schema bindings (module) shipped with the tflite-micro wheel: the same
+    schema as ``tensorflow.lite.python.schema_py_generated``, without importing TensorFlow. Used by
+    :func:`inspect_model` and the teacher's structural file check."""
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+
+    return fb
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input/output: ``shape``, ``dtype`` name, per-tensor ``scale``/``zero_point``
+    (0.0/0 when the tensor is not quantised)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape)) if self.shape else 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the generator needs to know about a ``.tflite`` file.
+
+    Attributes:
+        size_bytes: flatbuffer length.
+        ops: distinct builtin operator names, in operator-code order (e.g. ``CONV_2D``).
+        input / output: the single input and output tensor.
+        macs: multiply-accumulates of one inference (conv, depthwise, fully connected; pools,
+            means and element-wise ops are counted as one MAC per input element they read).
+        macs_by_op: MACs per operator name.
+    """
+
+    size_bytes: int
+    ops: tuple[str, ...]
+    input: TensorInfo
+    output: TensorInfo
+    macs: int
+    macs_by_op: dict[str, int] = field(default_factory=dict)
+
+
+def read_model(path: str | os.PathLike) -> bytes:
+    """Read a ``.tflite`` file. Raises CryblockError naming the file when it is missing or is
+    not a TFLite flatbuffer (file identifier ``TFL3`` at byte 4)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise CryblockError(f"{p}: model file not found") from None
+    except OSError as e:
+        raise CryblockError(f"{p}: cannot read model ({e.strerror})") from None
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise CryblockError(f"{p}: not a TFLite model (no 'TFL3' flatbuffer identifier)")
+    return data
+
+
+def _op_names(fb, m) -> list[str]:
+    """Builtin operator name of each operator code of the flatbuffer model ``m`` (``CONV_2D``, …;
+    ``BUILTIN_<n>`` for a code the schema does not name)."""
+    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    out = []
+    for i in range(m.OperatorCodesLength()):
+        oc = m.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        out.append(names.get(code, f"BUILTIN_{code}"))
+    return out
+
+
+def _tensor_info(fb, sub, idx: int) -> TensorInfo:
+    t = sub.Tensors(idx)
+    shape = _shape(sub, idx)
+    q = t.Quantization()
+    scale, zp = 0.0, 0
+    if q is not None and q.ScaleLength():
+        if q.ScaleLength() != 1:
+            raise CryblockError("model input/output must be per-tensor quantised "
+                                f"(found {q.ScaleLength()} scales)")
+        scale, zp = float(q.Scale(0)), int(q.ZeroPoint(0))
+    return TensorInfo(shape, _TENSOR_TYPES.get(t.Type(), f"type{t.Type()}"), scale, zp)
+
+
+def inspect_model(model: bytes, name: str = "model") -> ModelInfo:
+    """Parse a TFLite flatbuffer: ops, input/output quantisation, MAC count.
+
+    Args:
+        model: the ``.tflite`` bytes.
+        name: used in error messages (the file name).
+
+    Raises:
+        CryblockError: unparsable flatbuffer, more than one subgraph/input/output, a custom op,
+            or an operator the TFLM op resolver cannot register (message names the op).
+    """
+    fb = tflite_schema()
+    try:
+        m = fb.Model.GetRootAs(model, 0)
+        n_sub = m.SubgraphsLength()
+    except Exception as e:  # flatbuffers raises assorted errors on garbage
+        raise CryblockError(f"{name}: cannot parse TFLite flatbuffer ({e})") from None
+    if n_sub != 1:
+        raise CryblockError(f"{name}: expected 1 subgraph, found {n_sub}")
+    codes = _op_names(fb, m)
+    if "CUSTOM" in codes:
+        oc = m.OperatorCodes(codes.index("CUSTOM"))
+        cname = oc.CustomCode().decode() if oc.CustomCode() else "?"
+        raise CryblockError(f"{name}: custom operator '{cname}' is not supported by the generator")
+    sub = m.Subgraphs(0)
+    if sub.InputsLength() != 1 or sub.OutputsLength() != 1:
+        raise CryblockError(f"{name}: expected 1 input and 1 output tensor, found "
+                            f"{sub.InputsLength()} and {sub.OutputsLength()}")
+    used: list[str] = []
+    macs_by_op: dict[str, int] = {}
+    for j in range(sub.OperatorsLength()):
+        o = sub.Operators(j)
+        op = codes[o.OpcodeIndex()]
+        if op not in used:
+            used.append(op)
+        macs_by_op[op] = macs_by_op.get(op, 0) + _op_macs(fb, sub, o, op)
+    unknown = [op for op in used if op not in OP_RESOLVER_METHODS]
+    if unknown:
+        raise CryblockError(f"{name}: operator(s) {unknown} have no MicroMutableOpResolver "
+                            "mapping in cryblock.blocks.deploy.model.OP_RESOLVER_METHODS")
+    ordered = tuple(op for op in codes if op in used)
+    return ModelInfo(len(model), ordered, _tensor_info(fb, sub, sub.Inputs(0)),
+                     _tensor_info(fb, sub, sub.Outputs(0)), int(sum(macs_by_op.values())), macs_by_op)
+
+
+def _shape(sub, idx: int) -> tuple[int, ...]:
+    if idx < 0:
+        return ()
+    t = sub.Tensors(idx)
+    return tuple(int(v) for v in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+
+
+def _op_macs(fb, sub, o, op: str) -> int:
+    ins = [o.Inputs(k) for k in range(o.InputsLength())]
+    outs = [o.Outputs(k) for k in range(o.OutputsLength())]
+    out = _shape(sub, outs[0]) if outs else ()
+    n_out = int(np.prod(out)) if out else 0
+    if op == "CONV_2D":  # filter [Cout, kh, kw, Cin]
+        f = _shape(sub, ins[1])
+        return n_out * f[1] * f[2] * f[3]
+    if op == "DEPTHWISE_CONV_2D":  # filter [1, kh, kw, Cout]
+        f = _shape(sub, ins[1])
+        return n_out * f[1] * f[2]
+    if op == "FULLY_CONNECTED":  # weights [units, in]
+        f = _shape(sub, ins[1])
+        return n_out * f[1]
+    if ins and op in ("AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "SUM", "REDUCE_MAX"):
+        s = _shape(sub, ins[0])
+        return int(np.prod(s)) if s else 0
+    return n_out
+
+
+def resolver_calls(ops) -> list[str]:
+    """``MicroMutableOpResolver`` method names for ``ops`` (same order). Raises CryblockError
+    for an op without mapping."""
+    bad = [op for op in ops if op not in OP_RESOLVER_METHODS]
+    if bad:
+        raise CryblockError(f"operator(s) {bad} cannot be registered with MicroMutableOpResolver")
+    return [OP_RESOLVER_METHODS[op] for op in ops]
+
+
+def model_c_source(model: bytes, name: str = "g_model") -> str:
+    """C++ source defining ``alignas(16) const unsigned char g_model[]`` and ``g_model_len``
+    (12 bytes per line, like ``xxd -i``)."""
+    hexes = [f"0x{b:02x}" for b in model]
+    rows = ",\n  ".join(", ".join(hexes[i:i + 12]) for i in range(0, len(hexes), 12))
+    return ("// Generated by cryblock: the INT8 TFLite model as a C array. Do not edit.\n"
+            '#include "model_data.h"\n\n'
+            f"alignas(16) const unsigned char {name}[] = {{\n  {rows}\n}};\n"
+            f"const unsigned int {name}_len = {len(model)};\n")
+
+
+_C_ARRAY_RE = re.compile(r"\{([^}]*)\}", re.S)
+
+
+def parse_c_array(source: str) -> bytes:
+    """Inverse of :func:`model_c_source`: the bytes of the first ``{...}`` initialiser."""
+    m = _C_ARRAY_RE.search(source)
+    if not m:
+        raise CryblockError("no array initialiser found in C source")
+    vals = [v.strip() for v in m.group(1).split(",") if v.strip()]
+    return bytes(int(v, 0) for v in vals)
+
+
+def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Python reference of the firmware's int8 input quantisation (``cry_quantize_int8``):
+    ``clip(round_half_even(float32(x) / float32(scale)) + zero_point, -128, 127)`` → int8.
+    Use the *model's own* input scale/zero-point (:class:`ModelInfo` ``.input``)."""
+    q = np.round(np.asarray(x, dtype=np.float32) / np.float32(scale)) + np.float32(zero_point)
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def positive_output_index(info: ModelInfo, params: Params) -> int:
+    """Index of the score the detector thresholds in the model output.
+
+    One output unit (sigmoid) → 0. Otherwise the output must have one unit per label of
+    ``params.learn.labels`` and the index is that of ``positive_label``.
+    """
+    n = info.output.size
+    if n == 1:
+        return 0
+    labels = list(params.learn.labels)
+    if n != len(labels):
+        raise CryblockError(f"model output has {n} values but params.learn.labels has {len(labels)} "
+                            f"labels {labels}; pass the params.json of the run that trained the model")
+    return labels.index(params.learn.positive_label)

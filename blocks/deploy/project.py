@@ -1,0 +1,355 @@
+"""ESP-IDF project generation: INT8 ``.tflite`` + :class:`~cryblock.params.Params` → project folder.
+
+:func:`generate_project` writes a complete ESP-IDF (≥ 5.1) project for the ESP32-S3 from the
+jinja2 templates in ``templates/esp32s3/``:
+
+* the model as an ``alignas(16)`` C array and a ``MicroMutableOpResolver<N>`` holding exactly the
+  model's ops (:mod:`.model`);
+* a tensor arena sized from a measurement plus an ESP-NN scratch bound and a margin (:mod:`.arena`);
+* the C twin of the DSP block (``frontend.c`` + tables generated here by :func:`frontend_tables`),
+  the detector (``postproc.c``), the ``CRYB/1`` log formatter (``cry_log.c``), I2S capture
+  (``audio_i2s.c``) and ``main.cc``;
+* ``sdkconfig.defaults``, ``Kconfig.projbuild`` (detector and pin defaults),
+  ``idf_component.yml``, ``partitions.csv`` when the app outgrows the 1.5 MB default partition,
+  and a README.
+
+It also returns a size / latency report (:mod:`.size`). Everything is written into a temporary
+folder next to ``out`` and renamed into place, so a failure never leaves half a project. The
+ESP-IDF facts come from shared/docs/espidf-tflm-esptool-notes.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryblock import __version__
+from cryblock.errors import CryblockError, ParameterError
+from cryblock.params import DspParams, Params
+
+from .arena import ArenaPlan, plan_arena
+from .model import ModelInfo, inspect_model, model_c_source, positive_output_index, read_model, resolver_calls
+from .size import DEFAULT_APP_PARTITION, size_report
+
+
+FLASH_SIZES_MB = (4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Board options of the generated project (all become Kconfig/sdkconfig defaults).
+
+    i2s: "std" (I2S Philips, e.g. INMP441) or "pdm" (PDM microphone; ``pin_ws`` = PDM clock).
+    pin_*: GPIO numbers (defaults: esp-tflite-micro micro_speech's S3 pins 41/42/2).
+    slot: "left" | "right" (INMP441 L/R pin low → left on most boards; configurable because
+    community code disagrees). bits: 32 (24-bit MSB-aligned, INMP441) or 16.
+    ram: "auto" | "internal" | "psram" for the arena. arena_margin: fraction (see plan_arena).
+    flash_mb: module flash size; psram_mode: "oct" (N8R8/N16R8) | "quad" (N8R2).
+    console: "uart" (ESP-IDF default: UART0, the USB-UART bridge port, reads serial commands) or
+    "usb" (native USB Serial/JTAG port, /dev/ttyACM0, as primary console so it reads commands too).
+    """
+
+    target: str = "esp32s3"
+    i2s: str = "std"
+    pin_bclk: int = 41
+    pin_ws: int = 42
+    pin_din: int = 2
+    slot: str = "left"
+    bits: int = 32
+    ram: str = "auto"
+    arena_margin: float = 0.10
+    flash_mb: int = 8
+    psram_mode: str = "oct"
+    console: str = "uart"
+    project_name: str = "cry_detector"
+
+    def validate(self) -> None:
+        """Raise ParameterError naming the first bad option."""
+        if self.target != "esp32s3":
+            raise ParameterError(f"parameter 'target': only esp32s3 is supported, got {self.target!r}")
+        if self.i2s not in ("std", "pdm"):
+            raise ParameterError(f"parameter 'i2s': must be std or pdm, got {self.i2s!r}")
+        for n in ("pin_bclk", "pin_ws", "pin_din"):
+            v = getattr(self, n)
+            if not (isinstance(v, int) and 0 <= v <= 48):
+                raise ParameterError(f"parameter '{n}': ESP32-S3 GPIO must be 0..48, got {v!r}")
+        pins = [self.pin_ws, self.pin_din] + ([self.pin_bclk] if self.i2s == "std" else [])
+        if len(set(pins)) != len(pins):
+            raise ParameterError(f"I2S pins must differ, got bclk={self.pin_bclk} ws={self.pin_ws} din={self.pin_din}")
+        if self.slot not in ("left", "right"):
+            raise ParameterError(f"parameter 'slot': must be left or right, got {self.slot!r}")
+        if self.bits not in (16, 32):
+            raise ParameterError(f"parameter 'bits': must be 16 or 32, got {self.bits!r}")
+        if self.i2s == "pdm" and self.bits != 16:
+            raise ParameterError("parameter 'bits': PDM microphones deliver 16-bit samples (use --bits 16)")
+        if self.flash_mb not in FLASH_SIZES_MB:
+            raise ParameterError(f"parameter 'flash_mb': must be one of {FLASH_SIZES_MB}, got {self.flash_mb!r}")
+        if self.psram_mode not in ("oct", "quad"):
+            raise ParameterError(f"parameter 'psram_mode': must be oct or quad, got {self.psram_mode!r}")
+        if self.console not in ("uart", "usb"):
+            raise ParameterError(f"parameter 'console': must be uart or usb, got {self.console!r}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", self.project_name):
+            raise ParameterError(f"parameter 'project_name': must be a C identifier, got {self.project_name!r}")
+
+
+def templates_dir(target: str = "esp32s3") -> Path:
+    """Folder of the jinja2 templates of ``target`` (package data of cryblock.templates)."""
+    return Path(str(resources.files("cryblock.templates"))) / target
+
+
+def _jinja_env(root: Path):
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+                              autoescape=False)
+
+
+def _cfloat(x: float) -> str:
+    s = repr(float(np.float32(x)))
+    if "e" not in s and "." not in s and "inf" not in s and "nan" not in s:
+        s += ".0"
+    return s + "f"
+
+
+def _c_list(values, per_line: int = 8, fmt=str) -> str:
+    items = [fmt(v) for v in values]
+    return ",\n    ".join(", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line))
+
+
+def frontend_tables(dsp: DspParams) -> dict[str, Any]:
+    """Constants and tables for ``frontend_tables.h/.c`` from the DSP parameters.
+
+    Returns a dict with ints (win, hop, nfft, nbins, nmel, patch_frames, patch_hop,
+    sample_rate, patch_hop_ms), the log offset, the periodic Hann window (float32 [win]) and
+    the sparse mel matrix: per band ``start`` bin, ``len`` and an ``offset`` into the
+    concatenated non-zero ``weights`` (from :func:`cryblock.blocks.dsp.features.mel_matrix`).
+
+    Raises:
+        ParameterError: FFT length whose half is not a power of 4 (esp-dsp's radix-4 FFT).
+    """
+    from cryblock.blocks.dsp.features import mel_matrix, periodic_hann
+
+    n = dsp.fft_length // 2
+    if n < 4 or 4 ** round(math.log(n, 4)) != n:
+        raise ParameterError(f"parameter 'stft_window_seconds': FFT length {dsp.fft_length} is not "
+                             "supported on device (fft_length/2 must be a power of 4, e.g. 512)")
+    if dsp.hop_length_samples > dsp.window_length_samples:
+        raise ParameterError("parameter 'stft_hop_seconds': hop longer than the window")
+    mm = mel_matrix(dsp)  # [bins, mel]
+    starts, lens, offs, weights = [], [], [], []
+    for b in range(mm.shape[1]):
+        nz = np.nonzero(mm[:, b])[0]
+        if nz.size == 0:
+            s, ln = 0, 0
+        else:
+            s, ln = int(nz[0]), int(nz[-1] - nz[0] + 1)
+        starts.append(s)
+        lens.append(ln)
+        offs.append(len(weights))
+        weights.extend(float(w) for w in mm[s:s + ln, b])
+    return {
+        "sample_rate": int(round(dsp.sample_rate)),
+        "win": dsp.window_length_samples,
+        "hop": dsp.hop_length_samples,
+        "nfft": dsp.fft_length,
+        "nbins": dsp.num_spectrogram_bins,
+        "nmel": dsp.mel_bands,
+        "patch_frames": dsp.patch_frames,
+        "patch_hop": dsp.patch_hop_frames,
+        "patch_hop_ms": int(round(dsp.patch_hop_samples * 1000.0 / dsp.sample_rate)),
+        "log_offset": float(dsp.log_offset),
+        "hann": np.asarray(periodic_hann(dsp.window_length_samples), dtype=np.float32),
+        "mel_start": starts, "mel_len": lens, "mel_offset": offs,
+        "mel_weights": np.asarray(weights, dtype=np.float32),
+    }
+
+
+def _frontend_context(dsp: DspParams) -> dict[str, Any]:
+    t = frontend_tables(dsp)
+    return {
+        "version": __version__, "fe": t, "dsp": dsp,
+        "hann_c": _c_list(t["hann"], 6, _cfloat),
+        "mel_weights_c": _c_list(t["mel_weights"], 6, _cfloat),
+        "mel_start_c": _c_list(t["mel_start"], 16),
+        "mel_len_c": _c_list(t["mel_len"], 16),
+        "mel_offset_c": _c_list(t["mel_offset"], 16),
+        "log_offset_c": _cfloat(t["log_offset"]),
+    }
+
+
+#: Firmware sources that need no ESP-IDF header (plain C99), for host builds and tests.
+HOST_SOURCES = ("frontend.h", "frontend.c", "postproc.h", "postproc.c", "cry_log.h", "cry_log.c")
+
+
+def write_host_sources(dest: str | os.PathLike, dsp: DspParams = DspParams(), target: str = "esp32s3") -> Path:
+    """Write the host-compilable firmware C sources into ``dest``: :data:`HOST_SOURCES` plus
+    ``frontend_tables.h/.c`` generated from ``dsp``. Lets the C front-end / detector / log
+    formatter be compiled with host gcc and compared with the Python blocks."""
+    d = Path(dest)
+    d.mkdir(parents=True, exist_ok=True)
+    root = templates_dir(target) / "main"
+    env = _jinja_env(root)
+    ctx = _frontend_context(dsp)
+    for name in ("frontend_tables.h", "frontend_tables.c"):
+        (d / name).write_text(env.get_template(name + ".j2").render(**ctx))
+    for name in HOST_SOURCES:
+        shutil.copyfile(root / name, d / name)
+    return d
+
+
+def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: BuildOptions,
+                     report: dict[str, Any]) -> dict[str, Any]:
+    """Every variable the templates use (rendering uses jinja2 StrictUndefined)."""
+    det = params.detector
+    app_part = report["flash"]["app_partition_bytes"]
+    if app_part + 0x20000 > opts.flash_mb * 1024 * 1024:
+        raise CryblockError(f"app needs a {app_part} byte partition, larger than the {opts.flash_mb} MB flash")
+    return {
+        **_frontend_context(params.dsp),
+        "fw": f"cryblock-{__version__}",
+        "project_name": opts.project_name,
+        "ops": list(info.ops),
+        "op_methods": resolver_calls(info.ops),
+        "ops_csv": ",".join(info.ops),
+        "model_bytes": info.size_bytes,
+        "macs": info.macs,
+        "input": info.input, "output": info.output,
+        "input_elems": info.input.size, "output_elems": info.output.size,
+        "pos_index": positive_output_index(info, params),
+        "positive_label": params.learn.positive_label,
+        "arena": arena, "arena_bytes": arena.arena_bytes, "arena_psram": arena.region == "psram",
+        "threshold_x1000": int(round(det.threshold * 1000)),
+        "vote_n": det.vote_n, "vote_m": det.vote_m,
+        "hold_ms": int(round(det.hold_seconds * 1000)),
+        "i2s": opts.i2s, "pin_bclk": opts.pin_bclk, "pin_ws": opts.pin_ws, "pin_din": opts.pin_din,
+        "slot": opts.slot, "bits": opts.bits,
+        "flash_mb": opts.flash_mb, "psram_mode": opts.psram_mode, "console": opts.console,
+        "custom_partitions": app_part != DEFAULT_APP_PARTITION, "app_partition_bytes": app_part,
+        "audio_ring_bytes": report["ram"]["audio_ring_bytes"],
+        "input_scale_c": _cfloat(info.input.scale), "output_scale_c": _cfloat(info.output.scale),
+        "report": report,
+    }
+
+
+def render_project(ctx: dict[str, Any], model: bytes, dest: Path, target: str = "esp32s3") -> list[Path]:
+    """Render every template into ``dest`` (``*.j2`` through jinja2 StrictUndefined, other files
+    copied) and write ``main/model_data.cc``. Returns the written paths (relative)."""
+    root = templates_dir(target)
+    env = _jinja_env(root)
+    written = []
+    for src in sorted(root.rglob("*")):
+        if src.is_dir() or src.name == "__init__.py" or "__pycache__" in src.parts:
+            continue
+        rel = src.relative_to(root)
+        if rel.name == "partitions.csv.j2" and not ctx["custom_partitions"]:
+            continue
+        out_rel = rel.with_name(rel.name[:-3]) if rel.name.endswith(".j2") else rel
+        out = dest / out_rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if rel.name.endswith(".j2"):
+            out.write_text(env.get_template(rel.as_posix()).render(**ctx))
+        else:
+            shutil.copyfile(src, out)
+        written.append(out_rel)
+    (dest / "main" / "model_data.cc").write_text(model_c_source(model))
+    written.append(Path("main/model_data.cc"))
+    return written
+
+
+MARKER = ".cryblock-project.json"
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise CryblockError(f"{out}: exists and is not a folder")
+        if any(out.iterdir()) and not (out / MARKER).is_file():
+            raise CryblockError(f"{out}: folder exists and is not a cryblock project; choose another --out")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+@dataclass
+class BuildResult:
+    """What :func:`generate_project` did: ``project`` folder, size ``report`` dict, model
+    ``info``, arena ``plan``, ``files`` written (relative), ``idf`` status line."""
+
+    project: Path
+    report: dict[str, Any]
+    info: ModelInfo
+    arena: ArenaPlan
+    files: list[Path]
+    idf: str = "not run"
+
+
+def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
+                     params: Params | None = None, options: BuildOptions | None = None) -> BuildResult:
+    """Generate the ESP-IDF project for ``model_path`` into ``out_dir`` (atomically).
+
+    Args:
+        model_path: INT8 ``.tflite`` with int8 input and output (``model_quantized_int8_io.tflite``).
+        out_dir: project folder to create; an existing cryblock project there is replaced, any
+            other non-empty folder is refused.
+        params: the run's parameters (DSP front-end, labels, detector defaults); defaults if None.
+        options: board options (:class:`BuildOptions`).
+
+    Returns:
+        :class:`BuildResult` (``report`` also saved as ``size_report.json`` in the project).
+
+    Raises:
+        CryblockError / ParameterError: bad model (not int8 I/O, input shape ≠ patch shape,
+            unsupported op), bad option, arena too large for the RAM region, output folder taken.
+    """
+    params = params or Params()
+    opts = options or BuildOptions()
+    opts.validate()
+    model = read_model(model_path)
+    name = Path(model_path).name
+    info = inspect_model(model, name)
+    for what, t in (("input", info.input), ("output", info.output)):
+        if t.dtype != "int8" or t.scale <= 0:
+            raise CryblockError(f"{name}: model {what} must be quantised int8 (got {t.dtype}); use the "
+                                "full-integer export model_quantized_int8_io.tflite")
+    frames, mels = params.dsp.patch_shape
+    if info.input.size != frames * mels:
+        raise CryblockError(f"{name}: model input shape {list(info.input.shape)} does not hold one "
+                            f"{frames}×{mels} log-mel patch of the DSP parameters")
+    positive_output_index(info, params)
+    arena = plan_arena(model, opts.ram, opts.arena_margin)
+    report = size_report(info, arena, params.dsp)
+    ctx = template_context(info, arena, params, opts, report)
+
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        files = render_project(ctx, model, tmp, opts.target)
+        (tmp / "size_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        params.save(tmp / "params.json")
+        (tmp / MARKER).write_text(json.dumps({"generator": f"cryblock {__version__}", "model": name,
+                                              "options": asdict(opts)}, indent=2) + "\n")
+        files += [Path("size_report.json"), Path("params.json"), Path(MARKER)]
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report = dict(report, project=str(out))
+    return BuildResult(out, report, info, arena, files)
