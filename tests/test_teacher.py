@@ -109,8 +109,9 @@ def test_outputs_shapes_dtypes_determinism(paired, teacher):
     np.testing.assert_array_equal(s1, s3)
     np.testing.assert_array_equal(e1, e3)
     assert np.all((s1 >= 0) & (s1 <= 1)) and np.all(e1 >= 0)  # sigmoid; mean of ReLUs
-    np.testing.assert_array_equal(teacher.embeddings(p), e3)
-    np.testing.assert_array_equal(teacher.scores(p), s3)
+    # same batch size → bit-identical (oneDNN may pick other kernels for other batch sizes)
+    np.testing.assert_array_equal(teacher.embeddings(p, batch_size=7), e3)
+    np.testing.assert_array_equal(teacher.scores(p, batch_size=7), s3)
     assert teacher.predict(np.zeros((0, 96, 64), np.float32))[0].shape == (0, NUM_CLASSES)
     z = teacher.logits_from_embeddings(e1)
     assert z.shape == (20, NUM_CLASSES) and z.dtype == np.float32
