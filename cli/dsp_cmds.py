@@ -110,12 +110,14 @@ def features_cmd(inputs: tuple[Path, ...], manifest: Path | None, out: Path, wor
                  cache_dir: Path | None, no_cache: bool, quiet: bool, params_file: Path | None,
                  **flags) -> None:
     """Compute YAMNet log-mel patches [N, 96, 64] of audio files or directories (INPUTS) or of a
-    --manifest, and save them with clip index, paths and parameters to --out (.npz)."""
+    --manifest, and save them with clip index, paths and parameters to --out (.npz). Recordings
+    are streamed: memory does not grow with their length."""
+    import tempfile
+
     from tqdm import tqdm
 
-    from cryblock.blocks.dsp.features import file_to_patches
-    from cryblock.data import Clip, compute_patches, load_manifest
-    from cryblock.io import atomic_save_npz
+    from cryblock.data import Clip, load_manifest, patch_files
+    from cryblock.io import NpzWriter, check_output, npy_row_blocks
 
     if manifest is not None and inputs:
         raise click.UsageError("give either INPUTS or --manifest, not both")
@@ -123,6 +125,7 @@ def features_cmd(inputs: tuple[Path, ...], manifest: Path | None, out: Path, wor
         raise click.UsageError("give audio files/directories (INPUTS) or --manifest")
     if out.is_dir():
         raise CryblockError(f"{out}: --out is a directory; give a .npz file path")
+    check_output(out, folder=False)
     dsp = params_with(params_file, "dsp", flags).dsp
     if no_cache:
         cache_dir = None
@@ -134,41 +137,43 @@ def features_cmd(inputs: tuple[Path, ...], manifest: Path | None, out: Path, wor
     else:
         clips = [Clip(path=f, label="", group="") for f in collect_audio_files(list(inputs))]
 
-    bar = tqdm(total=len(clips), unit="file", desc="features", disable=quiet, file=sys.stderr,
-               dynamic_ncols=True)
-    try:
-        if len(clips) == 1 and manifest is None:
-            # One file: its problem is the error (exit 2), not a skip.
-            pt = file_to_patches(clips[0].path, dsp)
-            bar.update(1)
-            patches, clip_index, kept, skipped = pt, np.zeros(len(pt), np.int32), clips, []
-        else:
-            try:
-                ps = compute_patches(clips, dsp, workers=workers, cache_dir=cache_dir, progress=bar.update)
-            except DataError as e:
-                raise DataError(f"nothing readable: {e}") from None
-            patches, clip_index, kept, skipped = ps.patches, ps.clip_index, ps.clips, ps.skipped
-    finally:
-        bar.close()
-
-    arrays = dict(
-        patches=np.ascontiguousarray(patches, dtype=np.float32),
-        clip_index=np.asarray(clip_index, dtype=np.int32),
-        starts=_starts(np.asarray(clip_index), dsp),
-        paths=_str_array(c.path for c in kept),
-        skipped=_str_array(reason for _, reason in skipped),
-        params=np.array(json.dumps(dataclasses.asdict(dsp), sort_keys=True)),
-    )
-    if manifest is not None:
-        arrays["labels"] = _str_array(c.label for c in kept)
-        arrays["groups"] = _str_array(c.group for c in kept)
-    atomic_save_npz(out, **arrays)
+    with tempfile.TemporaryDirectory(prefix="cryblock-features-") as work:
+        folder = cache_dir if cache_dir is not None else Path(work)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=len(clips), unit="file", desc="features", disable=quiet, file=sys.stderr,
+                   dynamic_ncols=True)
+        try:
+            results = patch_files(clips, dsp, folder, cached=cache_dir is not None, workers=workers,
+                                  progress=bar.update)
+        finally:
+            bar.close()
+        skipped = [err for _, _, err in results if err is not None]
+        done = [(c, f, n) for c, (f, n, err) in zip(clips, results) if err is None and n]
+        if len(clips) == 1 and manifest is None and skipped:
+            raise AudioError(skipped[0])  # one file: its problem is the error (exit 2), not a skip
+        if not done:
+            raise DataError(f"nothing readable: none of {len(clips)} clip(s) could be read; first error: "
+                            f"{skipped[0] if skipped else 'no clips'}")
+        total = sum(n for _, _, n in done)
+        clip_index = np.concatenate([np.full(n, k, np.int32) for k, (_, _, n) in enumerate(done)])
+        kept = [c for c, _, _ in done]
+        with NpzWriter(out) as w:
+            w.add_blocks("patches", (total, *dsp.patch_shape), np.float32,
+                         (b for _, f, _ in done for b in npy_row_blocks(f)))
+            w.add("clip_index", clip_index)
+            w.add("starts", _starts(clip_index, dsp))
+            w.add("paths", _str_array(c.path for c in kept))
+            w.add("skipped", _str_array(skipped))
+            w.add("params", np.array(json.dumps(dataclasses.asdict(dsp), sort_keys=True)))
+            if manifest is not None:
+                w.add("labels", _str_array(c.label for c in kept))
+                w.add("groups", _str_array(c.group for c in kept))
 
     if skipped:
         click.echo(f"skipped {len(skipped)} of {len(clips)} file(s) that could not be read:", err=True)
-        for _, reason in skipped:
+        for reason in skipped:
             click.echo(f"  {reason}", err=True)
-    click.echo(f"wrote {out}: {len(arrays['patches'])} patches from {len(kept)} file(s)"
+    click.echo(f"wrote {out}: {total} patches from {len(kept)} file(s)"
                + (f", {len(skipped)} skipped" if skipped else ""), err=True)
 
 

@@ -7,11 +7,12 @@ clip, so no recording source appears on both sides.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
-import io as _io
 import json
 import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import AudioError, DataError
-from .io import atomic_write_bytes
+from .io import npy_shape, write_npy_blocks
 from .params import DspParams
 
 REQUIRED_COLUMNS = ("path", "label", "group")
@@ -45,13 +46,15 @@ def load_manifest(path: str | os.PathLike) -> list[Clip]:
 
     Raises:
         DataError: file missing/unreadable, required columns absent, empty, or a row with an
-            empty path/label/group (the message names the CSV and the line).
+            empty path/label/group (the message names the CSV and the line). A UTF-8 byte-order
+            mark (Excel's "CSV UTF-8") is accepted.
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: manifest not found")
     try:
-        with p.open(newline="", encoding="utf-8") as f:
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark
+        with p.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
             missing = [c for c in REQUIRED_COLUMNS if c not in cols]
@@ -73,6 +76,42 @@ def load_manifest(path: str | os.PathLike) -> list[Clip]:
     if not clips:
         raise DataError(f"{p}: manifest has no rows")
     return clips
+
+
+def deduplicate(clips: Sequence[Clip], source: str | os.PathLike = "manifest") -> tuple[list[Clip], list[str]]:
+    """Find clips that are the same recording: the same file twice, or two files with the same
+    bytes (sha1).
+
+    The same audio in two groups would sit on both sides of a group split (test clips leaking
+    into training), and the same audio under two labels is a contradiction: both are refused.
+    A repeat inside one group with one label changes no split; it is dropped with a warning.
+
+    Returns:
+        (clips without repeats, in order; one warning line per dropped repeat).
+
+    Raises:
+        DataError: naming both files, for the same audio in two groups or under two labels.
+    """
+    seen: dict[str, Clip] = {}
+    out, warnings = [], []
+    for c in clips:
+        try:
+            key = hashlib.sha1(Path(c.path).read_bytes()).hexdigest()
+        except OSError:
+            key = f"unreadable:{c.path}"  # reported when its features are computed
+        first = seen.get(key)
+        if first is None:
+            seen[key] = c
+            out.append(c)
+            continue
+        same = "is listed twice" if Path(first.path) == Path(c.path) else f"has the same bytes as {first.path}"
+        if first.group != c.group:
+            raise DataError(f"{source}: {c.path} {same} but in group {c.group!r} vs {first.group!r}: the same "
+                            "recording on both sides of a group split leaks test audio into training; keep one")
+        if first.label != c.label:
+            raise DataError(f"{source}: {c.path} {same} but labelled {c.label!r} vs {first.label!r}; keep one")
+        warnings.append(f"{c.path} {same} (group {c.group!r}); the repeat is ignored")
+    return out, warnings
 
 
 @dataclass
@@ -115,35 +154,59 @@ def _params_key(params: DspParams) -> str:
     return hashlib.sha1(json.dumps(asdict(params), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _clip_patches(args: tuple[str, DspParams, str | None]) -> tuple[np.ndarray | None, str | None]:
-    from cryblock.blocks.dsp.features import file_to_patches
+def _clip_patch_file(args: tuple[str, DspParams, str, bool]) -> tuple[str | None, int, str | None]:
+    """Worker: the patches of one clip as an .npy file in ``folder`` (streamed, so memory stays
+    flat for long recordings). With ``cached`` the file name is keyed by path, size, mtime and
+    parameters and an existing complete file is reused. Returns (file, patches, error)."""
+    from cryblock.blocks.dsp.features import file_patch_blocks
 
-    path, params, cache_dir = args
-    cache_file = None
-    if cache_dir:
-        st = os.stat(path) if os.path.exists(path) else None
-        if st is not None:
-            h = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}|{_params_key(params)}".encode()).hexdigest()
-            cache_file = Path(cache_dir) / f"{h}.npy"
-            if cache_file.exists():
-                try:
-                    return np.load(cache_file), None
-                except (OSError, ValueError):
-                    pass
+    path, params, folder, cached = args
     try:
-        pt = file_to_patches(path, params)
+        st = os.stat(path)
+        ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{_params_key(params)}" if cached else path
+    except OSError:
+        ident = path
+    target = Path(folder) / f"{hashlib.sha1(ident.encode()).hexdigest()}.npy"
+    if cached:
+        shape = npy_shape(target)
+        if shape is not None and shape[1:] == params.patch_shape:
+            return str(target), shape[0], None
+    try:
+        n = write_npy_blocks(target, file_patch_blocks(path, params), params.patch_shape, np.float32)
     except AudioError as e:
-        return None, str(e)
-    if cache_file is not None:
-        buf = _io.BytesIO()
-        np.save(buf, pt)
-        atomic_write_bytes(cache_file, buf.getvalue())
-    return pt, None
+        return None, 0, str(e)
+    return str(target), n, None
 
 
 def default_cache_dir() -> Path:
     """``$CRYBLOCK_CACHE`` or ``~/.cache/cryblock`` (features and teacher scores)."""
     return Path(os.environ.get("CRYBLOCK_CACHE") or Path.home() / ".cache" / "cryblock")
+
+
+def patch_files(clips: Sequence[Clip], params: DspParams, folder: str | os.PathLike, *, cached: bool,
+                workers: int | None = None,
+                progress: Callable[[int], None] | None = None) -> list[tuple[str | None, int, str | None]]:
+    """Compute each clip's patches into an ``.npy`` file in ``folder`` (see :func:`compute_patches`).
+
+    Returns:
+        one ``(file or None, number of patches, error or None)`` per clip, in order.
+    """
+    workers = workers or os.cpu_count() or 1
+    jobs = [(str(c.path), params, str(folder), cached) for c in clips]
+    results = []
+    if workers > 1 and len(jobs) > 8:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            done = ex.map(_clip_patch_file, jobs, chunksize=4)
+            for r in done:
+                results.append(r)
+                if progress:
+                    progress(1)
+    else:
+        for j in jobs:
+            results.append(_clip_patch_file(j))
+            if progress:
+                progress(1)
+    return results
 
 
 def compute_patches(clips: Sequence[Clip], params: DspParams = DspParams(), *, workers: int | None = None,
@@ -156,7 +219,7 @@ def compute_patches(clips: Sequence[Clip], params: DspParams = DspParams(), *, w
         params: front-end parameters.
         workers: processes (default: ``os.cpu_count()``, 1 = in-process).
         cache_dir: if given, per-clip patches are cached there (keyed by path, size, mtime
-            and parameters).
+            and parameters); else they pass through a temporary folder.
         progress: called with the number of clips finished since the last call.
 
     Returns:
@@ -165,34 +228,32 @@ def compute_patches(clips: Sequence[Clip], params: DspParams = DspParams(), *, w
     Raises:
         DataError: no clip yielded any patch.
     """
-    workers = workers or os.cpu_count() or 1
-    jobs = [(str(c.path), params, str(cache_dir) if cache_dir else None) for c in clips]
-
-    def collect(done: Iterable[tuple[np.ndarray | None, str | None]]) -> list:
-        results = []
-        for r in done:
-            results.append(r)
-            if progress:
-                progress(1)
-        return results
-
-    if workers > 1 and len(jobs) > 8:
-        with ProcessPoolExecutor(max_workers=workers) as ex:
-            results = collect(ex.map(_clip_patches, jobs, chunksize=8))
-    else:
-        results = collect(map(_clip_patches, jobs))
-    kept, arrays, index, skipped = [], [], [], []
-    for clip, (pt, err) in zip(clips, results):
-        if pt is None:
-            skipped.append((str(clip.path), err or "unknown error"))
-            continue
-        index.append(np.full(len(pt), len(kept), dtype=np.int32))
-        arrays.append(pt)
-        kept.append(clip)
-    if not arrays:
-        raise DataError(f"none of {len(clips)} clip(s) could be read; first error: "
-                        f"{skipped[0][1] if skipped else 'no clips'}")
-    return PatchSet(np.concatenate(arrays), np.concatenate(index), kept, skipped)
+    with contextlib.ExitStack() as stack:
+        if cache_dir is not None:
+            folder = Path(cache_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cryblock-patches-")))
+        results = patch_files(clips, params, folder, cached=cache_dir is not None, workers=workers,
+                              progress=progress)
+        kept, skipped = [], []
+        for clip, (_, n, err) in zip(clips, results):
+            if err is not None:
+                skipped.append((str(clip.path), err))
+            elif n:
+                kept.append(clip)
+        if not kept:
+            raise DataError(f"none of {len(clips)} clip(s) could be read; first error: "
+                            f"{skipped[0][1] if skipped else 'no clips'}")
+        total = sum(n for _, n, err in results if err is None)
+        patches = np.empty((total, *params.patch_shape), np.float32)
+        index = np.empty(total, np.int32)
+        at = 0
+        for k, (f, n) in enumerate((f, n) for f, n, err in results if err is None and n):
+            patches[at:at + n] = np.load(f, mmap_mode="r")
+            index[at:at + n] = k
+            at += n
+    return PatchSet(patches, index, kept, skipped)
 
 
 def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validation_fraction: float = 0.2,

@@ -28,6 +28,7 @@ trained on.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -98,20 +99,20 @@ def periodic_hann(n: int) -> np.ndarray:
     return _hann_cached(int(n))
 
 
-def pad_waveform(waveform: np.ndarray, params: DspParams = DspParams()) -> np.ndarray:
-    """Zero-pad like YAMNet's ``features.pad_waveform``.
-
-    Pads to at least one patch (15600 samples) and then up to a whole number of patch hops
-    (7680 samples), so every sample is covered and a clip shorter than one patch still
-    yields one patch. Input/output float32 ``[n]`` at ``params.sample_rate``.
-    """
-    x = np.asarray(waveform, dtype=np.float32)
+def padded_length(n: int, params: DspParams = DspParams()) -> int:
+    """Samples after YAMNet's ``pad_waveform``: at least one patch (15600), then a whole number of
+    patch hops (7680) beyond it, so every sample is covered."""
     min_n = params.patch_samples
-    hop = params.patch_hop_samples
-    n = max(x.shape[0], min_n)
-    extra = n - min_n
-    hops = int(np.ceil(extra / hop)) if extra > 0 else 0
-    total = min_n + hops * hop
+    extra = max(int(n), min_n) - min_n
+    return min_n + (-(-extra // params.patch_hop_samples)) * params.patch_hop_samples
+
+
+def pad_waveform(waveform: np.ndarray, params: DspParams = DspParams()) -> np.ndarray:
+    """Zero-pad like YAMNet's ``features.pad_waveform`` to :func:`padded_length` samples, so a clip
+    shorter than one patch still yields one patch. Input/output float32 ``[n]`` at
+    ``params.sample_rate``."""
+    x = np.asarray(waveform, dtype=np.float32)
+    total = padded_length(x.shape[0], params)
     if total == x.shape[0]:
         return x
     return np.concatenate([x, np.zeros(total - x.shape[0], dtype=np.float32)])
@@ -182,9 +183,58 @@ def patch_start_seconds(n_patches: int, params: DspParams = DspParams()) -> np.n
     return np.arange(n_patches) * params.patch_hop_samples / params.sample_rate
 
 
-def file_to_patches(path, params: DspParams = DspParams()) -> np.ndarray:
-    """Load any audio file (see :func:`cryblock.io.load_audio`) and return its patches
-    float32 ``[n_patches, 96, 64]``. Raises AudioError naming the file."""
-    from cryblock.io import load_audio
+def stream_patches(blocks: Iterable[np.ndarray], params: DspParams = DspParams()) -> Iterator[np.ndarray]:
+    """:func:`waveform_to_patches` of a waveform that arrives in blocks, with memory bounded by
+    the block size: frames and patches are cut as soon as their samples are in, and YAMNet's
+    end padding is added after the last block. The concatenated output equals
+    :func:`waveform_to_patches` of the concatenated blocks (same frames, same float64 arithmetic).
 
-    return waveform_to_patches(load_audio(path, params.sample_rate), params)
+    Args:
+        blocks: float32 ``[n_i]`` waveform blocks at ``params.sample_rate``, in order.
+
+    Yields:
+        float32 ``[k, 96, 64]`` patch blocks (k ≥ 1), in time order.
+    """
+    win, hop = params.window_length_samples, params.hop_length_samples
+    f, h = params.patch_frames, params.patch_hop_frames
+    buf = np.zeros(0, np.float32)  # samples from the next frame's start on
+    frames = np.zeros((0, params.mel_bands), np.float32)  # log-mel frames from the next patch's start on
+    n_total = 0
+
+    def cut(buf, frames):
+        if len(buf) >= win:
+            n = 1 + (len(buf) - win) // hop
+            frames = np.concatenate([frames, log_mel_spectrogram(buf[:(n - 1) * hop + win], params)])
+            buf = buf[n * hop:]
+        patches = None
+        if len(frames) >= f:
+            count = 1 + (len(frames) - f) // h
+            patches = frames_to_patches(frames[:(count - 1) * h + f], params)
+            frames = frames[count * h:]
+        return buf, frames, patches
+
+    for b in blocks:
+        b = np.asarray(b, dtype=np.float32).reshape(-1)
+        n_total += len(b)
+        buf, frames, patches = cut(np.concatenate([buf, b]), frames)
+        if patches is not None:
+            yield patches
+    pad = padded_length(n_total, params) - n_total
+    buf, frames, patches = cut(np.concatenate([buf, np.zeros(pad, np.float32)]), frames)
+    if patches is not None:
+        yield patches
+
+
+def file_patch_blocks(path, params: DspParams = DspParams()) -> Iterator[np.ndarray]:
+    """Patches of an audio file, streamed (:func:`cryblock.io.audio_blocks` →
+    :func:`stream_patches`): memory stays flat for a recording of any length. Raises AudioError
+    naming the file (a silent recording only after its last block)."""
+    from cryblock.io import audio_blocks
+
+    return stream_patches(audio_blocks(path, params.sample_rate), params)
+
+
+def file_to_patches(path, params: DspParams = DspParams()) -> np.ndarray:
+    """Load any audio file (see :func:`cryblock.io.audio_blocks`) and return its patches
+    float32 ``[n_patches, 96, 64]``. Raises AudioError naming the file."""
+    return np.concatenate(list(file_patch_blocks(path, params)))

@@ -1,0 +1,202 @@
+"""Audio input rules and output safety (cryblock.io), on real recordings and real file-system
+objects: FIFOs, a character device (a /dev/null twin made with mknod when root), symlinks,
+folders, unwritable places, stale work folders of killed processes, long recordings streamed."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cryblock import io as cio
+from cryblock.blocks.dsp.features import file_patch_blocks, waveform_to_patches
+from cryblock.errors import AudioError, CryblockError
+
+
+# ----------------------------------------------------------------------------- output targets
+def test_fifo_is_written_through_not_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(Path(fifo).read_bytes()))
+    reader.start()
+    cio.atomic_write_bytes(fifo, b"patches")
+    reader.join(10)
+    assert got == [b"patches"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still a FIFO, not a regular file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
+def test_character_device_stays_a_device(tmp_path):
+    """`cryblock features good.wav --out /dev/null` used to turn /dev/null into a regular file;
+    here on a twin of /dev/null (char 1:3) so a regression cannot break the machine."""
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    cio.atomic_write_text(null, "x" * 1000)
+    cio.atomic_save_npz(null, a=np.arange(10))
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
+def test_cli_features_out_to_a_device(clips, tmp_path):
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    r = subprocess.run([sys.executable, "-m", "cryblock.cli", "features", str(clips[0].path), "--out", str(null),
+                        "-q", "--no-cache"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+
+
+def test_symlink_is_followed_and_kept(tmp_path):
+    real = tmp_path / "runs" / "report.json"
+    real.parent.mkdir()
+    real.write_text("old")
+    os.chmod(real, 0o640)
+    link = tmp_path / "latest.json"
+    link.symlink_to(real)
+    cio.atomic_write_text(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640  # an existing file keeps its mode
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "runs" / "created.json")
+    cio.atomic_write_text(dangling, "made")
+    assert dangling.is_symlink() and (tmp_path / "runs" / "created.json").read_text() == "made"
+
+
+def test_folder_socket_and_file_parent_are_refused(tmp_path):
+    d = tmp_path / "folder"
+    d.mkdir()
+    with pytest.raises(CryblockError, match="is a folder"):
+        cio.atomic_write_text(d, "x")
+    import socket
+
+    sock_path = tmp_path / "s"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(sock_path))
+    try:
+        with pytest.raises(CryblockError, match="socket"):
+            cio.atomic_write_text(sock_path, "x")
+    finally:
+        s.close()
+    f = tmp_path / "file"
+    f.write_text("keep")
+    with pytest.raises(CryblockError, match="cannot write"):
+        cio.atomic_write_text(f / "under" / "x.json", "x")
+    assert f.read_text() == "keep"
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
+    out = tmp_path / "p.npz"
+    out.write_bytes(b"previous")
+
+    def blocks():
+        yield np.zeros((2, 3), np.float32)
+        raise RuntimeError("worker died")
+
+    with pytest.raises(RuntimeError):
+        with cio.NpzWriter(out) as w:
+            w.add_blocks("x", (4, 3), np.float32, blocks())
+    assert out.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["p.npz"]
+    with pytest.raises(CryblockError, match="blocks hold"):
+        with cio.NpzWriter(out) as w:
+            w.add_blocks("x", (4, 3), np.float32, [np.zeros((3, 3))])
+    assert out.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["p.npz"]
+
+
+def test_npz_writer_equals_savez(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(7, 4, 5)).astype(np.float32), np.array(["x", "yy"])
+    with cio.NpzWriter(tmp_path / "s.npz") as w:
+        w.add_blocks("a", a.shape, np.float32, [a[:3], a[3:5], a[5:]])
+        w.add("b", b)
+    z = np.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(z["a"], a)
+    assert list(z["b"]) == ["x", "yy"]
+
+
+@pytest.mark.parametrize("case", ["file_as_folder", "under_a_file", "proc", "folder_as_file"])
+def test_check_output_fails_fast(tmp_path, case):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    path, folder = {"file_as_folder": (f, True), "under_a_file": (f / "run", True),
+                    "proc": (Path("/proc/cryblock-run"), True), "folder_as_file": (tmp_path, False)}[case]
+    with pytest.raises(CryblockError):
+        cio.check_output(path, folder=folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing created
+    cio.check_output(tmp_path / "new" / "deep", folder=True)
+    assert not (tmp_path / "new").exists()
+
+
+def test_staging_dirs_use_umask_and_dead_ones_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".staging-{dead.pid}-abc123"
+    stale.mkdir()
+    (stale / "model.tflite").write_bytes(b"half")
+    alive = tmp_path / f".staging-{os.getppid()}-def456"  # our parent is alive
+    alive.mkdir()
+    d = cio.staging_dir(tmp_path)
+    assert not stale.exists() and alive.exists() and d.exists()
+    assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~cio._UMASK
+    assert d.name.startswith(f".staging-{os.getpid()}-")
+
+
+# ----------------------------------------------------------------------------- audio rules
+def _wav(path: Path, x, sr: int, subtype: str = "FLOAT") -> Path:
+    sf.write(str(path), np.asarray(x), sr, subtype=subtype)
+    return path
+
+
+@pytest.mark.parametrize("what,make,msg", [
+    ("2 samples at 1 Hz", lambda d: _wav(d / "a.wav", [0.1, -0.1], 1), "sample rate 1"),
+    ("peak ±300", lambda d: _wav(d / "b.wav", 300 * np.sin(np.arange(16000) / 5), 16000), "exceeds 2"),
+    ("constant 1e-30", lambda d: _wav(d / "c.wav", np.full(16000, 1e-30), 16000), "silent recording"),
+])
+def test_absurd_audio_is_refused(tmp_path, what, make, msg):
+    p = make(tmp_path)
+    with pytest.raises(AudioError, match=msg):
+        cio.load_audio(p)
+    x, sr = sf.read(str(p), dtype="float32")
+    with pytest.raises(AudioError, match=msg):
+        cio.prepare_waveform(x, sr, 16000.0)
+
+
+def test_quiet_but_real_audio_passes(clips, tmp_path):
+    x = cio.load_audio(clips[0].path)
+    quiet = x / np.abs(x).max() * 10 ** (-60 / 20)  # −60 dBFS peak: quiet, not silent
+    p = _wav(tmp_path / "quiet.wav", quiet, 16000)
+    assert np.abs(cio.load_audio(p)).max() > 0
+    _wav(tmp_path / "hot.wav", np.clip(x * 1.5, -1.5, 1.5), 16000)  # float overshoot ≤ +6 dBFS is kept
+    assert np.abs(cio.load_audio(tmp_path / "hot.wav")).max() > 1.0
+
+
+def test_long_recording_is_streamed_with_the_same_patches(clips, tmp_path):
+    """Three minutes of real audio (several clips end to end, 8 kHz FLAC → resampled): streamed in
+    blocks of 20 s it gives exactly the patches of the whole waveform at once."""
+    import soxr
+
+    src = [c for c in clips if c.source == "donateacry-corpus"][:40]
+    x8 = np.concatenate([sf.read(str(c.path), dtype="float32")[0] for c in src])[: 8000 * 180]
+    p = _wav(tmp_path / "long.flac", x8, 8000, "PCM_16")
+    blocks = list(file_patch_blocks(p))
+    assert len(blocks) >= 9  # ≥ one block of patches per 20 s read
+    whole = waveform_to_patches(soxr.resample(sf.read(str(p), dtype="float32")[0], 8000, 16000, quality="HQ"))
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+
+
+def test_manifest_with_byte_order_mark(clips, tmp_path):
+    from cryblock.data import load_manifest
+
+    m = tmp_path / "excel.csv"
+    rows = "".join(f"{c.path},{c.label},{c.group}\r\n" for c in clips[:3])
+    m.write_bytes(b"\xef\xbb\xbf" + ("path,label,group\r\n" + rows).encode())
+    got = load_manifest(m)
+    assert [c.path for c in got] == [c.path for c in clips[:3]]
