@@ -187,12 +187,22 @@ def dsp_group() -> None:
               help="Interface to listen on (env HOST, as Edge Impulse's server).")
 @click.option("--port", type=click.IntRange(0, 65535), default=4446, show_default=True, envvar="PORT",
               help="TCP port, 0 = any free one (env PORT; Edge Impulse expects 4446).")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Requests computed at once [CPU count].")
+@click.option("--max-body-mb", type=click.FloatRange(0.01, 1024), default=16.0, show_default=True,
+              help="Largest request body, MiB (larger ones get HTTP 413).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="Socket timeout for idle or slow clients, s.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not log requests.")
-def serve_cmd(host: str, port: int, quiet: bool) -> None:
+def serve_cmd(host: str, port: int, workers: int | None, max_body_mb: float, timeout_s: float, quiet: bool) -> None:
     """Serve the block over HTTP: GET /, GET /parameters, POST /run, POST /batch."""
-    from cryblock.blocks.dsp.server import serve
+    import dataclasses
 
-    serve(host, port, quiet=quiet)
+    from cryblock.blocks.dsp.server import Limits, serve
+
+    limits = dataclasses.replace(Limits(), max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout_s,
+                                 **({"workers": workers} if workers else {}))
+    serve(host, port, quiet=quiet, limits=limits)
 
 
 def register(group: click.Group) -> None:

@@ -35,6 +35,24 @@ def _check(cond: bool, name: str, msg: str) -> None:
         raise ParameterError(f"parameter '{name}': {msg}")
 
 
+def _num(obj: Any, name: str, lo: float, hi: float, *, integer: bool = False, lo_open: bool = False,
+         hi_open: bool = False) -> None:
+    """Check that field ``name`` of ``obj`` is a finite number (an integer when ``integer``) in
+    the interval from ``lo`` to ``hi`` (open ends where asked); ParameterError names it."""
+    v = getattr(obj, name)
+    if integer:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+        kind = "an integer"
+    else:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        kind = "a finite number"
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    lo_s, hi_s = (str(b) if isinstance(b, int) else f"{b:g}" for b in (lo, hi))
+    if ok:
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    _check(ok, name, f"must be {kind} in {left}{lo_s}, {hi_s}{right}, got {v!r}")
+
+
 @dataclass(frozen=True)
 class DspParams:
     """Log-mel front-end parameters; defaults = YAMNet ``params.py``.
@@ -55,23 +73,25 @@ class DspParams:
     patch_hop_seconds: float = 0.48  #: 48 frames
 
     def __post_init__(self) -> None:
-        _check(self.sample_rate >= 4000 and math.isfinite(self.sample_rate), "sample_rate",
-               f"must be a finite rate ≥ 4000 Hz, got {self.sample_rate}")
-        _check(0 < self.stft_window_seconds <= 0.2, "stft_window_seconds",
-               f"must be in (0, 0.2] s, got {self.stft_window_seconds}")
-        _check(0 < self.stft_hop_seconds <= self.stft_window_seconds, "stft_hop_seconds",
-               f"must be in (0, stft_window_seconds], got {self.stft_hop_seconds}")
-        _check(isinstance(self.mel_bands, int) and 8 <= self.mel_bands <= 256, "mel_bands",
-               f"must be an integer in [8, 256], got {self.mel_bands!r}")
-        _check(0 <= self.mel_min_hz < self.mel_max_hz, "mel_min_hz",
-               f"must be ≥ 0 and < mel_max_hz ({self.mel_max_hz}), got {self.mel_min_hz}")
+        # Bounds keep every derived size (FFT, frames, patches) small enough to allocate: a rate
+        # of 1e9 Hz or a 1e5 s patch would otherwise ask for gigabytes.
+        _num(self, "sample_rate", 4000, 192000)
+        _num(self, "stft_window_seconds", 0, 0.2, lo_open=True)
+        _num(self, "stft_hop_seconds", 0, self.stft_window_seconds, lo_open=True)
+        _check(self.window_length_samples >= 16, "stft_window_seconds",
+               f"must span ≥ 16 samples at {self.sample_rate:g} Hz, got {self.window_length_samples}")
+        _check(self.hop_length_samples >= 1, "stft_hop_seconds",
+               f"rounds to {self.hop_length_samples} samples at {self.sample_rate:g} Hz; must be ≥ 1 sample")
+        _num(self, "mel_bands", 8, 256, integer=True)
+        _num(self, "mel_min_hz", 0, self.sample_rate / 2)
+        _num(self, "mel_max_hz", 0, 96000, lo_open=True)
         _check(self.mel_max_hz <= self.sample_rate / 2, "mel_max_hz",
-               f"must be ≤ Nyquist ({self.sample_rate / 2} Hz), got {self.mel_max_hz}")
-        _check(self.log_offset > 0, "log_offset", f"must be > 0, got {self.log_offset}")
-        _check(self.patch_window_seconds >= self.stft_hop_seconds, "patch_window_seconds",
-               f"must be ≥ one STFT hop, got {self.patch_window_seconds}")
-        _check(0 < self.patch_hop_seconds, "patch_hop_seconds",
-               f"must be > 0, got {self.patch_hop_seconds}")
+               f"must be ≤ Nyquist ({self.sample_rate / 2:g} Hz), got {self.mel_max_hz}")
+        _check(self.mel_min_hz < self.mel_max_hz, "mel_min_hz",
+               f"must be < mel_max_hz ({self.mel_max_hz}), got {self.mel_min_hz}")
+        _num(self, "log_offset", 0, 1, lo_open=True)
+        _num(self, "patch_window_seconds", self.stft_hop_seconds, 10)
+        _num(self, "patch_hop_seconds", self.stft_hop_seconds, self.patch_window_seconds)
 
     # --- derived sizes, exactly as YAMNet features.py computes them ---
     @property
@@ -151,26 +171,35 @@ class LearnParams:
     tune_threshold: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.labels, list):
+            object.__setattr__(self, "labels", tuple(self.labels))
+        _check(isinstance(self.labels, tuple) and all(isinstance(x, str) and x for x in self.labels), "labels",
+               f"must be non-empty strings, got {list(self.labels) if isinstance(self.labels, tuple) else self.labels!r}")
         _check(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "labels",
                f"need ≥ 2 distinct labels, got {list(self.labels)}")
         _check(self.preset in ("cry", "general"), "preset", f"must be 'cry' or 'general', got {self.preset!r}")
         # the detector thresholds this label's score (cry preset: the sigmoid; general: its softmax column)
         _check(self.positive_label in self.labels, "positive_label",
                f"{self.positive_label!r} is not one of labels {list(self.labels)}")
-        _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
-        _check(0 <= self.alpha <= 1, "alpha", f"must be in [0, 1], got {self.alpha}")
-        _check(0 <= self.filter_neg < self.filter_pos <= 1, "filter_pos",
+        # T beyond 100 makes the soft targets uniform to float precision (σ(z/T) → 0.5) and T² overflows the loss scale
+        _num(self, "temperature", 0, 100, lo_open=True)
+        _num(self, "alpha", 0, 1)
+        _num(self, "filter_pos", 0, 1)
+        _num(self, "filter_neg", 0, 1)
+        _check(self.filter_neg < self.filter_pos, "filter_pos",
                f"need 0 ≤ filter_neg ({self.filter_neg}) < filter_pos ({self.filter_pos}) ≤ 1")
-        _check(self.neg_per_pos > 0, "neg_per_pos", f"must be > 0, got {self.neg_per_pos}")
-        _check(self.embedding_weight >= 0, "embedding_weight", f"must be ≥ 0, got {self.embedding_weight}")
-        _check(4 <= self.width <= 256, "width", f"must be in [4, 256], got {self.width}")
-        _check(1 <= self.depth <= 8, "depth", f"must be in [1, 8], got {self.depth}")
-        _check(self.epochs >= 1, "epochs", f"must be ≥ 1, got {self.epochs}")
-        _check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
-        _check(self.batch_size >= 1, "batch_size", f"must be ≥ 1, got {self.batch_size}")
-        _check(self.patience >= 1, "patience", f"must be ≥ 1, got {self.patience}")
-        _check(0 < self.validation_fraction < 1, "validation_fraction", f"must be in (0, 1), got {self.validation_fraction}")
-        _check(0 < self.test_fraction < 1, "test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        _num(self, "neg_per_pos", 0, 1000, lo_open=True)
+        _num(self, "embedding_weight", 0, 1000)
+        _num(self, "width", 4, 256, integer=True)
+        _num(self, "depth", 1, 8, integer=True)
+        _num(self, "epochs", 1, 10000, integer=True)
+        _num(self, "learning_rate", 0, 1, lo_open=True, hi_open=True)
+        _num(self, "batch_size", 1, 65536, integer=True)
+        _num(self, "patience", 1, 10000, integer=True)
+        _num(self, "validation_fraction", 0, 1, lo_open=True, hi_open=True)
+        _num(self, "test_fraction", 0, 1, lo_open=True, hi_open=True)
+        _num(self, "seed", 0, 2 ** 32 - 1, integer=True)
+        _check(isinstance(self.tune_threshold, bool), "tune_threshold", f"must be true or false, got {self.tune_threshold!r}")
 
 
 @dataclass(frozen=True)
@@ -188,10 +217,10 @@ class DetectorParams:
     hold_seconds: float = 2.0
 
     def __post_init__(self) -> None:
-        _check(0 <= self.threshold <= 1, "threshold", f"must be in [0, 1], got {self.threshold}")
-        _check(1 <= self.vote_m <= 64, "vote_m", f"must be in [1, 64], got {self.vote_m}")
-        _check(1 <= self.vote_n <= self.vote_m, "vote_n", f"must be in [1, vote_m={self.vote_m}], got {self.vote_n}")
-        _check(0 <= self.hold_seconds <= 3600, "hold_seconds", f"must be in [0, 3600] s, got {self.hold_seconds}")
+        _num(self, "threshold", 0, 1)
+        _num(self, "vote_m", 1, 64, integer=True)
+        _num(self, "vote_n", 1, self.vote_m, integer=True)
+        _num(self, "hold_seconds", 0, 3600)
 
 
 @dataclass(frozen=True)

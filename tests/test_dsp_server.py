@@ -200,7 +200,7 @@ def test_generate_features_direct_call(windows):
     ({"features": [1, 2, 3], "params": {"mel-bands": "many"}, "sampling_freq": 16000, "draw_graphs": False}, r"'mel-bands': expected a number"),
     ({"features": [1, 2, 3], "params": {"mel-max-hz": 9000}, "sampling_freq": 16000, "draw_graphs": False}, r"mel_max_hz.*Nyquist"),
     ({"features": [1, 2, 3], "params": {}, "sampling_freq": "fast", "draw_graphs": False}, r"sampling_freq must be a number"),
-    ({"features": [1, 2, 3], "params": {}, "sampling_freq": -5, "draw_graphs": False}, r"invalid sample rate"),
+    ({"features": [1, 2, 3], "params": {}, "sampling_freq": -5, "draw_graphs": False}, r"sample rate -5(\.0)? Hz is outside"),
     ({"features": [1, 2, 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False,
       "implementation_version": 2}, r"implementation_version 2 is not supported"),
     ({"features": [1, 2, 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False,
@@ -260,3 +260,137 @@ def test_dockerfile_entrypoint_serves_the_block():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- resources (load test over loopback)
+# A real server process, real sockets on 127.0.0.1, bounded in count and time.
+
+@pytest.fixture
+def server_proc():
+    """Start ``cryblock dsp serve`` (port 0, 1 s socket timeout, 2 workers); yields (url, pid,
+    stderr lines so far as a list that a reader thread fills)."""
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "cryblock.cli", "dsp", "serve", "--host", "127.0.0.1", "--port",
+                             "0", "--timeout", "1", "--workers", "2", "--quiet"], stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    port = None
+    for line in proc.stderr:
+        lines.append(line)
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+            break
+    assert port, "".join(lines)
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    yield f"http://127.0.0.1:{port}", proc.pid, lines
+    proc.terminate()
+    proc.wait(timeout=10)
+    reader.join(timeout=5)
+
+
+def _status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def test_fifty_parallel_requests_are_all_served(server_proc, windows):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, pid, _ = server_proc
+    x, sr = windows["16k"]
+    body = {"features": x.tolist(), "params": {}, "sampling_freq": sr, "draw_graphs": False}
+    with ThreadPoolExecutor(50) as ex:
+        results = list(ex.map(lambda _: _post(url + "/run", body), range(50)))
+    assert [code for code, _ in results] == [200] * 50
+    assert all(out["success"] for _, out in results)
+
+
+def test_idle_connections_are_bounded_and_dropped(server_proc, windows):
+    import socket
+    import time
+
+    url, pid, lines = server_proc
+    port = int(url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(200)]
+    try:
+        time.sleep(0.5)
+        assert _status(pid, "Threads") <= 32 + 8  # bounded, not one thread per idle connection
+        x, sr = windows["16k"]
+        t0 = time.monotonic()
+        code, out = _post(url + "/run", {"features": x.tolist(), "params": {}, "sampling_freq": sr,
+                                         "draw_graphs": False})
+        assert code == 200 and out["success"], out
+        assert time.monotonic() - t0 < 30  # served once idle ones time out (1 s each, 32 at a time)
+        deadline = time.monotonic() + 30
+        for s in idle:  # every idle connection is closed by the server
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for s in idle:
+            s.close()
+    assert not any("Traceback" in ln for ln in lines)
+
+
+def test_oversized_body_is_refused_without_reading_it(server_proc):
+    import socket
+
+    url, _, _ = server_proc
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 104857600\r\n\r\n{\"features\": [1,")
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.endswith(b"}"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 413") or head.startswith(b"HTTP/1.1 413"), head
+    assert json.loads(payload)["success"] is False and b"exceeds the limit" in payload
+
+
+def test_client_disconnects_leave_no_traceback(server_proc, windows):
+    import socket
+    import time
+
+    url, pid, lines = server_proc
+    port = int(url.rsplit(":", 1)[1])
+    x, sr = windows["44k"]
+    body = json.dumps({"features": x.tolist(), "params": {}, "sampling_freq": sr, "draw_graphs": True}).encode()
+    head = f"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    for cut in (len(body) // 2, len(body)):  # mid-body, and after the whole request (reply unread)
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+        s.sendall(head + body[:cut])
+        s.close()
+    time.sleep(2.5)  # the half request times out (1 s); the unread reply hits a reset socket
+    assert _get(url + "/")[0] == 200
+    assert not any("Traceback" in ln for ln in lines), "".join(lines)
+
+
+@pytest.mark.parametrize("body", [
+    {"features": [100] * 47000, "params": {}, "sampling_freq": 1, "draw_graphs": False},
+    {"features": [100] * 47000, "params": {"sampling_freq": 1}, "sampling_freq": 16000, "draw_graphs": False},
+    {"features": [100] * 47000, "params": {"sample-rate": 1e9}, "sampling_freq": 16000, "draw_graphs": False},
+    {"features": [100] * 47000, "params": {"patch-window-seconds": 1e5}, "sampling_freq": 16000, "draw_graphs": False},
+    {"features": [100] * 47000, "params": {"raw_data": [1]}, "sampling_freq": 16000, "draw_graphs": False},
+    {"features": [100] * 47000, "params": {"stft-hop-seconds": 1e-6}, "sampling_freq": 16000, "draw_graphs": False},
+    {"features": [[100] * 2000] * 600, "params": {}, "sampling_freq": 16000},
+    b"[" * 100000 + b"]" * 100000,
+], ids=["rate-1", "params-rate", "sample-rate-1e9", "patch-1e5", "reserved-name", "hop-rounds-to-0",
+        "batch-too-many-patches", "deep-json"])
+def test_hostile_requests_are_refused_in_bounded_memory(server_proc, body):
+    url, pid, lines = server_proc
+    code, out = _post(url + ("/batch" if isinstance(body, dict) and "draw_graphs" not in body else "/run"), body)
+    assert code == 200 and out["success"] is False, out
+    assert "\n" not in out["error"] and "internal error" not in out["error"], out["error"]
+    assert _status(pid, "VmHWM") < 1_000_000  # kB: peak RSS of the server stays under 1 GB
+    assert not any("Traceback" in ln for ln in lines)

@@ -10,8 +10,15 @@ Endpoints (Edge Impulse's dsp-server contract, shared/docs/edge-impulse-block-co
 * ``POST /batch`` → body ``{features: [[...], ...], params, sampling_freq, axes?,
   implementation_version?, state?}``; reply ``{success, features: [[...]], labels,
   output_config, state}`` (labels/output_config of the first example, no graphs).
-* Errors (bad JSON, missing field, bad samples or parameters): HTTP 200
-  ``{"success": false, "error": "<one line>"}``. Unknown path: 404 text/plain.
+* Errors (bad JSON, missing field, bad samples or parameters, too much work): HTTP 200
+  ``{"success": false, "error": "<one line>"}``; a body over the size limit: HTTP 413 with the same
+  JSON, without reading the body. Unknown path: 404 text/plain.
+
+Resources are bounded so one client cannot exhaust the machine (:class:`Limits`): the request
+body size, the number of patches one request may produce, a socket timeout for idle or slow
+clients, at most ``max_connections`` connections handled at once (more wait in the listen backlog
+of ``backlog``), and at most ``workers`` requests computing at once (JSON parsing included, the
+memory-heavy step). A client that disconnects is logged in one line, never with a traceback.
 
 Run with ``cryblock dsp serve --host 0.0.0.0 --port 4446`` (default port 4446 as Edge Impulse
 expects) or :func:`make_server` in tests (port 0 = any free port).
@@ -19,8 +26,12 @@ expects) or :func:`make_server` in tests (port 0 = any free port).
 from __future__ import annotations
 
 import json
+import math
+import os
+import socket
 import sys
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlparse
@@ -28,15 +39,41 @@ from urllib.parse import urlparse
 import numpy as np
 
 from cryblock.errors import CryblockError
+from cryblock.params import DspParams
 
-from .ei import generate_features, load_parameters_json
+from .ei import dsp_params_from_block, generate_features, load_parameters_json
 
 DEFAULT_PORT = 4446  #: Edge Impulse's DSP block port (example-custom-processing-block-python)
-MAX_BODY_BYTES = 512 * 1024 * 1024  #: refuse larger requests
+
+#: Request fields that are arguments of generate_features, never block parameters.
+RESERVED_NAMES = ("raw_data", "draw_graphs", "axes", "sampling_freq", "implementation_version")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource bounds of the server.
+
+    Attributes:
+        max_body_bytes: largest request body (default 16 MiB: ≈ 170 s of 16 kHz int16 audio as
+            JSON; a 975 ms Edge Impulse window is ≈ 100 KB).
+        max_patches: most patches one request may produce, all examples of a batch together
+            (default 512 ≈ 4 min of audio; the reply is ≈ 120 KB of JSON per patch).
+        timeout_s: socket timeout for reading a request and writing the reply, s.
+        max_connections: connections handled at once; more wait in the listen backlog.
+        workers: requests parsed and computed at once (default: the CPU count).
+        backlog: listen backlog (pending connections the kernel keeps).
+    """
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_patches: int = 512
+    timeout_s: float = 30.0
+    max_connections: int = 32
+    workers: int = max(1, os.cpu_count() or 1)
+    backlog: int = 128
 
 
 class RequestError(CryblockError):
-    """A malformed request (bad JSON, missing or mistyped field)."""
+    """A malformed request (bad JSON, missing or mistyped field, too much work)."""
 
 
 def _require(body: dict[str, Any], *names: str) -> None:
@@ -49,6 +86,9 @@ def _call_args(body: dict[str, Any]) -> dict[str, Any]:
     params = body.get("params")
     if not isinstance(params, dict):
         raise RequestError(f"'params' must be a JSON object, got {type(params).__name__}")
+    reserved = [k for k in params if str(k).replace("-", "_") in RESERVED_NAMES]
+    if reserved:
+        raise RequestError(f"'params' must hold block parameters only; {reserved} are request fields")
     return {
         "axes": body.get("axes") or ["audio"],
         "sampling_freq": body["sampling_freq"],
@@ -63,23 +103,48 @@ def _check_samples(values: Any, where: str) -> list:
     return values
 
 
-def handle_run(body: dict[str, Any]) -> dict[str, Any]:
+def _patches_of(n_values: int, args: dict[str, Any]) -> int:
+    """Patches a window of ``n_values`` raw values will give (checked before computing)."""
+    params = {k: v for k, v in args.items() if k not in RESERVED_NAMES}
+    dsp: DspParams = dsp_params_from_block(params)
+    try:
+        rate = float(args["sampling_freq"])
+    except (TypeError, ValueError):
+        return 1  # reported by generate_features
+    n_axes = max(1, len(args["axes"])) if isinstance(args["axes"], list) else 1
+    if not (math.isfinite(rate) and rate > 0):
+        return 1
+    n = n_values / n_axes * dsp.sample_rate / rate
+    return 1 + max(0, math.ceil((n - dsp.patch_samples) / dsp.patch_hop_samples))
+
+
+def _budget(sizes: list[int], args: dict[str, Any], limits: Limits) -> None:
+    total = sum(_patches_of(n, args) for n in sizes)
+    if total > limits.max_patches:
+        raise RequestError(f"request would produce {total} patches, more than the limit of {limits.max_patches}; "
+                           "send shorter windows or smaller batches")
+
+
+def handle_run(body: dict[str, Any], limits: Limits = Limits()) -> dict[str, Any]:
     """``POST /run``: one window → generate_features' dict (features as a list)."""
     _require(body, "features", "params", "sampling_freq", "draw_graphs")
     raw = _check_samples(body["features"], "features")
-    out = generate_features(draw_graphs=bool(body["draw_graphs"]), raw_data=raw, **_call_args(body))
+    args = _call_args(body)
+    _budget([len(raw)], args, limits)
+    out = generate_features(draw_graphs=bool(body["draw_graphs"]), raw_data=raw, **args)
     out["features"] = np.asarray(out["features"]).tolist()
     out["success"] = True
     return out
 
 
-def handle_batch(body: dict[str, Any]) -> dict[str, Any]:
+def handle_batch(body: dict[str, Any], limits: Limits = Limits()) -> dict[str, Any]:
     """``POST /batch``: many windows (no graphs) → ``{success, features, labels, output_config, state}``."""
     _require(body, "features", "params", "sampling_freq")
     examples = body["features"]
     if not isinstance(examples, list) or not examples:
         raise RequestError("'features' must be a non-empty list of examples (lists of numbers)")
     base = _call_args(body)
+    _budget([len(ex) if isinstance(ex, list) else 1 for ex in examples], base, limits)
     feats, labels, output_config = [], [], None
     for i, ex in enumerate(examples):
         raw = _check_samples(ex, f"features[{i}]")
@@ -98,21 +163,40 @@ def _reject_constant(token: str) -> float:
     raise RequestError(f"request body contains {token}, which is not a valid sample value")
 
 
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """Request body → JSON object. Raises RequestError (not UTF-8, not JSON, NaN/Infinity,
+    nested too deeply, not an object)."""
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(f"request body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise RequestError("request body is nested too deeply to be a DSP request") from None
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    return body
+
+
 class Handler(BaseHTTPRequestHandler):
     """Request handler; see the module docstring for the endpoints."""
 
     server_version = "cryblock-dsp/1"
     quiet = True
+    limits = Limits()
+    timeout = limits.timeout_s  # StreamRequestHandler: socket timeout for reads and writes
 
-    def _send(self, code: int, payload: bytes, ctype: str) -> None:
+    def _send(self, code: int, payload: bytes, ctype: str, close: bool = False) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(payload)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(payload)
 
-    def _json(self, obj: Any) -> None:
-        self._send(200, json.dumps(obj, allow_nan=False).encode("utf-8"), "application/json")
+    def _json(self, obj: Any, code: int = 200, close: bool = False) -> None:
+        self._send(code, json.dumps(obj, allow_nan=False).encode("utf-8"), "application/json", close)
 
     def _not_found(self) -> None:
         self._send(404, f"Invalid path {self.path}\n".encode("utf-8", "replace"), "text/plain")
@@ -136,63 +220,111 @@ class Handler(BaseHTTPRequestHandler):
         if path not in handlers:
             self._not_found()
             return
+        lim = self.limits
         try:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                raise RequestError("bad Content-Length header") from None
-            if length <= 0:
-                raise RequestError("empty request body (expected JSON)")
-            if length > MAX_BODY_BYTES:
-                raise RequestError(f"request body of {length} bytes exceeds {MAX_BODY_BYTES}")
-            raw = self.rfile.read(length)
-            try:
-                body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise RequestError(f"request body is not valid JSON ({e})") from None
-            if not isinstance(body, dict):
-                raise RequestError("request body must be a JSON object")
-            result = handlers[path](body)
-        except CryblockError as e:
-            self._json({"success": False, "error": str(e)})
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self._json({"success": False, "error": "bad Content-Length header"}, close=True)
             return
-        except Exception as e:  # never let a bad request kill the worker thread silently
-            self._json({"success": False, "error": f"internal error: {type(e).__name__}: {e}"})
+        if length > lim.max_body_bytes:  # answered without reading the body
+            self._json({"success": False, "error": f"request body of {length} bytes exceeds the limit of "
+                                                   f"{lim.max_body_bytes} bytes"}, code=413, close=True)
             return
-        self._json(result)
+        if length <= 0:
+            self._json({"success": False, "error": "empty request body (expected JSON)"})
+            return
+        raw = self.rfile.read(length)
+        if len(raw) < length:
+            raise ConnectionResetError(f"client sent {len(raw)} of {length} body bytes")
+        with self.server.compute:  # bounded: JSON parsing and the DSP hold most of the memory
+            try:
+                result = handlers[path](parse_body(raw), lim)
+                payload = json.dumps(result, allow_nan=False).encode("utf-8")
+            except CryblockError as e:
+                payload = json.dumps({"success": False, "error": str(e)}).encode("utf-8")
+            except Exception as e:  # never let a bad request kill the worker thread silently
+                payload = json.dumps({"success": False, "error": f"internal error: {type(e).__name__}: {e}"}).encode()
+            del raw
+        self._send(200, payload, "application/json")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         if not self.quiet:
             sys.stderr.write("%s - %s\n" % (self.address_string(), format % args))
 
 
-def make_server(host: str = "0.0.0.0", port: int = DEFAULT_PORT, quiet: bool = True) -> ThreadingHTTPServer:
-    """Bind a :class:`ThreadingHTTPServer` (``port=0`` picks a free port; read it from
+class BlockServer(ThreadingHTTPServer):
+    """:class:`ThreadingHTTPServer` with bounded connections and compute (see :class:`Limits`)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[Handler], limits: Limits = Limits()) -> None:
+        self.request_queue_size = limits.backlog  # listen() backlog, read by server_activate
+        super().__init__(address, handler)
+        self.limits = limits
+        self.compute = threading.BoundedSemaphore(limits.workers)
+        self._slots = threading.BoundedSemaphore(limits.max_connections)
+        self._closing = threading.Event()
+
+    def process_request(self, request, client_address) -> None:
+        # Wait for a free connection slot; meanwhile new connections queue in the kernel backlog.
+        while not self._slots.acquire(timeout=0.2):
+            if self._closing.is_set():
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """One line per failed connection; a client that went away or timed out is not a server error."""
+        exc = sys.exc_info()[1]
+        host = client_address[0] if client_address else "?"
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+            if not self.RequestHandlerClass.quiet:
+                sys.stderr.write(f"{host} - connection dropped ({type(exc).__name__}: {exc})\n")
+        else:
+            sys.stderr.write(f"{host} - request failed ({type(exc).__name__}: {exc})\n")
+
+    def shutdown(self) -> None:
+        self._closing.set()
+        super().shutdown()
+
+
+def make_server(host: str = "0.0.0.0", port: int = DEFAULT_PORT, quiet: bool = True,
+                limits: Limits = Limits()) -> BlockServer:
+    """Bind a :class:`BlockServer` (``port=0`` picks a free port; read it from
     ``server.server_address``). Call ``serve_forever()`` / ``shutdown()`` yourself.
 
     Raises:
         CryblockError: the address cannot be bound (port in use, bad host).
     """
-    handler = type("BoundHandler", (Handler,), {"quiet": quiet})
+    handler = type("BoundHandler", (Handler,), {"quiet": quiet, "limits": limits, "timeout": limits.timeout_s})
     try:
-        srv = ThreadingHTTPServer((host, int(port)), handler)
+        return BlockServer((host, int(port)), handler, limits)
     except OSError as e:
         raise CryblockError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-    srv.daemon_threads = True
-    return srv
 
 
-def serve_in_thread(host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, threading.Thread]:
+def serve_in_thread(host: str = "127.0.0.1", port: int = 0,
+                    limits: Limits = Limits()) -> tuple[BlockServer, threading.Thread]:
     """Start a server in a daemon thread (for tests/notebooks); returns (server, thread)."""
-    srv = make_server(host, port)
+    srv = make_server(host, port, limits=limits)
     t = threading.Thread(target=srv.serve_forever, name="cryblock-dsp-server", daemon=True)
     t.start()
     return srv, t
 
 
-def serve(host: str = "0.0.0.0", port: int = DEFAULT_PORT, quiet: bool = False) -> None:
+def serve(host: str = "0.0.0.0", port: int = DEFAULT_PORT, quiet: bool = False, limits: Limits = Limits()) -> None:
     """Serve until interrupted (Ctrl-C)."""
-    srv = make_server(host, port, quiet=quiet)
+    srv = make_server(host, port, quiet=quiet, limits=limits)
     h, p = srv.server_address[:2]
     print(f"cryblock DSP block listening on http://{h}:{p}", file=sys.stderr, flush=True)
     try:
@@ -201,4 +333,3 @@ def serve(host: str = "0.0.0.0", port: int = DEFAULT_PORT, quiet: bool = False) 
         pass
     finally:
         srv.server_close()
-
