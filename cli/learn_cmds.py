@@ -54,15 +54,43 @@ def _quiet_tf() -> None:
     warnings.filterwarnings("ignore", module="tensorflow")
 
 
+def parse_label_map(items) -> dict[str, str]:
+    """``("Cry=cry", "crying=cry")`` → ``{"Cry": "cry", "crying": "cry"}`` (``--map-label``)."""
+    out = {}
+    for item in items or ():
+        src, eq, dst = str(item).partition("=")
+        if not eq or not src.strip() or not dst.strip():
+            raise click.BadParameter(f"expected FROM=TO, got {item!r}", param_hint="--map-label")
+        out[src.strip()] = dst.strip()
+    return out
+
+
+def learn_params(data: str, params_file: str | None, overrides: dict, label_map: dict[str, str]):
+    """Params for a run on manifest ``data``: ``params_file`` (or defaults) with the flags applied;
+    for preset general the labels are the manifest's (mapped), so ``--positive-label dog`` works."""
+    from cryblock.blocks.learn.train import manifest_labels
+    from cryblock.params import Params
+
+    base = Params.load(params_file) if params_file else Params()
+    if (overrides.get("preset") or base.learn.preset) == "general":
+        labels = manifest_labels(data, label_map)
+        positive = overrides.get("positive_label") or base.learn.positive_label
+        if positive not in labels:
+            raise CryblockError(f"{data}: --preset general needs --positive-label, one of the manifest's labels "
+                                f"{labels} (got {positive!r})")
+        overrides = {**overrides, "labels": labels}
+    return params_with(params_file, "learn", overrides)
+
+
 def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
-         workers: int | None, overrides: dict):
+         workers: int | None, overrides: dict, label_map: dict[str, str] | None = None):
     _quiet_tf()
     from cryblock.blocks.learn.train import train_from_manifest
 
-    params = params_with(params_file, "learn", overrides)
+    params = learn_params(data, params_file, overrides, label_map or {})
     t0 = time.perf_counter()
     res = train_from_manifest(data, out, params, teacher=teacher, max_clips=max_clips, workers=workers,
-                              log=lambda s: click.echo(s))
+                              label_map=label_map, log=lambda s: click.echo(s))
     m = res.metrics
     click.echo(f"\nINT8 cost: {m['cost']['int8_bytes']:,} B, {m['cost']['params']:,} params, "
                f"{m['cost']['macs']:,} MACs/patch, arena {m['cost']['arena_bytes']:,} B")
@@ -80,19 +108,22 @@ def register(group: click.Group) -> None:
     @click.option("--teacher", type=click.Path(), default=None,
                   help="YAMNet file (.tflite/.h5/SavedModel); default $CRYBLOCK_TEACHER, cache or download")
     @click.option("--params", "params_file", type=click.Path(), default=None, help="params.json to start from")
-    @click.option("--max-clips", type=int, default=None, help="use a random label-stratified subset (quick run)")
-    @click.option("--workers", type=int, default=None, help="feature-extraction processes")
+    @click.option("--max-clips", type=click.IntRange(6, None), default=None,
+                  help="use a random label-stratified subset (quick run)")
+    @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
+    @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO",
+                  help="rename a manifest label before training, e.g. Cry=cry (repeatable)")
     @field_options(_LEARN_FLAGS)
-    def train_cmd(data, out, teacher, params_file, max_clips, workers, **overrides):
+    def train_cmd(data, out, teacher, params_file, max_clips, workers, map_label, **overrides):
         """Distil YAMNet into the INT8 student; export, evaluate and report."""
-        _run(data, out, teacher, params_file, max_clips, workers, overrides)
+        _run(data, out, teacher, params_file, max_clips, workers, overrides, parse_label_map(map_label))
 
     @group.command("demo")
     @click.option("--data", type=click.Path(), default=None,
                   help="manifest CSV or folder; default $CRYBLOCK_DATA/manifest.csv")
     @click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="run folder")
     @click.option("--teacher", type=click.Path(), default=None, help="YAMNet file; default $CRYBLOCK_TEACHER/cache/download")
-    @click.option("--max-clips", type=int, default=None, help="use a subset (quick check)")
+    @click.option("--max-clips", type=click.IntRange(6, None), default=None, help="use a subset (quick check)")
     @field_options(_LEARN_FLAGS)
     def demo_cmd(data, out, teacher, max_clips, **overrides):
         """The main job: train on the full shared manifest, print the results table and write

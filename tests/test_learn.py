@@ -6,6 +6,7 @@ Runtime budget ≈ 1.5–3 min on 2 cores (one shared training run of 80 clips +
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -515,3 +516,113 @@ def test_general_preset_on_real_multi_label_data(clips, teacher, tmp_path):
     fw = gen.generate_project(res.out_dir / "model_quantized_int8_io.tflite", tmp_path / "fw", saved,
                                  gen.BuildOptions())
     assert 'element 1 ("dog")' in (fw.project / "main" / "model_settings.h").read_text()
+
+
+# ----------------------------------------------------------------------------- hostile training input
+def _rows(clips, source, n, label=None, group=None):
+    picked = [c for c in clips if c.source == source][:n]
+    return [(c if group is None else dataclasses.replace(c, group=group), label or c.label) for c in picked]
+
+
+def test_cry_preset_refuses_unexpected_labels_unless_mapped(clips, tmp_path):
+    from click.testing import CliRunner
+
+    from cryblock.blocks.learn.train import prepare_clips
+    from cryblock.cli.main import cli
+
+    rows = (_rows(clips, "ESC-10", 6) + _rows(clips, "donateacry-corpus", 3, "Cry")
+            + _rows(clips, "theunissenlab/BabyCriesDiscomfortPain", 3, "crying"))
+    man = _manifest(tmp_path / "m.csv", rows)
+    with pytest.raises(DataError, match=r"unexpected label\(s\) \['Cry', 'crying'\]"):
+        prepare_clips(man, Params())
+    _, got, _ = prepare_clips(man, Params(), label_map={"Cry": "cry", "crying": "cry"})
+    assert {c.label for c in got} == {"cry", "not_cry"} and sum(c.label == "cry" for c in got) >= 6
+    r = CliRunner().invoke(cli, ["train", "--data", str(man), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "unexpected label(s) ['Cry', 'crying']" in r.stderr and "--map-label" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_general_preset_takes_labels_from_the_manifest(clips, tmp_path):
+    """README: `cryblock train --preset general --positive-label dog` (the manifest's labels, not
+    not_cry/cry). A file given as --out then fails fast, after the parameters were accepted."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.learn_cmds import learn_params
+    from cryblock.cli.main import cli
+
+    cats = {"dog bark": "dog", "rain": "rain", "rooster": "rooster"}
+    rows = [(c, cats[c.category]) for c in clips if c.source == "ESC-10" and c.category in cats]
+    man = _manifest(tmp_path / "m.csv", rows)
+    p = learn_params(str(man), None, {"preset": "general", "positive_label": "dog"}, {})
+    assert p.learn.labels == ("dog", "rain", "rooster") and p.learn.positive_label == "dog"
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    r = CliRunner().invoke(cli, ["train", "--data", str(man), "--out", str(taken), "--preset", "general",
+                                 "--positive-label", "dog"])
+    assert r.exit_code == 2 and "exists and is not a folder" in r.stderr, r.output
+    r = CliRunner().invoke(cli, ["train", "--data", str(man), "--out", str(tmp_path / "o"), "--preset", "general",
+                                 "--positive-label", "cat"])
+    assert r.exit_code == 2 and "['dog', 'rain', 'rooster']" in r.stderr
+
+
+def test_same_recording_twice_is_found(clips, tmp_path):
+    import shutil
+
+    from cryblock.blocks.learn.train import prepare_clips
+
+    base = _rows(clips, "ESC-10", 4) + _rows(clips, "donateacry-corpus", 4)
+    c0 = base[0][0]
+    cross = _manifest(tmp_path / "cross.csv", base + [(dataclasses.replace(c0, group="elsewhere"), c0.label)])
+    with pytest.raises(DataError, match=r"listed twice but in group 'elsewhere'"):
+        prepare_clips(cross, Params())
+    copy = tmp_path / "copy.ogg"
+    shutil.copy(c0.path, copy)
+    same_bytes = _manifest(tmp_path / "bytes.csv", base + [(dataclasses.replace(c0, path=copy, group="g9"), c0.label)])
+    with pytest.raises(DataError, match="has the same bytes as"):
+        prepare_clips(same_bytes, Params())
+    logged = []
+    _, got, _ = prepare_clips(_manifest(tmp_path / "twice.csv", base + [base[1]]), Params(), log=logged.append)
+    assert len(got) == len(base) and len(logged) == 1 and "repeat is ignored" in logged[0]
+
+
+@pytest.mark.parametrize("flag,value", [("--temperature", "1e30"), ("--temperature", "inf"), ("--alpha", "nan"),
+                                        ("--neg-per-pos", "1e9"), ("--epochs", "0"), ("--seed", "-3")])
+def test_absurd_numeric_flags_fail_before_any_work(data_dir, tmp_path, flag, value):
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["train", "--data", str(data_dir / "manifest.csv"), "--out", str(tmp_path / "o"),
+                                 flag, value])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.startswith(f"error: parameter '{flag[2:].replace('-', '_')}'"), r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("out", ["file", "under_file", "proc"])
+def test_train_out_is_checked_before_training(data_dir, tmp_path, out):
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    f = tmp_path / "f"
+    f.write_text("x")
+    path = {"file": f, "under_file": f / "run", "proc": Path("/proc/cryblock-run")}[out]
+    r = CliRunner().invoke(cli, ["train", "--data", str(data_dir / "manifest.csv"), "--out", str(path)])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "features:" not in r.output, r.output
+
+
+def test_ei_features_of_another_layout_or_scale_are_refused(ei_data, tmp_path):
+    from cryblock.blocks.learn.ei_train import load_features, main
+
+    x = np.load(ei_data / "X_split_train.npy")
+    np.save(tmp_path / "t.npy", x.reshape(-1, 96, 64).transpose(0, 2, 1))
+    with pytest.raises(DataError, match=r"\[64, 96\].*transposed"):
+        load_features(tmp_path / "t.npy")
+    np.save(tmp_path / "s.npy", x * 1000)
+    with pytest.raises(DataError, match="outside the"):
+        load_features(tmp_path / "s.npy")
+    assert load_features(ei_data / "X_split_train.npy").shape == (len(x), 96, 64)
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["--data-directory", str(ei_data), "--out-directory", str(f / "o")]) == 2

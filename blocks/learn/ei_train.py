@@ -35,6 +35,7 @@ Output (``O``, each file appears atomically): ``model.tflite`` (float32),
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -57,10 +58,16 @@ def _load(path: Path) -> np.ndarray:
 
 
 def load_features(path: Path, dsp: DspParams = DspParams()) -> np.ndarray:
-    """Read an X file as float32 ``[N, 96, 64]``.
+    """Read an X file as float32 ``[N, 96, 64]`` and check it is this DSP block's output.
+
+    The layout must be one patch per row, frame-major (``[N, 6144]``, ``[N, 96, 64]`` or
+    ``[N, 96, 64, 1]``); every value must lie in the range a ``log(mel + log_offset)`` patch
+    can take (:func:`log_mel_range`), which catches features of another DSP block, rescaled
+    features and the like before hours of training on garbage.
 
     Raises:
-        DataError: missing/corrupt file, no rows, wrong feature length, non-finite values.
+        DataError: missing/corrupt file, no rows, wrong feature length or layout (e.g. a
+            transposed ``[N, 64, 96]``), non-finite values, values outside the log-mel range.
     """
     x = _load(path)
     frames, bands = dsp.patch_shape
@@ -69,12 +76,35 @@ def load_features(path: Path, dsp: DspParams = DspParams()) -> np.ndarray:
     if int(np.prod(x.shape[1:])) != frames * bands:
         raise DataError(f"{path}: each row must hold {frames}×{bands} = {frames * bands} log-mel values "
                         f"(one YAMNet patch), got {int(np.prod(x.shape[1:]))} (shape {x.shape})")
+    if x.ndim >= 3 and tuple(x.shape[1:3]) != (frames, bands):
+        raise DataError(f"{path}: rows are shaped {list(x.shape[1:])}, expected [{frames}, {bands}] "
+                        "(frames × mel bands, as the cryblock DSP block emits them; transposed?)")
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{path}: features must be numeric, got dtype {x.dtype}")
     out = np.asarray(x, dtype=np.float32).reshape(len(x), frames, bands)
     if not np.all(np.isfinite(out)):
         raise DataError(f"{path}: features hold NaN or infinite values")
+    lo, hi = log_mel_range(dsp)
+    vmin, vmax = float(out.min()), float(out.max())
+    if vmin < lo or vmax > hi:
+        raise DataError(f"{path}: values span [{vmin:.3g}, {vmax:.3g}], outside the [{lo:.2f}, {hi:.2f}] a "
+                        "log-mel patch of the cryblock DSP block can take (other DSP block, or scaled features?)")
     return out
+
+
+def log_mel_range(dsp: DspParams = DspParams()) -> tuple[float, float]:
+    """Bounds of any value ``log(mel + log_offset)`` of the DSP block for audio in [-1, 1].
+
+    Lower: ``log(log_offset)`` (a silent band), less 1e-3 for float32 rounding. Upper: the mel
+    band with the largest total weight ``W`` at a full-scale input, ``|X[k]| ≤ Σ hann = win/2``
+    for every bin, so ``mel ≤ W · win / 2`` (×2 for the ``MAX_PEAK`` headroom of float audio).
+    """
+    from cryblock.blocks.dsp.features import mel_matrix
+    from cryblock.io import MAX_PEAK
+
+    w = float(mel_matrix(dsp).sum(axis=0).max())
+    hi = math.log(w * dsp.window_length_samples / 2 * MAX_PEAK + dsp.log_offset)
+    return math.log(dsp.log_offset) - 1e-3, hi
 
 
 def load_labels(path: Path) -> tuple[np.ndarray, int | None]:
@@ -178,7 +208,10 @@ def run(args: argparse.Namespace, log=print):
     from cryblock.blocks.learn.train import Split, train_arrays
     from cryblock.data import default_cache_dir
 
+    from cryblock.io import check_output
+
     dsp = DspParams()
+    check_output(args.out_directory, folder=True, what="--out-directory")
     xtr, ytr, xte, yte, k = load_split(args.data_directory, dsp)
     labels = tuple(f"class_{i}" for i in range(k))
     if not 0 <= args.positive_class < k:

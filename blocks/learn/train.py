@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,41 +82,52 @@ def sample_clips(clips, max_clips: int, seed: int = 0):
     return [clips[i] for i in sorted(keep)]
 
 
-def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, params: Params = Params(), *,
-                        teacher=None, max_clips: int | None = None, cache_dir: str | os.PathLike | None = None,
-                        workers: int | None = None, log: Log = print) -> RunResult:
-    """Train, export, evaluate and report one run from a manifest CSV.
+def manifest_labels(manifest: str | os.PathLike, label_map: dict[str, str] | None = None) -> list[str]:
+    """The sorted labels of a manifest (CSV or folder holding manifest.csv) after ``label_map``."""
+    from cryblock.data import load_manifest
+
+    mp = Path(manifest)
+    clips = load_manifest(mp / "manifest.csv" if mp.is_dir() else mp)
+    return sorted({(label_map or {}).get(c.label, c.label) for c in clips})
+
+
+def prepare_clips(manifest: str | os.PathLike, params: Params, *, label_map: dict[str, str] | None = None,
+                  max_clips: int | None = None, log: Log = print) -> tuple[Path, list, Params]:
+    """Read a manifest for training or evaluation: map labels, check them against the preset,
+    drop repeated recordings (refusing the same audio in two groups), optionally subsample.
 
     Args:
-        manifest: manifest CSV (``path,label,group`` …) or a folder holding ``manifest.csv``.
-        out_dir: run folder (created; existing outputs of the same names are replaced).
-        params: all parameters; ``learn`` drives the split and training, ``detector`` the
-            false-alert evaluation. For preset "general" the labels are taken from the manifest
-            when they differ from ``params.learn.labels``.
-        teacher: a loaded teacher, a path to one, or None (``$CRYBLOCK_TEACHER``/cache/download).
-        max_clips: use a label-stratified random subset of this many clips (quick runs).
-        cache_dir: feature and teacher-output cache (default ``$CRYBLOCK_CACHE`` or
-            ``~/.cache/cryblock``).
-        workers: feature-extraction processes.
-        log: progress lines.
+        manifest: manifest CSV or a folder holding ``manifest.csv``.
+        params: the run's parameters. Preset "cry": every label must be the positive label or
+            one of the other ``learn.labels`` (negatives); preset "general": the labels are the
+            manifest's (sorted), and the returned params carry them.
+        label_map: ``{manifest label: label}`` applied first (``--map-label Cry=cry``).
+        max_clips: keep a label-stratified random subset of this many clips.
 
     Returns:
-        :class:`RunResult`.
+        (manifest path, clips, params).
 
     Raises:
-        CryblockError: bad manifest, too few groups, one class only, a label missing from a split,
-            missing/corrupt teacher, … (nothing is written to ``out_dir`` then).
+        DataError: unexpected labels (listed), a positive label no clip has, one label only,
+            the same recording in two groups or under two labels.
     """
-    from cryblock.data import compute_patches, default_cache_dir, load_manifest, split_by_group
+    from cryblock.data import deduplicate, load_manifest
 
-    t_start = time.perf_counter()
     mp = Path(manifest)
     if mp.is_dir():
         mp = mp / "manifest.csv"
-    clips = sample_clips(load_manifest(mp), max_clips, params.learn.seed) if max_clips else load_manifest(mp)
+    clips = load_manifest(mp)
+    if label_map:
+        clips = [dataclasses.replace(c, label=label_map.get(c.label, c.label)) for c in clips]
     learn = params.learn
     found = sorted({c.label for c in clips})
     if learn.preset == "cry":
+        unexpected = [lab for lab in found if lab not in learn.labels]
+        if unexpected:
+            negatives = [lab for lab in learn.labels if lab != learn.positive_label]
+            raise DataError(f"{mp}: unexpected label(s) {unexpected}: the cry preset trains {learn.positive_label!r} "
+                            f"against {negatives}; map them with --map-label LABEL={learn.positive_label} (or ="
+                            f"{negatives[0]}), or train --preset general")
         if learn.positive_label not in found:
             raise DataError(f"{mp}: no clip has the positive label {learn.positive_label!r} (labels: {found})")
         if len(found) < 2:
@@ -126,9 +136,51 @@ def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike,
         if learn.positive_label not in found:
             raise DataError(f"{mp}: preset 'general' needs the label the detector fires on: "
                             f"--positive-label must be one of {found} (got {learn.positive_label!r})")
-        if set(found) != set(learn.labels):
+        if tuple(found) != learn.labels:
             params = params.replace(learn={"labels": found})
-            learn = params.learn
+    clips, repeats = deduplicate(clips, mp)
+    for w in repeats:
+        log(f"warning: {w}")
+    if max_clips:
+        clips = sample_clips(clips, max_clips, params.learn.seed)
+    return mp, clips, params
+
+
+def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, params: Params = Params(), *,
+                        teacher=None, max_clips: int | None = None, cache_dir: str | os.PathLike | None = None,
+                        workers: int | None = None, label_map: dict[str, str] | None = None,
+                        log: Log = print) -> RunResult:
+    """Train, export, evaluate and report one run from a manifest CSV.
+
+    Args:
+        manifest: manifest CSV (``path,label,group`` …) or a folder holding ``manifest.csv``.
+        out_dir: run folder (created; existing outputs of the same names are replaced).
+        params: all parameters; ``learn`` drives the split and training, ``detector`` the
+            false-alert evaluation. For preset "general" the labels are the manifest's.
+        teacher: a loaded teacher, a path to one, or None (``$CRYBLOCK_TEACHER``/cache/download).
+        max_clips: use a label-stratified random subset of this many clips (quick runs).
+        cache_dir: feature and teacher-output cache (default ``$CRYBLOCK_CACHE`` or
+            ``~/.cache/cryblock``).
+        workers: feature-extraction processes.
+        label_map: manifest label → training label (see :func:`prepare_clips`).
+        log: progress lines.
+
+    Returns:
+        :class:`RunResult`.
+
+    Raises:
+        CryblockError: bad manifest or labels, ``out_dir`` not writable, too few groups, one class
+            only, a label missing from a split, missing/corrupt teacher, … (checked before the long
+            work where possible; nothing is written to ``out_dir`` then).
+    """
+    from cryblock.data import compute_patches, default_cache_dir, split_by_group
+    from cryblock.io import check_output
+
+    t_start = time.perf_counter()
+    check_output(out_dir, folder=True)
+    mp, clips, params = prepare_clips(manifest, params, label_map=label_map, max_clips=max_clips, log=log)
+    learn = params.learn
+    found = sorted({c.label for c in clips})
     teacher = _teacher(teacher)  # fail fast on a missing/corrupt teacher, before feature extraction
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     t0 = time.perf_counter()
@@ -248,8 +300,9 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     fit = distill.fit_student(models, data, val.x, val.y, learn, log=log)
     t_train = time.perf_counter() - t0
 
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    from cryblock.io import staging_dir
+
+    staging = staging_dir(out)
     try:
         t0 = time.perf_counter()
         rep = export.representative_patches(train.x[keep], 300, learn.seed)
