@@ -280,7 +280,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         return
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".cryblock-{_safe(dest.name)}-{os.getpid()}-", suffix=".tmp", dir=dest.parent)
     except OSError as e:
         raise CryblockError(f"{path}: cannot write there ({e.strerror or e})") from None
     try:
@@ -418,7 +418,12 @@ def check_output(path: str | os.PathLike, *, folder: bool, what: str = "--out") 
     return p
 
 
-_STAGING_RE = re.compile(r"^\.(?P<prefix>[A-Za-z0-9_.-]+?)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+_STAGING_RE = re.compile(r"^\.cryblock-(?P<prefix>[A-Za-z0-9_.-]*?)-(?P<pid>\d+)-[A-Za-z0-9_]+(\.tmp)?$")
+
+
+def _safe(name: str) -> str:
+    """A file name reduced to the characters staging names use (for :data:`_STAGING_RE`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
 
 
 def _alive(pid: int) -> bool:
@@ -432,8 +437,9 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
-    """Remove the hidden work folders/files :func:`staging_dir` made in ``parent`` for processes
-    that no longer run (killed runs). Returns what was removed."""
+    """Remove the hidden work folders (:func:`staging_dir`) and temporary files (:func:`atomic_open`)
+    that cryblock processes which no longer run (killed runs) left in ``parent``: names
+    ``.cryblock-<what>-<pid>-<random>``, nothing else. Returns what was removed."""
     removed = []
     d = Path(parent)
     if not d.is_dir():
@@ -452,7 +458,7 @@ def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
 
 
 def staging_dir(parent: str | os.PathLike, prefix: str = "staging") -> Path:
-    """A new hidden work folder ``parent/.<prefix>-<pid>-XXXX`` with the usual permissions
+    """A new hidden work folder ``parent/.cryblock-<prefix>-<pid>-XXXX`` with the usual permissions
     (``0777 & ~umask``, not mkdtemp's 0700, since it may become the output itself), after
     removing those that dead processes left in ``parent`` (:func:`remove_stale_staging`).
 
@@ -462,7 +468,7 @@ def staging_dir(parent: str | os.PathLike, prefix: str = "staging") -> Path:
     try:
         Path(parent).mkdir(parents=True, exist_ok=True)
         remove_stale_staging(parent)
-        d = Path(tempfile.mkdtemp(prefix=f".{prefix}-{os.getpid()}-", dir=parent))
+        d = Path(tempfile.mkdtemp(prefix=f".cryblock-{_safe(prefix)}-{os.getpid()}-", dir=parent))
         os.chmod(d, 0o777 & ~_UMASK)
     except OSError as e:
         raise CryblockError(f"{parent}: cannot write there ({e.strerror or e})") from None

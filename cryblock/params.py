@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,8 @@ class LearnParams:
             object.__setattr__(self, "labels", tuple(self.labels))
         _check(isinstance(self.labels, tuple) and all(isinstance(x, str) and x for x in self.labels), "labels",
                f"must be non-empty strings, got {list(self.labels) if isinstance(self.labels, tuple) else self.labels!r}")
+        _check(not any(unicodedata.category(ch)[0] == "C" for x in self.labels for ch in x), "labels",
+               f"must not hold control characters (newlines, tabs, NUL), got {list(self.labels)}")
         _check(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "labels",
                f"need ≥ 2 distinct labels, got {list(self.labels)}")
         _check(self.preset in ("cry", "general"), "preset", f"must be 'cry' or 'general', got {self.preset!r}")

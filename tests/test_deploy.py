@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -138,7 +139,10 @@ def test_sdkconfig_and_kconfig_defaults(student, tmp_path):
 # ESP-IDF v5.1.6, v5.2.5, v5.3.3, v5.4.2, v5.5.1 and master (6.2), plus esp-dsp 1.8 and esp-nn
 # (NN_OPTIMIZED): each value was applied, none was unknown. A name outside this list is unverified.
 VERIFIED_SDKCONFIG_NAMES = {
-    "IDF_TARGET", "ESP_DEFAULT_CPU_FREQ_MHZ_240", "FREERTOS_HZ", "ESPTOOLPY_FLASHMODE_QIO",
+    "IDF_TARGET", "ESP_DEFAULT_CPU_FREQ_MHZ_240", "FREERTOS_HZ",
+    # choice ESPTOOLPY_FLASHMODE in components/esptool_py/Kconfig.projbuild (read in v5.5.5; the
+    # same four names since ESP-IDF v4)
+    "ESPTOOLPY_FLASHMODE_QIO", "ESPTOOLPY_FLASHMODE_QOUT", "ESPTOOLPY_FLASHMODE_DIO", "ESPTOOLPY_FLASHMODE_DOUT",
     "ESPTOOLPY_FLASHFREQ_80M", "ESPTOOLPY_FLASHSIZE_4MB", "ESPTOOLPY_FLASHSIZE_8MB",
     "ESPTOOLPY_FLASHSIZE_16MB", "ESPTOOLPY_FLASHSIZE_32MB", "SPIRAM", "SPIRAM_MODE_OCT",
     "SPIRAM_MODE_QUAD", "SPIRAM_SPEED_80M", "SPIRAM_IGNORE_NOTFOUND", "ESP32S3_INSTRUCTION_CACHE_32KB",
@@ -154,7 +158,8 @@ VERIFIED_SDKCONFIG_NAMES = {
 def test_sdkconfig_option_names_are_verified(project):
     template = (gen.templates_dir() / "sdkconfig.defaults.j2").read_text()
     texts = [(project.project / "sdkconfig.defaults").read_text()]
-    texts += [template.replace("{{ flash_mb }}", str(mb)) for mb in gen.FLASH_SIZES_MB]  # every branch
+    texts += [template.replace("{{ flash_mb }}", str(mb)).replace("{{ flash_mode | upper }}", mode.upper())
+              for mb in gen.FLASH_SIZES_MB for mode in gen.FLASH_MODES]  # every branch
     for text in texts:
         names = set(re.findall(r"CONFIG_([A-Z0-9_]+)", text))
         assert names and names <= VERIFIED_SDKCONFIG_NAMES, names - VERIFIED_SDKCONFIG_NAMES
@@ -294,6 +299,17 @@ def test_manifest_passes_compote_lint(project, tmp_path):
     bad.write_text((project.project / "main/idf_component.yml").read_text().replace('"^1.3.5"', '"^^1.3.5"'))
     assert bad.read_text() != (project.project / "main/idf_component.yml").read_text()
     assert subprocess.run([str(compote), "manifest", "lint", str(bad)], capture_output=True).returncode != 0
+
+
+def test_manifest_excludes_esp_nn_with_the_s3_padding_bug(project):
+    """esp-nn 1.2.0's S3 conv pads only top/left (our SAME 3×3/2 first layer then reads past the
+    input); the component manager must never resolve it."""
+    import yaml
+    from idf_component_tools.semver import SimpleSpec, Version
+
+    deps = yaml.safe_load((project.project / "main/idf_component.yml").read_text())["dependencies"]
+    spec = SimpleSpec(deps["espressif/esp-nn"])
+    assert not spec.match(Version("1.2.0")) and spec.match(Version("1.2.1")) and spec.match(Version("1.2.3"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -477,3 +493,92 @@ def test_model_with_wrong_labels_or_shape(student, tmp_path):
     with pytest.raises(CryblockError, match="does not hold one"):
         gen.generate_project(student[0], tmp_path / "bad", odd)
     assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile build inputs and rebuilding into an earlier project
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opts,msg", [
+    ({"pin_din": 22}, "GPIO 22 does not exist"), ({"pin_din": 24}, "GPIO 24 does not exist"),
+    ({"pin_ws": 27}, "SPI flash"), ({"pin_bclk": 32}, "SPI flash"),
+    ({"pin_din": 35}, "octal"), ({"pin_din": 19, "console": "usb"}, "USB"), ({"pin_ws": 20, "console": "usb"}, "USB"),
+    ({"pin_din": 43}, "UART0"), ({"flash_mode": "fast"}, "flash_mode"),
+])
+def test_unusable_pins_are_refused(student, tmp_path, opts, msg):
+    with pytest.raises(CryblockError, match=msg):
+        gen.generate_project(student[0], tmp_path / "fw", Params(), gen.BuildOptions(**opts))
+    assert not (tmp_path / "fw").exists()
+
+
+def test_usable_pin_variants(student, tmp_path):
+    res = gen.generate_project(student[0], tmp_path / "a", Params(),
+                               gen.BuildOptions(pin_din=35, psram_mode="quad", pin_ws=19, pin_bclk=20))
+    assert "CONFIG_ESPTOOLPY_FLASHMODE_DIO=y" in (res.project / "sdkconfig.defaults").read_text()
+    res = gen.generate_project(student[0], tmp_path / "b", Params(), gen.BuildOptions(flash_mode="qio"))
+    assert "CONFIG_ESPTOOLPY_FLASHMODE_QIO=y" in (res.project / "sdkconfig.defaults").read_text()
+
+
+def test_label_cannot_inject_code_or_break_tables(student, tmp_path):
+    evil = 'x */ int injected(void){return 42;} /* "q" \\ |pipe| `tick`'
+    p = Params().replace(learn={"labels": ["not_cry", evil], "positive_label": evil})
+    res = gen.generate_project(student[0], tmp_path / "fw", p)
+    main = res.project / "main"
+    pre = subprocess.run(["gcc", "-E", "-P", "-x", "c", str(main / "model_settings.h")], capture_output=True,
+                         text=True, check=True).stdout
+    assert "injected" not in pre  # stayed inside its comment
+    subprocess.run(["gcc", "-fsyntax-only", "-Wall", "-Werror", "-x", "c", str(main / "model_settings.h")], check=True)
+    row = next(ln for ln in (res.project / "README.md").read_text().splitlines() if ln.startswith("| output |"))
+    assert row.count("|") - row.count("\\|") == 3  # still a two-column row
+    with pytest.raises(CryblockError, match="labels"):
+        Params().replace(learn={"labels": ["not_cry", "a\nb"], "positive_label": "a\nb"})
+
+
+def test_rebuild_keeps_user_files_and_refreshes_sdkconfig(student, tmp_path):
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    out = tmp_path / "fw"
+    gen.generate_project(student[0], out, Params().replace(detector={"threshold": 0.7}))
+    # what a user and idf.py add to a project
+    (out / "build").mkdir()
+    (out / "build" / "app.bin").write_bytes(b"\xe9built")
+    (out / "main" / "my_leds.c").write_text("int leds;\n")
+    kc_default = re.search(r"default (\d+)", (out / "main/Kconfig.projbuild").read_text()).group(1)
+    (out / "sdkconfig").write_text(f"CONFIG_IDF_TARGET=\"esp32s3\"\nCONFIG_CRY_THRESHOLD_X1000={kc_default}\n"
+                                   "CONFIG_CRY_VOTE_N=2\nCONFIG_LOG_DEFAULT_LEVEL=3\n")
+    res = gen.generate_project(student[0], out, Params().replace(detector={"threshold": 0.45}))
+    assert (out / "build" / "app.bin").read_bytes() == b"\xe9built" and (out / "main" / "my_leds.c").is_file()
+    assert res.kept == ["build", "sdkconfig"] and res.notes == [
+        "sdkconfig: CONFIG_CRY_THRESHOLD_X1000=700 → CONFIG_CRY_THRESHOLD_X1000=450"]
+    sdk = (out / "sdkconfig").read_text()
+    assert "CONFIG_CRY_THRESHOLD_X1000=450" in sdk and "CONFIG_LOG_DEFAULT_LEVEL=3" in sdk
+    # an edited generated file is not overwritten without --force
+    (out / "main" / "main.cc").write_text("// my tweaks\n")
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
+    assert r.exit_code == 2 and "main/main.cc changed since cryblock generated them" in r.stderr
+    assert (out / "main" / "main.cc").read_text() == "// my tweaks\n"
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf", "--force"])
+    assert r.exit_code == 0, r.output
+    assert "app_main" in (out / "main" / "main.cc").read_text() and (out / "main" / "my_leds.c").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~cio_umask()
+
+
+def cio_umask() -> int:
+    from cryblock import io as cio
+
+    return cio._UMASK
+
+
+def test_build_out_is_checked_first(student, tmp_path):
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    for out, msg in ((f, "is a file"), (f / "fw", "is a file"), ("/proc/cryblock-fw", "cannot write")):
+        r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
+        assert r.exit_code == 2 and msg in r.stderr, r.output

@@ -138,15 +138,19 @@ def test_check_output_fails_fast(tmp_path, case):
 def test_staging_dirs_use_umask_and_dead_ones_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".staging-{dead.pid}-abc123"
+    stale = tmp_path / f".cryblock-staging-{dead.pid}-abc123"
     stale.mkdir()
     (stale / "model.tflite").write_bytes(b"half")
-    alive = tmp_path / f".staging-{os.getppid()}-def456"  # our parent is alive
+    alive = tmp_path / f".cryblock-staging-{os.getppid()}-def456"  # our parent is alive
     alive.mkdir()
+    stale_tmp = tmp_path / f".cryblock-report.json-{dead.pid}-x1y2.tmp"
+    stale_tmp.write_text("half")
+    users = tmp_path / f".config-{dead.pid}-abc"  # not ours: kept
+    users.mkdir()
     d = cio.staging_dir(tmp_path)
-    assert not stale.exists() and alive.exists() and d.exists()
+    assert not stale.exists() and not stale_tmp.exists() and alive.exists() and users.exists() and d.exists()
     assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~cio._UMASK
-    assert d.name.startswith(f".staging-{os.getpid()}-")
+    assert d.name.startswith(f".cryblock-staging-{os.getpid()}-")
 
 
 # ----------------------------------------------------------------------------- audio rules

@@ -19,13 +19,14 @@ ESP-IDF facts come from shared/docs/espidf-tflm-esptool-notes.md.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+import unicodedata
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import numpy as np
 
 from cryblock import __version__
 from cryblock.errors import CryblockError, ParameterError
+from cryblock.io import atomic_write_text, check_output, staging_dir
 from cryblock.params import DspParams, Params
 
 from .arena import ArenaPlan, plan_arena
@@ -42,6 +44,21 @@ from .size import DEFAULT_APP_PARTITION, size_report
 
 
 FLASH_SIZES_MB = (4, 8, 16, 32)
+#: SPI flash modes esptool / ESP-IDF offer (``CONFIG_ESPTOOLPY_FLASHMODE_*``). DIO is the default:
+#: every ESP32-S3 module boots with it, and Espressif's QEMU does not boot QIO images
+#: (``qio_mode: Failed to set QIE bit``); QIO is slightly faster on boards whose flash supports it.
+FLASH_MODES = ("dio", "qio", "dout", "qout")
+
+#: ESP32-S3 GPIOs an I2S microphone cannot use (ESP32-S3 datasheet, "Pin overview" and
+#: "Strapping pins"/"Peripheral pin configurations"): (pins, why, condition on the options).
+RESERVED_GPIOS = (
+    (range(22, 26), "does not exist on the ESP32-S3", lambda o: True),
+    (range(26, 33), "is wired to the module's SPI flash/PSRAM", lambda o: True),
+    (range(33, 38), "is wired to the octal flash/PSRAM of N8R8/N16R8-type modules (--psram oct)",
+     lambda o: o.psram_mode == "oct"),
+    ((19, 20), "is the native USB D-/D+ pair used by --console usb", lambda o: o.console == "usb"),
+    ((43, 44), "is UART0 TX/RX, the --console uart port", lambda o: o.console == "uart"),
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,8 @@ class BuildOptions:
     flash_mb: module flash size; psram_mode: "oct" (N8R8/N16R8) | "quad" (N8R2).
     console: "uart" (ESP-IDF default: UART0, the USB-UART bridge port, reads serial commands) or
     "usb" (native USB Serial/JTAG port, /dev/ttyACM0, as primary console so it reads commands too).
+    flash_mode: SPI flash mode, one of :data:`FLASH_MODES` (default dio).
+    Pins in :data:`RESERVED_GPIOS` are refused.
     """
 
     target: str = "esp32s3"
@@ -70,6 +89,7 @@ class BuildOptions:
     flash_mb: int = 8
     psram_mode: str = "oct"
     console: str = "uart"
+    flash_mode: str = "dio"
     project_name: str = "cry_detector"
 
     def validate(self) -> None:
@@ -83,6 +103,15 @@ class BuildOptions:
             if not (isinstance(v, int) and 0 <= v <= 48):
                 raise ParameterError(f"parameter '{n}': ESP32-S3 GPIO must be 0..48, got {v!r}")
         pins = [self.pin_ws, self.pin_din] + ([self.pin_bclk] if self.i2s == "std" else [])
+        if self.console not in ("uart", "usb"):
+            raise ParameterError(f"parameter 'console': must be uart or usb, got {self.console!r}")
+        if self.psram_mode not in ("oct", "quad"):
+            raise ParameterError(f"parameter 'psram_mode': must be oct or quad, got {self.psram_mode!r}")
+        for n in ("pin_ws", "pin_din") + (("pin_bclk",) if self.i2s == "std" else ()):
+            v = getattr(self, n)
+            for bad, why, applies in RESERVED_GPIOS:
+                if v in bad and applies(self):
+                    raise ParameterError(f"parameter '{n}': GPIO {v} {why}; choose another pin")
         if len(set(pins)) != len(pins):
             raise ParameterError(f"I2S pins must differ, got bclk={self.pin_bclk} ws={self.pin_ws} din={self.pin_din}")
         if self.slot not in ("left", "right"):
@@ -93,10 +122,8 @@ class BuildOptions:
             raise ParameterError("parameter 'bits': PDM microphones deliver 16-bit samples (use --bits 16)")
         if self.flash_mb not in FLASH_SIZES_MB:
             raise ParameterError(f"parameter 'flash_mb': must be one of {FLASH_SIZES_MB}, got {self.flash_mb!r}")
-        if self.psram_mode not in ("oct", "quad"):
-            raise ParameterError(f"parameter 'psram_mode': must be oct or quad, got {self.psram_mode!r}")
-        if self.console not in ("uart", "usb"):
-            raise ParameterError(f"parameter 'console': must be uart or usb, got {self.console!r}")
+        if self.flash_mode not in FLASH_MODES:
+            raise ParameterError(f"parameter 'flash_mode': must be one of {FLASH_MODES}, got {self.flash_mode!r}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", self.project_name):
             raise ParameterError(f"parameter 'project_name': must be a C identifier, got {self.project_name!r}")
 
@@ -106,12 +133,29 @@ def templates_dir(target: str = "esp32s3") -> Path:
     return Path(str(resources.files("cryblock.templates"))) / target
 
 
+def c_comment(text: Any) -> str:
+    """``text`` made safe inside a C comment or string literal: JSON string escapes (quotes,
+    backslashes, control characters, non-ASCII as ``\\uXXXX``) and no ``*/`` or ``/*``, so a
+    label such as ``x */ int injected(void){return 42;} /*`` stays inside its comment."""
+    return json.dumps(str(text), ensure_ascii=True)[1:-1].replace("*/", "*\\/").replace("/*", "/\\*")
+
+
+def md_cell(text: Any) -> str:
+    """``text`` made safe inside a Markdown table cell or line: control characters → space,
+    ``\\ | ` * _ <`` escaped."""
+    s = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
+    return re.sub(r"([\\|`*_])", r"\\\1", s).replace("<", "&lt;")
+
+
 def _jinja_env(root: Path):
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
-                              autoescape=False)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+                             autoescape=False)
+    env.filters["c_comment"] = c_comment
+    env.filters["md"] = md_cell
+    return env
 
 
 def _cfloat(x: float) -> str:
@@ -233,7 +277,7 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "hold_ms": int(round(det.hold_seconds * 1000)),
         "i2s": opts.i2s, "pin_bclk": opts.pin_bclk, "pin_ws": opts.pin_ws, "pin_din": opts.pin_din,
         "slot": opts.slot, "bits": opts.bits,
-        "flash_mb": opts.flash_mb, "psram_mode": opts.psram_mode, "console": opts.console,
+        "flash_mb": opts.flash_mb, "psram_mode": opts.psram_mode, "console": opts.console, "flash_mode": opts.flash_mode,
         "custom_partitions": app_part != DEFAULT_APP_PARTITION, "app_partition_bytes": app_part,
         "audio_ring_bytes": report["ram"]["audio_ring_bytes"],
         "input_scale_c": _cfloat(info.input.scale), "output_scale_c": _cfloat(info.output.scale),
@@ -269,28 +313,105 @@ def render_project(ctx: dict[str, Any], model: bytes, dest: Path, target: str = 
 MARKER = ".cryblock-project.json"
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        if not out.is_dir():
-            raise CryblockError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not (out / MARKER).is_file():
-            raise CryblockError(f"{out}: folder exists and is not a cryblock project; choose another --out")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sdkconfig_lines(kconfig_text: str) -> dict[str, str]:
+    """``CONFIG_NAME=value`` lines that a fresh ``idf.py`` configuration would write for the
+    cryblock Kconfig menu of a generated ``Kconfig.projbuild`` (its defaults), by name."""
+    out: dict[str, str] = {}
+    for name, body in re.findall(r"^\s*config (CRY_\w+)\n((?:\s+(?!config\b)\S.*\n)*)", kconfig_text, re.M):
+        m = re.search(r"^\s+default (\S+)", body, re.M)
+        if m and m.group(1) not in ("y", "n") and not m.group(1).startswith("CRY_"):
+            out[name] = f"CONFIG_{name}={m.group(1)}"
+        elif m and m.group(1) in ("y", "n"):
+            out[name] = f"CONFIG_{name}=y" if m.group(1) == "y" else f"# CONFIG_{name} is not set"
+    for choice, default in re.findall(r"^\s*choice (CRY_\w+)\n(?:.*\n)*?\s+default (CRY_\w+)", kconfig_text, re.M):
+        for opt in re.findall(rf"^\s*config ({choice}_\w+)", kconfig_text, re.M):
+            out[opt] = f"CONFIG_{opt}=y" if opt == default else f"# CONFIG_{opt} is not set"
+    return out
+
+
+def _sync_sdkconfig(project: Path) -> list[str]:
+    """An existing ``sdkconfig`` keeps its values over changed defaults (ESP-IDF reads
+    ``sdkconfig.defaults`` and Kconfig defaults only for options it lacks), so a regenerated
+    project would silently keep the old model's detector threshold, votes, hold and pins. The
+    cryblock options (``CONFIG_CRY_*``) are cryblock's output: set them to the new defaults.
+    Returns one note per changed line."""
+    sdk = project / "sdkconfig"
+    if not sdk.is_file():
+        return []
+    want = _sdkconfig_lines((project / "main" / "Kconfig.projbuild").read_text())
+    lines = sdk.read_text().splitlines()
+    notes = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(?:# )?CONFIG_(CRY_\w+)[= ]", line)
+        if m and m.group(1) in want and line != want[m.group(1)]:
+            notes.append(f"sdkconfig: {line.strip()} → {want[m.group(1)]}")
+            lines[i] = want[m.group(1)]
+    if notes:
+        atomic_write_text(sdk, "\n".join(lines) + "\n")
+    return notes
+
+
+def _install(tmp: Path, out: Path, files: list[Path], force: bool) -> tuple[list[str], list[str]]:
+    """Put the freshly rendered project ``tmp`` (its ``files``) in place at ``out``.
+
+    A new ``out`` is the renamed ``tmp`` (atomic). Into an earlier cryblock project the generated
+    files are replaced one by one (each atomically) and everything else — ``sdkconfig``,
+    ``build/``, ``managed_components/``, sources the user added — is kept; generated files the
+    user edited since (their hash differs from the marker's record) are refused unless ``force``.
+
+    Returns:
+        (names of top-level entries kept, notes on sdkconfig values updated).
+
+    Raises:
+        CryblockError: ``out`` is a file, a non-empty folder that is no cryblock project, or holds
+            edited generated files without ``force``.
+    """
+    if not out.exists():
         os.replace(tmp, out)
+        return [], []
+    if not out.is_dir():
+        raise CryblockError(f"{out}: exists and is not a folder")
+    marker = out / MARKER
+    if not marker.is_file():
+        if any(out.iterdir()):
+            raise CryblockError(f"{out}: folder exists and is not a cryblock project; choose another --out")
+        old: dict[str, str | None] = {}
+    else:
+        try:
+            old = json.loads(marker.read_text()).get("files")
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if not isinstance(old, dict):  # written by cryblock 0.1 (no hashes): its files are the ones generated now
+            old = {str(f): None for f in files if (out / f).is_file()}
+    new = {str(f) for f in files}
+    edited = sorted(rel for rel, h in old.items() if h and (out / rel).is_file() and _sha256(out / rel) != h)
+    if edited and not force:
+        raise CryblockError(f"{out}: {', '.join(edited)} changed since cryblock generated them; save your changes "
+                            "elsewhere or pass --force to overwrite them")
+    for rel in sorted(new - {MARKER}):
+        dest = out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / rel, dest)
+    for rel in sorted(set(old) - new):  # generated before, not any more (e.g. partitions.csv)
+        f = out / rel
+        if f.is_file() and (force or old[rel] is None or _sha256(f) == old[rel]):
+            f.unlink()
+    os.replace(tmp / MARKER, marker)
+    shutil.rmtree(tmp, ignore_errors=True)
+    top = {Path(rel).parts[0] for rel in new}
+    kept = sorted(e.name for e in out.iterdir() if e.name not in top and e.name != MARKER)
+    return kept, _sync_sdkconfig(out)
 
 
 @dataclass
 class BuildResult:
     """What :func:`generate_project` did: ``project`` folder, size ``report`` dict, model
-    ``info``, arena ``plan``, ``files`` written (relative), ``idf`` status line."""
+    ``info``, arena ``plan``, ``files`` written (relative), ``idf`` status line, ``kept``
+    (user entries of an earlier project left in place) and ``notes`` (sdkconfig values updated)."""
 
     project: Path
     report: dict[str, Any]
@@ -298,18 +419,23 @@ class BuildResult:
     arena: ArenaPlan
     files: list[Path]
     idf: str = "not run"
+    kept: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
-                     params: Params | None = None, options: BuildOptions | None = None) -> BuildResult:
+                     params: Params | None = None, options: BuildOptions | None = None, *,
+                     force: bool = False) -> BuildResult:
     """Generate the ESP-IDF project for ``model_path`` into ``out_dir`` (atomically).
 
     Args:
         model_path: INT8 ``.tflite`` with int8 input and output (``model_quantized_int8_io.tflite``).
-        out_dir: project folder to create; an existing cryblock project there is replaced, any
-            other non-empty folder is refused.
+        out_dir: project folder to create. In an earlier cryblock project the generated files
+            are replaced and everything else (sdkconfig, build/, added sources) is kept, its
+            ``CONFIG_CRY_*`` values updated (:func:`_install`); any other non-empty folder is refused.
         params: the run's parameters (DSP front-end, labels, detector defaults); defaults if None.
         options: board options (:class:`BuildOptions`).
+        force: overwrite generated files the user edited since.
 
     Returns:
         :class:`BuildResult` (``report`` also saved as ``size_report.json`` in the project).
@@ -321,6 +447,8 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     params = params or Params()
     opts = options or BuildOptions()
     opts.validate()
+    out = Path(out_dir).resolve()
+    check_output(out, folder=True)
     model = read_model(model_path)
     name = Path(model_path).name
     info = inspect_model(model, name)
@@ -337,19 +465,19 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     report = size_report(info, arena, params.dsp)
     ctx = template_context(info, arena, params, opts, report)
 
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = staging_dir(out.parent, f"{out.name}.tmp")
     try:
         files = render_project(ctx, model, tmp, opts.target)
         (tmp / "size_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         params.save(tmp / "params.json")
+        files += [Path("size_report.json"), Path("params.json")]
+        hashes = {str(f): _sha256(tmp / f) for f in files}
         (tmp / MARKER).write_text(json.dumps({"generator": f"cryblock {__version__}", "model": name,
-                                              "options": asdict(opts)}, indent=2) + "\n")
-        files += [Path("size_report.json"), Path("params.json"), Path(MARKER)]
-        _swap_into_place(tmp, out)
+                                              "options": asdict(opts), "files": hashes}, indent=2) + "\n")
+        files.append(Path(MARKER))
+        kept, notes = _install(tmp, out, files, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report = dict(report, project=str(out))
-    return BuildResult(out, report, info, arena, files)
+    return BuildResult(out, report, info, arena, files, kept=kept, notes=notes)
