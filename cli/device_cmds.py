@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cryblock.blocks.deploy import bench, capture, config, flash
+from cryblock.io import check_output
 
 #: Options of the commands that talk to the running firmware (monitor, bench, config).
 _board_port = click.option("--port", required=True, help="Serial port of the board.")
@@ -65,21 +66,21 @@ def monitor_cmd(port: str, baud: int, out_csv: str | None, out_json: str | None,
                 send: tuple[str, ...], reset: bool, quiet: bool) -> None:
     """Print the firmware's CRYB/1 log live; on exit summarise it and write CSV/JSON."""
     for p in (out_csv, out_json):
-        capture.check_output_path(p)
+        if p is not None:
+            check_output(p, folder=False)
     res = capture.capture(port, baud=baud, seconds=seconds, send=send, reset=reset,
                          on_line=_live_printer(quiet))
     _finish(res, out_csv, out_json)
 
 
-def _finish(res: capture.CaptureResult, out_csv, out_json) -> dict:
-    s = res.summary()
+def _finish(res: capture.CaptureResult, out_csv, out_json) -> None:
+    written = capture.write_capture(res, out_csv, out_json)  # first: the capture is never lost
     if res.port_lost:
         click.echo(f"warning: serial port went away ({res.stop_reason}); summarising what was captured",
                    err=True)
-    click.echo(bench.format_summary(s))
-    for p in capture.write_capture(res, out_csv, out_json):
+    click.echo(bench.format_summary(res.summary()))
+    for p in written:
         click.echo(f"wrote {p}")
-    return s
 
 
 @click.command("bench")
@@ -93,7 +94,7 @@ def _finish(res: capture.CaptureResult, out_csv, out_json) -> dict:
 def bench_cmd(port: str, seconds: float, out_dir: str, baud: int, reset: bool) -> None:
     """Capture the log for SECONDS and report latency percentiles, arena, rates, resets."""
     d = Path(out_dir)
-    capture.check_output_path(d / "bench.json")
+    check_output(d / "bench.json", folder=False)
     res = capture.capture(port, baud=baud, seconds=seconds, reset=reset)
     _finish(res, d / "bench.csv", d / "bench.json")
 

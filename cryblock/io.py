@@ -475,6 +475,25 @@ def staging_dir(parent: str | os.PathLike, prefix: str = "staging") -> Path:
     return d
 
 
+def json_safe(o: Any) -> Any:
+    """``o`` as plain JSON values: numpy scalars/arrays → Python numbers/lists, tuples → lists,
+    NaN and ±inf → None (JSON has no such numbers; ``json.dumps(allow_nan=False)`` then never fails)."""
+    if isinstance(o, dict):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return json_safe(o.tolist())
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        f = float(o)
+        return f if np.isfinite(f) else None
+    return o
+
+
 def save_npy_bytes(array: np.ndarray) -> bytes:
     """The ``.npy`` file bytes of ``array`` (for :func:`atomic_write_bytes`)."""
     buf = _io.BytesIO()

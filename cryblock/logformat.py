@@ -26,6 +26,7 @@ The C firmware (templates/esp32s3/main/cry_log.h) writes the same format.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 MAGIC = "CRYB/1"
@@ -64,11 +65,13 @@ class Record:
     fields: dict[str, str] = field(default_factory=dict)
 
     def num(self, key: str, default: float | None = None) -> float | None:
-        """Field as float, or ``default`` when absent/unparsable."""
+        """Field as a finite float, or ``default`` when absent, unparsable, NaN or infinite
+        (a checksum-valid ``seq=nan`` or ``t_ms=1e999`` is a broken value, not a number)."""
         try:
-            return float(self.fields[key])
+            v = float(self.fields[key])
         except (KeyError, ValueError):
             return default
+        return v if math.isfinite(v) else default
 
 
 def parse_line(line: str | bytes) -> Record | None:

@@ -107,6 +107,12 @@ def test_flasher_args_parsed(build: Path) -> None:
     ("app_chip", f"{APP_NAME}: app image is built for ESP32-C3, not ESP32-S3"),
     ("not_image", "bootloader is not an ESP image"),
     ("encrypted", "'app' is marked encrypted"),
+    ("escape", "points outside the build folder"),
+    ("escape_named", "'app.file' = '/etc/hostname' points outside"),
+    ("unaligned", "not on a 4 KiB sector boundary"),
+    ("beyond_flash", "ends beyond the 4 MB flash"),
+    ("file_not_str", "is not a file path"),
+    ("settings_list", "'flash_settings' is not an object"),
 ])
 def test_flasher_args_errors(build: Path, damage: str, expect: str) -> None:
     fa = build / "flasher_args.json"
@@ -134,6 +140,18 @@ def test_flasher_args_errors(build: Path, damage: str, expect: str) -> None:
         _esp_image(build / APP_NAME, cls=ESP32C3FirmwareImage, sizes=(4000,))
     elif damage == "encrypted":
         doc["app"]["encrypted"] = "true"
+    elif damage == "escape":
+        doc["flash_files"]["0x200000"] = "../../../../../../../../etc/hostname"
+    elif damage == "escape_named":
+        doc["app"]["file"] = "/etc/hostname"
+    elif damage == "unaligned":
+        doc["flash_files"]["0x10010"] = doc["flash_files"].pop("0x10000")
+    elif damage == "beyond_flash":
+        doc["flash_files"]["0x3ff000"] = doc["flash_files"].pop("0x10000")
+    elif damage == "file_not_str":
+        doc["app"]["file"] = 65536
+    elif damage == "settings_list":
+        doc["flash_settings"] = ["dio"]
     elif damage == "not_image":
         (build / "bootloader/bootloader.bin").write_bytes(b"\x00" * 4096)
     if damage not in ("no_json", "bad_json"):

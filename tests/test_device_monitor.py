@@ -11,6 +11,7 @@ import csv
 import itertools
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,10 @@ def test_monitor_send_commands(tmp_path: Path) -> None:
 def test_config_command_round_trip() -> None:
     with FakeDevice(endless_stream(), close_at_end=False) as fake:
         r = _run(["config", "--port", fake.port, "--threshold", "0.62", "--vote", "3/5", "--hold-ms", "1500"])
+        # a CFG in flight may answer a command before the fake has read the last one: let it catch up
+        deadline = time.monotonic() + 3
+        while len(fake.commands) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
         commands = list(fake.commands)
         applied = dict(fake.config)
     assert r.exit_code == 0, r.output
@@ -260,3 +265,73 @@ def test_line_splitter_reassembles_byte_by_byte() -> None:
     assert lines[0] == _inf(312, 0)
     assert [len(x) for x in lines[1:]] == [128, 128, 44]  # overlong noise cut at max_line
     assert sp.pending == _inf(792, 1)
+
+
+# ---- hostile streams and ports -----------------------------------------------------------------
+
+def _line(kind: str, **fields) -> bytes:
+    from cryblock.logformat import format_line
+    return format_line(kind, **fields).encode()
+
+
+def test_non_finite_fields_never_lose_the_capture(tmp_path: Path) -> None:
+    """One checksum-valid INF with seq=nan (or 1e999) used to crash the summary and write
+    neither CSV nor JSON."""
+    bad = [_line("INF", t_ms=1000, seq="nan", fe_us=3000, inv_us=9000, score=0.2, pos=0, votes=0, det=0),
+           _line("INF", t_ms="1e999", seq="1e999", fe_us="inf", inv_us=9000, score="nan", pos=0, votes=0, det=0)]
+    chunks = list(itertools.islice(endless_stream(), 6))
+    from fake_device import Chunk
+    chunks += [Chunk(b + b"\r\n", 0.01) for b in bad] + list(itertools.islice(endless_stream(), 6, 10))
+    with FakeDevice(chunks) as fake:
+        r = _run(["monitor", "--port", fake.port, "--quiet", "--out", str(tmp_path / "m.csv"),
+                  "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "m.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert doc["summary"]["records"]["INF"] >= 2 + 4
+    assert any(rec["fields"].get("seq") == "nan" for rec in doc["records"])
+    rows = list(csv.DictReader(open(tmp_path / "m.csv", newline="")))
+    assert sum(row["seq"] in ("nan", "1e999") for row in rows) == 2
+
+
+def test_concatenated_and_repeated_lines() -> None:
+    log = capture.LogCapture()
+    a, b, c = _inf(312, 0), _inf(792, 1), _inf(1272, 2)
+    for raw in [a, b + c, b"noise" + c, c, _inf(1752, 3)[:-5] + _inf(1752, 3)]:
+        log.feed_line(raw)
+    s = log.summary()
+    assert [int(r.fields["seq"]) for r in log.records] == [0, 1, 2, 3]
+    assert s["concatenated_lines"] == 2 and s["duplicate_records"] == 2 and s["lost_inferences"] == 0
+    assert s["corrupt_lines"] == 1 and s["lines"] == 5
+
+
+def test_socket_url_port(tmp_path: Path) -> None:
+    """--port socket://host:port (a board behind ser2net / esp-rfc2217-server) is read like a tty."""
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    lines = [_line("BOOT", **{**{k: str(v) for k, v in BOOT_FIELDS.items()}})] + [_inf(312 + 480 * i, i) for i in range(5)]
+
+    def board():
+        conn, _ = srv.accept()
+        with conn:
+            time.sleep(0.3)  # pyserial discards what is already waiting when it opens a port
+            for ln in lines:
+                conn.sendall(ln + b"\r\n")
+    t = threading.Thread(target=board, daemon=True)
+    t.start()
+    r = _run(["monitor", "--port", f"socket://127.0.0.1:{port}", "--seconds", "1.5", "--quiet",
+              "--json", str(tmp_path / "s.json")])
+    srv.close()
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "s.json").read_text())["summary"]
+    assert s["records"]["INF"] == 5 and s["records"]["BOOT"] == 1
+
+
+@pytest.mark.parametrize("port", ["", "hwgrep://no-such-device-anywhere", "/etc/hostname", "socket://127.0.0.1:1",
+                                  "bogus://x"])
+def test_odd_ports_are_one_line_errors(port: str) -> None:
+    r = _run(["monitor", "--port", port, "--seconds", "1"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")

@@ -29,7 +29,8 @@ def summarize(log, capture_s: float | None = None) -> dict:
     Keys: ``format`` (``CRYB/1``), ``capture_s`` (host wall time), ``device_s`` (sum over
     sessions of the INF ``t_ms`` span, s), ``lines``, ``records`` (count per kind),
     ``garbage_lines``, ``corrupt_lines``, ``other_version_lines``, ``boots``, ``resets``,
-    ``resets_inferred``, ``boot`` (fields of the last BOOT, numbers converted) and
+    ``resets_inferred``, ``concatenated_lines`` (lines holding several records, split),
+    ``duplicate_records`` (repeated INF lines, counted once), ``boot`` (fields of the last BOOT, numbers converted) and
     ``model_bytes``/``arena_bytes``/``arena_used_bytes``, ``inferences`` (INF received),
     ``lost_inferences`` (INF ``seq`` gaps), ``inference_hz`` (seq advance / device_s),
     ``latency_us`` (``fe``, ``inv``, ``total`` = fe+inv → n/p50/p90/p99/max/mean, µs;
@@ -59,7 +60,9 @@ def summarize(log, capture_s: float | None = None) -> dict:
         ts = [r.num("t_ms") for r in recs if r.num("t_ms") is not None]
         if len(ts) >= 2:
             device_ms += max(ts) - min(ts)
-        seqs = sorted({int(s) for s in (r.num("seq") for r in recs) if s is not None})
+        # the firmware's seq is a uint32 patch counter; anything else is a damaged value
+        seqs = sorted({int(s) for s in (r.num("seq") for r in recs)
+                       if s is not None and s == int(s) and 0 <= s < 2 ** 32})
         if len(seqs) >= 2:
             seq_advance += seqs[-1] - seqs[0]
             lost += (seqs[-1] - seqs[0] + 1) - len(seqs)
@@ -90,6 +93,8 @@ def summarize(log, capture_s: float | None = None) -> dict:
         "boots": len(boots),
         "resets": log.resets,
         "resets_inferred": log.resets_inferred,
+        "concatenated_lines": log.concatenated,
+        "duplicate_records": log.duplicates,
         "boot": boot,
         "model_bytes": ib("model_bytes"),
         "arena_bytes": ib("arena_bytes"),

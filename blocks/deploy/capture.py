@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from cryblock.errors import CryblockError, ParameterError, one_line
-from cryblock.io import atomic_write_text
+from cryblock.io import atomic_write_text, json_safe
 from cryblock.logformat import MAGIC, Record, parse_line
 
 
@@ -102,7 +102,9 @@ class LogCapture:
 
     A *reset* is a BOOT record that is not the first record of the capture, or an INF whose
     ``t_ms`` goes backwards within a session (the BOOT line itself was lost). Each starts a new
-    session; INF ``seq`` gaps inside a session count as *lost* inferences.
+    session; INF ``seq`` gaps inside a session count as *lost* inferences. Lines holding several
+    records (*concatenated*) are split; a repeated INF (*duplicates*) is counted once. Field values
+    that are not finite numbers (``seq=nan``) are kept as text and ignored by the statistics.
     """
 
     def __init__(self, keep_garbage: int = 200) -> None:
@@ -117,12 +119,27 @@ class LogCapture:
         self.session = 0
         self.resets = 0
         self.resets_inferred = 0
+        self.concatenated = 0
+        self.duplicates = 0
         self._last_inf: LogRecord | None = None
+        self._seqs: set[tuple[int, float]] = set()
 
     def feed_line(self, raw: bytes | str, host_s: float = 0.0) -> LogRecord | None:
-        """Classify one line (without terminator); returns the record, or None if not one."""
+        """Classify one line (without terminator); returns its (last) record, or None if none.
+
+        Two records run together on one line (a lost newline) are split at each ``CRYB/``; an
+        INF that repeats an earlier one of the same session (same ``seq``, e.g. a replayed or
+        echoed line) is counted in ``duplicates`` and not recorded again.
+        """
         if isinstance(raw, str):
             raw = raw.encode("utf-8", errors="replace")
+        starts = [m.start() for m in re.finditer(rb"CRYB/", raw)]
+        if len(starts) > 1:
+            self.concatenated += 1
+            pieces = [raw[: starts[1]]] + [raw[a:b] for a, b in zip(starts[1:], starts[2:] + [len(raw)])]
+            self.lines -= len(pieces) - 1  # one physical line
+            recs = [self.feed_line(piece, host_s) for piece in pieces]
+            return next((r for r in reversed(recs) if r is not None), None)
         self.lines += 1
         rec = parse_line(raw)
         if rec is None:
@@ -144,13 +161,21 @@ class LogCapture:
                 self.resets += 1
             self.session += 1
             self._last_inf = None
+            self._seqs = set()
         elif rec.kind == "INF":
             t = rec.num("t_ms")
             prev = self._last_inf
+            seq = rec.num("seq")
+            if seq is not None and (self.session, seq) in self._seqs:
+                self.duplicates += 1
+                return None
             if prev is not None and t is not None and (prev.num("t_ms") or 0.0) > t:
                 self.resets += 1
                 self.resets_inferred += 1
                 self.session += 1
+                self._seqs = set()
+            if seq is not None:
+                self._seqs.add((self.session, seq))
         lr = LogRecord(float(host_s), self.session, rec.kind, dict(rec.fields))
         if rec.kind == "INF":
             self._last_inf = lr
@@ -194,21 +219,24 @@ def open_serial(port: str, baud: int = CONSOLE_BAUD, timeout: float = 0.05):
     lines drive EN/IO0 and toggling them on open resets the chip. The port is opened exclusively.
 
     Returns:
-        an open ``serial.Serial`` with read ``timeout`` seconds.
+        an open pyserial port (``serial.serial_for_url``: device paths, ``socket://host:port``,
+        ``rfc2217://host:port``, ``loop://``) with read ``timeout`` seconds.
 
     Raises:
         CryblockError: the port does not exist, is busy, or cannot be configured.
     """
     import serial
 
-    ser = serial.Serial()
-    ser.port = port
-    ser.baudrate = int(baud)
-    ser.timeout = timeout
-    ser.exclusive = True
-    ser.rts = False
-    ser.dtr = False
+    if not str(port).strip():
+        raise CryblockError("no serial port given (e.g. --port /dev/ttyACM0, COM5, rfc2217://host:4000)")
     try:
+        ser = serial.serial_for_url(port, do_not_open=True)  # device paths and URLs: socket://, rfc2217://, loop://
+        ser.baudrate = int(baud)
+        ser.timeout = timeout
+        if isinstance(ser, serial.Serial):
+            ser.exclusive = True
+        ser.rts = False
+        ser.dtr = False
         ser.open()
     except (serial.SerialException, OSError, ValueError) as e:
         raise CryblockError(f"cannot open serial port {port}: {one_line(e)}") from None
@@ -329,41 +357,23 @@ def records_csv(records: Sequence[LogRecord]) -> str:
 def write_capture(result: CaptureResult, csv_path: str | Path | None = None,
                   json_path: str | Path | None = None) -> list[Path]:
     """Write the records as CSV (:func:`records_csv`) and/or ``{"summary", "records",
-    "garbage_samples"}`` as JSON, each atomically (temp file + rename). Returns the paths written."""
+    "garbage_samples"}`` as strict JSON (NaN/inf → null), each atomically. The records are always
+    written: if summarising fails, the JSON holds ``summary_error`` instead of the summary.
+    Returns the paths written."""
     out = []
-    jobs = []
     if csv_path is not None:
-        jobs.append((csv_path, lambda: records_csv(result.log.records)))
+        out.append(atomic_write_text(csv_path, records_csv(result.log.records)))
     if json_path is not None:
-        def doc() -> str:
-            return json.dumps({
-                "summary": result.summary(),
-                "records": [{"host_s": round(r.host_s, 3), "session": r.session, "kind": r.kind,
-                             "fields": r.fields} for r in result.log.records],
-                "garbage_samples": result.log.garbage_samples,
-            }, indent=1) + "\n"
-        jobs.append((json_path, doc))
-    for path, text in jobs:
+        doc: dict = {}
         try:
-            out.append(atomic_write_text(path, text()))
-        except OSError as e:
-            raise CryblockError(f"{path}: cannot write ({e.strerror or e})") from None
+            doc["summary"] = result.summary()
+        except Exception as e:  # noqa: BLE001 - a capture is never lost to a summary bug
+            doc["summary_error"] = f"{type(e).__name__}: {e}"
+        doc["records"] = [{"host_s": round(r.host_s, 3), "session": r.session, "kind": r.kind, "fields": r.fields}
+                          for r in result.log.records]
+        doc["garbage_samples"] = result.log.garbage_samples
+        out.append(atomic_write_text(json_path, json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n"))
     return out
-
-
-def check_output_path(path: str | Path | None) -> None:
-    """Fail early (before a long capture) if ``path`` cannot be a file: it is a folder, or a
-    parent is a file. Raises CryblockError naming the path."""
-    if path is None:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise CryblockError(f"{p}: is a folder, expected a file name")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise CryblockError(f"{p}: {parent} is a file, not a folder")
-            break
 
 
 _ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")

@@ -12,6 +12,7 @@ Every user mistake (missing build dir/file, wrong chip, bad port, no device) rai
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,13 @@ def find_build_dir(project: str | Path | None = None, build_dir: str | Path | No
     return bd
 
 
+#: Flash sector size, bytes: esptool erases whole 4 KiB sectors, so a region that does not start on
+#: one would erase the end of its neighbour (ESP-IDF places every image on a sector boundary).
+FLASH_SECTOR = 0x1000
+#: Largest flash an ESP32-S3 addresses, bytes (32 MB, ``esptool`` ``ESP32S3ROM.FLASH_SIZES``).
+MAX_FLASH_BYTES = 32 * 1024 * 1024
+
+
 def _parse_offset(text: object, where: str) -> int:
     try:
         off = int(str(text), 0)
@@ -104,7 +112,15 @@ def _parse_offset(text: object, where: str) -> int:
         raise CryblockError(f"{where}: flash offset {text!r} is not a number") from None
     if off < 0:
         raise CryblockError(f"{where}: negative flash offset {text!r}")
+    if off % FLASH_SECTOR:
+        raise CryblockError(f"{where}: flash offset {text!r} is not on a 4 KiB sector boundary")
     return off
+
+
+def _flash_bytes(size: object) -> int:
+    """``"4MB"`` → 4 MiB; anything else (``keep``, ``detect``) → :data:`MAX_FLASH_BYTES`."""
+    m = re.fullmatch(r"(\d+)MB", str(size))
+    return int(m.group(1)) * 1024 * 1024 if m else MAX_FLASH_BYTES
 
 
 def _check_image(path: Path, label: str) -> None:
@@ -149,16 +165,26 @@ def load_flasher_args(build_dir: str | Path) -> FlashPlan:
     ff = doc.get("flash_files")
     if not isinstance(ff, dict) or not ff:
         raise CryblockError(f"{fa}: no 'flash_files' map (offset -> file)")
+    settings = doc.get("flash_settings") or {}
+    if not isinstance(settings, dict):
+        raise CryblockError(f"{fa}: 'flash_settings' is not an object")
+    flash_end = _flash_bytes(settings.get("flash_size"))
     files: list[tuple[int, Path]] = []
+    root = bd.resolve()
     for off_text, rel in ff.items():
         off = _parse_offset(off_text, f"{fa} flash_files")
         if not isinstance(rel, str) or not rel:
             raise CryblockError(f"{fa}: flash_files[{off_text!r}] is not a file path")
         p = (bd / rel).resolve()
+        if not p.is_relative_to(root):  # ESP-IDF writes paths inside build/; never flash ../../etc/shadow
+            raise CryblockError(f"{fa}: flash_files[{off_text!r}] = {rel!r} points outside the build folder {bd}")
         if not p.is_file():
             raise CryblockError(f"{bd / rel}: listed in {fa.name} at {off_text} but not found")
         if p.stat().st_size == 0:
             raise CryblockError(f"{bd / rel}: listed in {fa.name} at {off_text} but empty")
+        if off + p.stat().st_size > flash_end:
+            raise CryblockError(f"{fa}: {rel} at {off_text} ({p.stat().st_size} bytes) ends beyond the "
+                                f"{flash_end // (1024 * 1024)} MB flash")
         files.append((off, p))
     files.sort()
     for (o1, p1), (o2, p2) in zip(files, files[1:]):
@@ -166,9 +192,6 @@ def load_flasher_args(build_dir: str | Path) -> FlashPlan:
             raise CryblockError(f"{fa}: {p1.name} at 0x{o1:x} ({p1.stat().st_size} bytes) overlaps "
                                 f"{p2.name} at 0x{o2:x}")
 
-    settings = doc.get("flash_settings") or {}
-    if not isinstance(settings, dict):
-        raise CryblockError(f"{fa}: 'flash_settings' is not an object")
     extra = doc.get("extra_esptool_args") or {}
     if not isinstance(extra, dict):
         raise CryblockError(f"{fa}: 'extra_esptool_args' is not an object")
@@ -188,7 +211,11 @@ def load_flasher_args(build_dir: str | Path) -> FlashPlan:
     for label in ("bootloader", "app"):
         ent = doc.get(label)
         if isinstance(ent, dict) and ent.get("file"):
+            if not isinstance(ent["file"], str):
+                raise CryblockError(f"{fa}: '{label}.file' is not a file path")
             p = (bd / ent["file"]).resolve()
+            if not p.is_relative_to(root):
+                raise CryblockError(f"{fa}: '{label}.file' = {ent['file']!r} points outside the build folder {bd}")
             if not p.is_file():
                 raise CryblockError(f"{bd / ent['file']}: {label} image listed in {fa.name} but not found")
             _check_image(p, label)

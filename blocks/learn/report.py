@@ -14,29 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cryblock.io import atomic_write_text
+from cryblock.io import atomic_write_text, json_safe
 
 MODELS = (("teacher", "Teacher (YAMNet)"), ("float", "Student float32"), ("int8", "Student INT8 (TFLM)"))
 
 
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return None if math.isnan(f) or math.isinf(f) else f
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    return o
-
-
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:
     """``metrics.json`` (NaN/inf → null), atomically."""
-    return atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(_jsonable(metrics), indent=2) + "\n")
+    return atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
 
 
 def _f(v, fmt="{:.3f}") -> str:
