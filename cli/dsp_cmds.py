@@ -36,17 +36,17 @@ from .options import field_options, params_with
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
                               ".aifc", ".au", ".snd", ".w64", ".caf", ".rf64"})
 
-#: DspParams fields settable from the command line: (flag, field, type, help).
+#: DspParams fields settable from the command line: (flag, section.field, type, help).
 _DSP_FLAGS = [
-    ("--sample-rate", "sample_rate", float, "Resample to this rate, Hz [16000]."),
-    ("--window-seconds", "stft_window_seconds", float, "STFT window, s [0.025]."),
-    ("--hop-seconds", "stft_hop_seconds", float, "STFT hop, s [0.010]."),
-    ("--mel-bands", "mel_bands", int, "Mel bands [64]."),
-    ("--mel-min-hz", "mel_min_hz", float, "Lowest mel edge, Hz [125]."),
-    ("--mel-max-hz", "mel_max_hz", float, "Highest mel edge, Hz [7500]."),
-    ("--log-offset", "log_offset", float, "log(mel + offset) [0.001]."),
-    ("--patch-seconds", "patch_window_seconds", float, "Patch length, s [0.96]."),
-    ("--patch-hop-seconds", "patch_hop_seconds", float, "Patch hop, s [0.48]."),
+    ("--sample-rate", "dsp.sample_rate", float, "Resample to this rate, Hz [16000]."),
+    ("--window-seconds", "dsp.stft_window_seconds", float, "STFT window, s [0.025]."),
+    ("--hop-seconds", "dsp.stft_hop_seconds", float, "STFT hop, s [0.010]."),
+    ("--mel-bands", "dsp.mel_bands", int, "Mel bands [64]."),
+    ("--mel-min-hz", "dsp.mel_min_hz", float, "Lowest mel edge, Hz [125]."),
+    ("--mel-max-hz", "dsp.mel_max_hz", float, "Highest mel edge, Hz [7500]."),
+    ("--log-offset", "dsp.log_offset", float, "log(mel + offset) [0.001]."),
+    ("--patch-seconds", "dsp.patch_window_seconds", float, "Patch length, s [0.96]."),
+    ("--patch-hop-seconds", "dsp.patch_hop_seconds", float, "Patch hop, s [0.48]."),
 ]
 
 
@@ -126,7 +126,7 @@ def features_cmd(inputs: tuple[Path, ...], manifest: Path | None, out: Path, wor
     if out.is_dir():
         raise CryblockError(f"{out}: --out is a directory; give a .npz file path")
     check_output(out, folder=False)
-    dsp = params_with(params_file, "dsp", flags).dsp
+    dsp = params_with(params_file, flags).dsp
     if no_cache:
         cache_dir = None
     elif cache_dir is None and os.environ.get("CRYBLOCK_CACHE"):

@@ -11,6 +11,7 @@ One progress line per epoch is printed. Errors in the user's input print ``error
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -19,31 +20,52 @@ import click
 
 from cryblock.errors import CryblockError
 
-from .options import field_options, params_with
+from .options import field_options, params_with, split_overrides
 
 #: Epochs of ``cryblock demo`` (measured: ≈ 25–45 s per epoch on the full shared manifest on 2
 #: shared CPU cores; validation AUC plateaus after ≈ 10 epochs).
 DEMO_EPOCHS = 15
 
-#: LearnParams fields settable from the command line: (flag, field, type, help).
+#: Params fields settable from the command line: (flag, section.field, type, help). Values are
+#: validated by Params (bounded, finite); see cryblock.params for units and defaults.
 _LEARN_FLAGS = [
-    ("--epochs", "epochs", int, "training epochs (early stopping may end sooner)"),
-    ("--temperature", "temperature", float, "KD temperature T"),
-    ("--alpha", "alpha", float, "weight of the hard-label loss (1 = hard labels only)"),
-    ("--neg-per-pos", "neg_per_pos", float, "negatives per positive window drawn each epoch"),
-    ("--filter-pos", "filter_pos", float, "keep positive windows with teacher p > this"),
-    ("--filter-neg", "filter_neg", float, "keep negative windows with teacher p < this"),
-    ("--width", "width", int, "student channels of the first block"),
-    ("--depth", "depth", int, "student depthwise-separable blocks"),
-    ("--embedding-weight", "embedding_weight", float, "weight of the embedding-approximation loss"),
-    ("--learning-rate", "learning_rate", float, "Adam learning rate (cosine-decayed)"),
-    ("--batch-size", "batch_size", int, "batch size"),
-    ("--patience", "patience", int, "early-stopping patience (epochs) on validation AUC"),
-    ("--seed", "seed", int, "random seed (split, sampling, initialisation)"),
-    ("--positive-label", "positive_label", str, "label the detector fires on (default cry; required for "
-                                                   "--preset general unless a label is named cry)"),
-    ("--preset", "preset", click.Choice(["cry", "general"]), "cry (sigmoid, teacher cry classes) or general "
-                                                              "(softmax over the manifest's labels)"),
+    ("--epochs", "learn.epochs", int, "training epochs (early stopping may end sooner)"),
+    ("--temperature", "learn.temperature", float, "KD temperature T"),
+    ("--alpha", "learn.alpha", float, "weight of the hard-label loss (1 = hard labels only)"),
+    ("--neg-per-pos", "learn.neg_per_pos", float, "negatives per positive window drawn each epoch"),
+    ("--filter-pos", "learn.filter_pos", float, "keep positive windows with teacher p > this"),
+    ("--filter-neg", "learn.filter_neg", float, "keep negative windows with teacher p < this"),
+    ("--embedding-weight", "learn.embedding_weight", float, "weight of the embedding-approximation loss"),
+    ("--aux-weight", "learn.aux_weight", float, "weight of the auxiliary head on the teacher's confusable classes "
+                                                "(cat, speech, music …; dropped at export)"),
+    ("--width", "learn.width", int, "student channels of the first block (width/depth plan)"),
+    ("--depth", "learn.depth", int, "student depthwise-separable blocks (width/depth plan)"),
+    ("--stem-channels", "learn.stem_channels", int, "channels of the stem 3x3 convolution (0 = width)"),
+    ("--stem-stride", "learn.stem_stride", int, "stride of the stem convolution (1 or 2)"),
+    ("--pool", "learn.pool", click.Choice(["none", "max", "avg"]), "2x2 pooling after the stem"),
+    ("--kernel", "learn.kernel", str, "depthwise kernel TIMExMEL, e.g. 3x3 or 5x3"),
+    ("--blocks", "learn.blocks", str, "DS blocks as CHANNELS/STRIDE items, e.g. 16/1,32/2,64/2,128/2 "
+                                      "(overrides width/depth)"),
+    ("--head", "learn.head", int, "hidden units before the output layer (0 = linear head)"),
+    ("--learning-rate", "learn.learning_rate", float, "Adam learning rate (cosine-decayed)"),
+    ("--batch-size", "learn.batch_size", int, "batch size"),
+    ("--patience", "learn.patience", int, "early-stopping patience (epochs) on validation AUC"),
+    ("--seed", "learn.seed", int, "random seed (split, sampling, initialisation, augmentation, night)"),
+    ("--positive-label", "learn.positive_label", str, "label the detector fires on (default cry; required for "
+                                                      "--preset general unless a label is named cry)"),
+    ("--preset", "learn.preset", click.Choice(["cry", "general"]), "cry (sigmoid, teacher cry classes) or general "
+                                                                   "(softmax over the manifest's labels)"),
+    ("--mix", "augment.p_mix", float, "probability of mixing a training window with a training negative"),
+    ("--mix-snr-min", "augment.mix_snr_min_db", float, "lowest mixing SNR, dB"),
+    ("--mix-snr-max", "augment.mix_snr_max_db", float, "highest mixing SNR, dB"),
+    ("--gain", "augment.p_gain", float, "probability of a random gain"),
+    ("--gain-min-db", "augment.gain_min_db", float, "lowest random gain, dB"),
+    ("--gain-max-db", "augment.gain_max_db", float, "highest random gain, dB"),
+    ("--shift", "augment.p_shift", float, "probability of a time shift (up to half a patch hop)"),
+    ("--specaugment", "augment.p_specaugment", float, "probability of SpecAugment time/frequency masks"),
+    ("--bandlimit", "augment.p_bandlimit", float, "probability of band-limiting to 4 kHz"),
+    ("--fa-budget", "night.fa_budget_per_8h", float, "false alerts per 8 h the detector calibration may spend"),
+    ("--night-gap", "night.gap_seconds", float, "shortest time between cries inserted into the night stream, s"),
 ]
 
 
@@ -72,14 +94,16 @@ def learn_params(data: str, params_file: str | None, overrides: dict, label_map:
     from cryblock.params import Params
 
     base = Params.load(params_file) if params_file else Params()
-    if (overrides.get("preset") or base.learn.preset) == "general":
+    overrides = split_overrides(overrides)
+    learn = overrides.get("learn", {})
+    if (learn.get("preset") or base.learn.preset) == "general":
         labels = manifest_labels(data, label_map)
-        positive = overrides.get("positive_label") or base.learn.positive_label
+        positive = learn.get("positive_label") or base.learn.positive_label
         if positive not in labels:
             raise CryblockError(f"{data}: --preset general needs --positive-label, one of the manifest's labels "
                                 f"{labels} (got {positive!r})")
-        overrides = {**overrides, "labels": labels}
-    return params_with(params_file, "learn", overrides)
+        overrides["learn"] = {**learn, "labels": labels}
+    return params_with(params_file, overrides)
 
 
 def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
@@ -99,8 +123,85 @@ def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_
     return res
 
 
+def evaluate_cmd_impl(run: str, data: str, out: str | None, teacher: str | None, map_label, workers) -> None:
+    _quiet_tf()
+    from cryblock.blocks.learn.evaluate import evaluate_run
+
+    out = out or str(Path(run) / "evaluation")
+    evaluate_run(run, data, out, teacher=teacher, label_map=parse_label_map(map_label), workers=workers,
+                 log=lambda s: click.echo(s))
+    click.echo(f"wrote {out}/ (metrics.json, report.md, report.html)")
+
+
+def detect_cmd_impl(files, run: str, plot: str | None, as_json: str | None) -> None:
+    """Score each file, print its alerts; outputs only when every file was read (else exit 2)."""
+    _quiet_tf()
+    from cryblock.blocks.learn.evaluate import TflmRunner, detect_file, load_run
+    from cryblock.errors import AudioError
+    from cryblock.io import atomic_write_bytes, atomic_write_text, check_output, json_safe
+
+    for p in (plot, as_json):
+        if p is not None:
+            check_output(p, folder=False)
+    r = load_run(run)
+    runner = TflmRunner(r.int8)
+    d = r.params.detector
+    click.echo(f"detector: threshold {d.threshold:g}, {d.vote_n} of {d.vote_m} patches, hold {d.hold_seconds:g} s "
+               f"(from {Path(run) / 'params.json'})")
+    results, errors = [], []
+    for f in files:
+        try:
+            res = detect_file(f, r, runner)
+        except AudioError as e:
+            errors.append(str(e))
+            continue
+        results.append(res)
+        click.echo(f"{f}: {res['seconds']:.1f} s, {res['patches']} patches, {len(res['alerts'])} alert(s)")
+        for k, a in enumerate(res["alerts"], 1):
+            click.echo(f"  alert {k}: {a['start_s']:.2f}–{a['end_s']:.2f} s (peak score {a['peak']:.3f})")
+    if errors:
+        for e in errors:
+            click.echo(f"error: {e}", err=True)
+        raise SystemExit(2)
+    if as_json:
+        atomic_write_text(as_json, json.dumps(json_safe({"detector": r.params.to_dict()["detector"], "files": [
+            {k: v for k, v in res.items() if k != "states"} for res in results]}), indent=1, allow_nan=False) + "\n")
+        click.echo(f"wrote {as_json}")
+    if plot:
+        from cryblock.blocks.learn.report import detect_figure
+
+        atomic_write_bytes(plot, detect_figure(results, d.threshold))
+        click.echo(f"wrote {plot}")
+
+
 def register(group: click.Group) -> None:
-    """Add ``train`` and ``demo`` to the ``cryblock`` group."""
+    """Add ``train``, ``demo``, ``evaluate`` and ``detect`` to the ``cryblock`` group."""
+
+    @group.command("evaluate")
+    @click.option("--run", "run", required=True, type=click.Path(file_okay=False),
+                  help="run folder of cryblock train / demo")
+    @click.option("--data", required=True, type=click.Path(), help="manifest CSV (or folder holding manifest.csv)")
+    @click.option("--out", default=None, type=click.Path(file_okay=False), help="report folder [RUN/evaluation]")
+    @click.option("--teacher", type=click.Path(), default=None,
+                  help="YAMNet file; default $CRYBLOCK_TEACHER, cache or download")
+    @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO", help="rename a manifest label")
+    @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
+    def evaluate_cmd(run, data, out, teacher, map_label, workers):
+        """Evaluate a trained run on any manifest (e.g. your own recordings): teacher, float and
+        INT8 — AUCs with confidence intervals, the sounds that alert, the nursery night."""
+        evaluate_cmd_impl(run, data, out, teacher, map_label, workers)
+
+    @group.command("detect")
+    @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+    @click.option("--run", "run", required=True, type=click.Path(file_okay=False),
+                  help="run folder of cryblock train / demo")
+    @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="write the score timelines as PNG")
+    @click.option("--json", "as_json", default=None, type=click.Path(dir_okay=False),
+                  help="write scores and alerts as JSON")
+    def detect_cmd(files, run, plot, as_json):
+        """Run the INT8 model and the firmware's detector over recordings: score timeline and the
+        alerts (start/end) the device would raise."""
+        detect_cmd_impl(files, run, plot, as_json)
 
     @group.command("train")
     @click.option("--data", required=True, type=click.Path(), help="manifest CSV (or folder holding manifest.csv)")
@@ -131,8 +232,8 @@ def register(group: click.Group) -> None:
 
         Defaults to 15 epochs (not LearnParams' 30) so the whole job stays well under 30 minutes
         on 2 CPU cores; pass --epochs to change it."""
-        if overrides.get("epochs") is None:
-            overrides["epochs"] = DEMO_EPOCHS
+        if overrides.get("learn__epochs") is None:
+            overrides["learn__epochs"] = DEMO_EPOCHS
         if data is None:
             env = os.environ.get("CRYBLOCK_DATA")
             if not env:

@@ -1,8 +1,9 @@
 """Command-line plumbing shared by the stages: :class:`~cryblock.params.Params` fields as flags.
 
-A stage lists the fields it exposes as ``(flag, field, type, help)`` rows; :func:`field_options`
-turns the rows into click options (value under the field's name, None when the flag is not
-given) and :func:`params_with` applies the given ones on top of an optional params.json.
+A stage lists the fields it exposes as ``(flag, "section.field", type, help)`` rows (section one
+of Params' sections: dsp, learn, augment, night, detector); :func:`field_options` turns the rows
+into click options (value under ``section__field``, None when the flag is not given) and
+:func:`params_with` applies the given ones on top of an optional params.json.
 """
 from __future__ import annotations
 
@@ -12,18 +13,33 @@ from typing import Any, Callable, Sequence
 import click
 
 
+def _dest(path: str) -> str:
+    return path.replace(".", "__")
+
+
 def field_options(rows: Sequence[tuple[str, str, Any, str]]) -> Callable:
-    """Click decorator adding one option per ``(flag, field, type, help)`` row, in row order."""
+    """Click decorator adding one option per ``(flag, section.field, type, help)`` row, in row order."""
     def decorate(f: Callable) -> Callable:
-        for flag, name, typ, help_ in reversed(rows):
-            f = click.option(flag, name, type=typ, default=None, help=help_)(f)
+        for flag, path, typ, help_ in reversed(rows):
+            f = click.option(flag, _dest(path), type=typ, default=None, help=help_)(f)
         return f
     return decorate
 
 
-def params_with(params_file: str | Path | None, section: str, overrides: dict[str, Any]):
-    """:class:`~cryblock.params.Params` from ``params_file`` (defaults when None) with the
-    ``overrides`` that are not None applied to ``section`` (``"dsp"``, ``"learn"``).
+def split_overrides(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"augment__p_mix": 0.5, "learn__epochs": None}`` → ``{"augment": {"p_mix": 0.5}}`` (given
+    values only)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, v in values.items():
+        if v is not None and "__" in key:
+            section, name = key.split("__", 1)
+            out.setdefault(section, {})[name] = v
+    return out
+
+
+def params_with(params_file: str | Path | None, overrides: dict[str, Any]):
+    """:class:`~cryblock.params.Params` from ``params_file`` (defaults when None) with the given
+    ``overrides`` (:func:`field_options` values, or ``{section: {field: value}}``) applied.
 
     Raises:
         ParameterError: bad file or out-of-range value (names the parameter).
@@ -31,5 +47,6 @@ def params_with(params_file: str | Path | None, section: str, overrides: dict[st
     from cryblock.params import Params
 
     p = Params.load(params_file) if params_file else Params()
-    upd = {k: v for k, v in overrides.items() if v is not None}
-    return p.replace(**{section: upd}) if upd else p
+    upd = overrides if all(isinstance(v, dict) for v in overrides.values()) else split_overrides(overrides)
+    upd = {k: v for k, v in upd.items() if v}
+    return p.replace(**upd) if upd else p

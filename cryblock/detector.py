@@ -129,3 +129,29 @@ def run_detector(scores, params: DetectorParams = DetectorParams(), t_ms=None,
         if r.changed:
             events.append((i, int(t[i]), "ON" if r.det else "OFF"))
     return DetectorTrace(t, pos, votes, det, events)
+
+
+def detector_states(scores, params: DetectorParams = DetectorParams(), hop_ms: int = 480) -> np.ndarray:
+    """The detector state after each patch, vectorised: int8 ``[n]`` equal to
+    ``run_detector(scores, params, hop_ms=hop_ms).det`` for patches every ``hop_ms`` (the same
+    float32 comparison, vote counts over the last M patches — fewer at start-up — and the same
+    integer-millisecond hold), without the Python loop (the night calibration tries ~1000
+    settings).
+
+    Raises:
+        ParameterError: scores not 1-D / not finite.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or not np.all(np.isfinite(s)):
+        raise ParameterError(f"scores must be a finite 1-D sequence, got shape {s.shape}")
+    n = s.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int8)
+    pos = (s.astype(np.float32) >= np.float32(params.threshold)).astype(np.int32)
+    votes = np.convolve(pos, np.ones(params.vote_m, np.int32))[:n]
+    ok = votes >= params.vote_n
+    t = np.arange(n, dtype=np.int64) * int(hop_ms)
+    last_ok = np.maximum.accumulate(np.where(ok, t, np.iinfo(np.int64).min))
+    hold_ms = int(round(params.hold_seconds * 1000.0))
+    held = (last_ok > np.iinfo(np.int64).min) & (t - last_ok < hold_ms)
+    return (ok | held).astype(np.int8)

@@ -1,13 +1,16 @@
 """The one parameters object that flows through dsp → teacher → learn → deploy.
 
-:class:`Params` groups three frozen dataclasses:
+:class:`Params` groups five frozen dataclasses:
 
 * :class:`DspParams` – the log-mel front-end. Defaults are YAMNet's ``params.py``
   (tensorflow/models research/audioset/yamnet/params.py); the learning block, the
   teacher and the on-device C twin all read the same object, so a change here changes
   every stage consistently.
 * :class:`LearnParams` – knowledge distillation (temperature, α, teacher-as-filter
-  thresholds, pos:neg resampling, student width/depth, optimiser).
+  thresholds, pos:neg resampling, auxiliary head, student architecture, optimiser).
+* :class:`AugmentParams` – training-time augmentation (background mixing, gain, time shift,
+  SpecAugment, band-limiting).
+* :class:`NightParams` – the nursery-night evaluation and the detector calibration on it.
 * :class:`DetectorParams` – the on-device decision logic (threshold, N-of-M voting,
   hold-time hysteresis).
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,38 @@ from .errors import ParameterError
 #: YAMNet AudioSet class indices of the cry classes (yamnet_class_map.csv):
 #: 19 "Crying, sobbing", 20 "Baby cry, infant cry".
 CRY_CLASSES = (19, 20)
+
+#: YAMNet classes a baby monitor hears and must not take for a cry (yamnet_class_map.csv):
+#: 0 Speech, 1 Child speech, 4 Babbling, 13 Laughter, 14 Baby laughter, 24 Singing, 38 Snoring,
+#: 42 Cough, 44 Sneeze, 69 Dog, 76 Cat, 77 Purr, 78 Meow, 79 Hiss, 80 Caterwaul, 132 Music.
+#: Their teacher scores are the targets of the student's auxiliary head (``learn.aux_weight``).
+CONFUSABLE_CLASSES = (0, 1, 4, 13, 14, 24, 38, 42, 44, 69, 76, 77, 78, 79, 80, 132)
+
+_BLOCK_RE = re.compile(r"^\s*(\d+)\s*/\s*([12])\s*$")
+_KERNEL_RE = re.compile(r"^\s*([1-7])\s*x\s*([1-7])\s*$")
+
+
+def parse_blocks(spec: str) -> tuple[tuple[int, int], ...]:
+    """``"16/1,32/2,64/2"`` → ``((16, 1), (32, 2), (64, 2))``: output channels / stride of each
+    depthwise-separable block. Raises ParameterError naming ``blocks``."""
+    out = []
+    for part in str(spec).split(","):
+        m = _BLOCK_RE.match(part)
+        if not m or not 4 <= int(m.group(1)) <= 512:
+            raise ParameterError(f"parameter 'blocks': expected CHANNELS/STRIDE items like 16/1,32/2 "
+                                 f"(channels 4–512, stride 1 or 2), got {spec!r}")
+        out.append((int(m.group(1)), int(m.group(2))))
+    if not 1 <= len(out) <= 12:
+        raise ParameterError(f"parameter 'blocks': 1–12 blocks, got {len(out)}")
+    return tuple(out)
+
+
+def parse_kernel(spec: str) -> tuple[int, int]:
+    """``"3x3"`` / ``"5x3"`` → (time, mel) kernel size of the depthwise convolutions (odd, 1–7)."""
+    m = _KERNEL_RE.match(str(spec))
+    if not m or int(m.group(1)) % 2 == 0 or int(m.group(2)) % 2 == 0:
+        raise ParameterError(f"parameter 'kernel': expected TIMExMEL with odd sizes 1–7 (3x3, 5x3), got {spec!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -158,8 +194,19 @@ class LearnParams:
     filter_neg: float = 0.05  #: keep negative windows whose teacher score < this
     neg_per_pos: float = 3.0  #: per-epoch resampling ratio pos:neg = 1:neg_per_pos
     embedding_weight: float = 0.0  #: weight of the embedding-approximation (SEA-style) loss
-    width: int = 32  #: channels of the first DS block
-    depth: int = 4  #: number of depthwise-separable blocks
+    #: weight of the auxiliary head's loss: BCE to the teacher's scores of ``aux_classes`` (the
+    #: head trains the shared layers to tell those sounds apart and is dropped at export)
+    aux_weight: float = 0.0
+    aux_classes: tuple[int, ...] = CONFUSABLE_CLASSES  #: YAMNet class indices of the auxiliary head
+    # --- student architecture (see cryblock.blocks.learn.student) ---
+    width: int = 32  #: channels of the first DS block (and of the stem when stem_channels = 0)
+    depth: int = 4  #: number of DS blocks when ``blocks`` is empty (odd blocks stride 2, ×2 channels)
+    stem_channels: int = 0  #: channels of the first 3×3 convolution; 0 = ``width``
+    stem_stride: int = 2  #: stride of the stem convolution (both axes)
+    pool: str = "none"  #: 2×2 pooling after the stem: "none", "max" or "avg"
+    kernel: str = "3x3"  #: depthwise kernel, time × mel ("3x3", "5x3", …)
+    blocks: str = ""  #: DS blocks as CHANNELS/STRIDE items ("16/1,32/2,64/2,128/2"); "" = width/depth plan
+    head: int = 0  #: hidden units of a dense layer before the output; 0 = linear head
     epochs: int = 30
     learning_rate: float = 0.003
     batch_size: int = 64
@@ -167,8 +214,8 @@ class LearnParams:
     validation_fraction: float = 0.2  #: fraction of training *groups* held out for validation
     test_fraction: float = 0.25  #: fraction of *groups* held out for the test set
     seed: int = 0
-    #: set ``detector.threshold`` to the INT8 student's best clip-F1 threshold (clip score = max
-    #: over its windows) on the validation split (never the test split) when training
+    #: calibrate the deployed detector (threshold, N-of-M, hold) on the *validation* split's night
+    #: stream when training (see :class:`NightParams`); never on the test split
     tune_threshold: bool = True
 
     def __post_init__(self) -> None:
@@ -193,8 +240,22 @@ class LearnParams:
                f"need 0 ≤ filter_neg ({self.filter_neg}) < filter_pos ({self.filter_pos}) ≤ 1")
         _num(self, "neg_per_pos", 0, 1000, lo_open=True)
         _num(self, "embedding_weight", 0, 1000)
+        _num(self, "aux_weight", 0, 1000)
+        if isinstance(self.aux_classes, list):
+            object.__setattr__(self, "aux_classes", tuple(self.aux_classes))
+        _check(isinstance(self.aux_classes, tuple) and len(self.aux_classes) >= 1
+               and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 521 for c in self.aux_classes)
+               and len(set(self.aux_classes)) == len(self.aux_classes), "aux_classes",
+               f"must be distinct YAMNet class indices 0–520, got {self.aux_classes!r}")
         _num(self, "width", 4, 256, integer=True)
         _num(self, "depth", 1, 8, integer=True)
+        _num(self, "stem_channels", 0, 256, integer=True)
+        _num(self, "stem_stride", 1, 2, integer=True)
+        _check(self.pool in ("none", "max", "avg"), "pool", f"must be none, max or avg, got {self.pool!r}")
+        parse_kernel(self.kernel)
+        if self.blocks:
+            parse_blocks(self.blocks)
+        _num(self, "head", 0, 1024, integer=True)
         _num(self, "epochs", 1, 10000, integer=True)
         _num(self, "learning_rate", 0, 1, lo_open=True, hi_open=True)
         _num(self, "batch_size", 1, 65536, integer=True)
@@ -227,23 +288,101 @@ class DetectorParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    """Training-time augmentation of the student's windows (cryblock.blocks.learn.augment).
+
+    Each ``p_*`` is the probability that an augmentation is applied to a training window in an
+    epoch (drawn afresh every epoch, seeded by ``learn.seed``); all zero (the default) trains
+    exactly as without augmentation. The teacher scores every augmented window, so the soft
+    targets follow the augmentation. Patches are ``log(mel + log_offset)``: everything is done
+    in the linear-mel domain.
+    """
+
+    p_mix: float = 0.0  #: mix with a random training negative ("background") at a random SNR
+    mix_snr_min_db: float = -5.0  #: SNR range of the mix, dB (mel-domain power ratio)
+    mix_snr_max_db: float = 20.0
+    p_gain: float = 0.0  #: random gain (exact: mel scales linearly with the waveform)
+    gain_min_db: float = -30.0
+    gain_max_db: float = 6.0
+    p_shift: float = 0.0  #: time shift by up to ± half a patch hop (from the neighbouring patches)
+    p_specaugment: float = 0.0  #: SpecAugment time and frequency masks (set to silence)
+    time_masks: int = 2
+    time_mask_frames: int = 12  #: widest time mask, frames (10 ms each)
+    freq_masks: int = 2
+    freq_mask_bands: int = 8  #: widest frequency mask, mel bands
+    p_bandlimit: float = 0.0  #: band-limit to ``bandlimit_hz`` (8 kHz-sourced and phone audio)
+    bandlimit_hz: float = 4000.0
+
+    def __post_init__(self) -> None:
+        for name in ("p_mix", "p_gain", "p_shift", "p_specaugment", "p_bandlimit"):
+            _num(self, name, 0, 1)
+        _num(self, "mix_snr_min_db", -40, 60)
+        _num(self, "mix_snr_max_db", self.mix_snr_min_db, 60)
+        _num(self, "gain_min_db", -60, 40)
+        _num(self, "gain_max_db", self.gain_min_db, 40)
+        _num(self, "time_masks", 0, 10, integer=True)
+        _num(self, "time_mask_frames", 0, 96, integer=True)
+        _num(self, "freq_masks", 0, 10, integer=True)
+        _num(self, "freq_mask_bands", 0, 64, integer=True)
+        _num(self, "bandlimit_hz", 500, 96000)
+
+    @property
+    def active(self) -> bool:
+        """True when any augmentation can happen."""
+        return any((self.p_mix, self.p_gain, self.p_shift, self.p_specaugment, self.p_bandlimit))
+
+
+@dataclass(frozen=True)
+class NightParams:
+    """The nursery-night evaluation and the detector calibration on it (cryblock.blocks.learn.night).
+
+    A night stream is a split's negative clips back to back (longest first) with the split's cry
+    clips inserted at most every ``gap_seconds`` at each SNR of ``snrs_db``; false alerts are
+    counted on the negative audio alone. Calibration (when ``learn.tune_threshold``) picks the
+    threshold, N-of-M and hold time with the highest cry-episode recall on the *validation* night
+    within ``fa_budget_per_8h``.
+    """
+
+    snrs_db: tuple[float, ...] = (0.0, 10.0, 20.0)  #: cry-to-background SNRs, dB
+    gap_seconds: float = 30.0  #: shortest time between inserted cry onsets, s
+    max_cry_seconds: float = 10.0  #: inserted cries are cut to this, s
+    fa_budget_per_8h: float = 1.0  #: false alerts per 8 h the calibration may spend
+    bootstrap: int = 500  #: bootstrap resamples (of groups) for the AUC confidence intervals
+
+    def __post_init__(self) -> None:
+        if isinstance(self.snrs_db, list):
+            object.__setattr__(self, "snrs_db", tuple(self.snrs_db))
+        _check(isinstance(self.snrs_db, tuple) and 1 <= len(self.snrs_db) <= 8
+               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       and -30 <= v <= 60 for v in self.snrs_db), "snrs_db",
+               f"must be 1–8 SNRs in [-30, 60] dB, got {self.snrs_db!r}")
+        _num(self, "gap_seconds", 2, 3600)
+        _num(self, "max_cry_seconds", 0.5, 600)
+        _num(self, "fa_budget_per_8h", 0, 10000)
+        _num(self, "bootstrap", 0, 100000, integer=True)
+
+
+@dataclass(frozen=True)
 class Params:
     """All stages' parameters. Serialises to/from JSON (``params.json`` in a run)."""
 
     dsp: DspParams = field(default_factory=DspParams)
     learn: LearnParams = field(default_factory=LearnParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    night: NightParams = field(default_factory=NightParams)
     detector: DetectorParams = field(default_factory=DetectorParams)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON dict ({"dsp": {...}, "learn": {...}, "detector": {...}})."""
-        d = dataclasses.asdict(self)
-        d["learn"]["labels"] = list(self.learn.labels)
-        return d
+        """Plain-JSON dict ({"dsp": {...}, "learn": {...}, "augment": {...}, "night": {...},
+        "detector": {...}}; tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Params":
-        """Build from a (possibly partial) dict; unknown keys raise ParameterError."""
-        sections = {"dsp": DspParams, "learn": LearnParams, "detector": DetectorParams}
+        """Build from a (possibly partial) dict; missing sections/fields take their defaults (so a
+        params.json of an earlier version still loads), unknown keys raise ParameterError."""
+        sections = {"dsp": DspParams, "learn": LearnParams, "augment": AugmentParams, "night": NightParams,
+                    "detector": DetectorParams}
         unknown = set(d) - set(sections)
         if unknown:
             raise ParameterError(f"unknown parameter section(s): {sorted(unknown)}")
@@ -254,8 +393,7 @@ class Params:
             bad = set(sub) - known
             if bad:
                 raise ParameterError(f"unknown parameter(s) in '{name}': {sorted(bad)}")
-            if "labels" in sub:
-                sub["labels"] = tuple(sub["labels"])
+            sub = {k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()}  # JSON lists → tuples
             try:
                 kw[name] = klass(**sub)
             except TypeError as e:  # wrong type for a field

@@ -553,7 +553,7 @@ def test_general_preset_takes_labels_from_the_manifest(clips, tmp_path):
     cats = {"dog bark": "dog", "rain": "rain", "rooster": "rooster"}
     rows = [(c, cats[c.category]) for c in clips if c.source == "ESC-10" and c.category in cats]
     man = _manifest(tmp_path / "m.csv", rows)
-    p = learn_params(str(man), None, {"preset": "general", "positive_label": "dog"}, {})
+    p = learn_params(str(man), None, {"learn__preset": "general", "learn__positive_label": "dog"}, {})
     assert p.learn.labels == ("dog", "rain", "rooster") and p.learn.positive_label == "dog"
     taken = tmp_path / "taken"
     taken.write_text("a file")

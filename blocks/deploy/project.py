@@ -25,7 +25,6 @@ import math
 import os
 import re
 import shutil
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from cryblock import __version__
 from cryblock.errors import CryblockError, ParameterError
+from cryblock.escape import c_comment, md_cell
 from cryblock.io import atomic_write_text, check_output, staging_dir
 from cryblock.params import DspParams, Params
 
@@ -131,20 +131,6 @@ class BuildOptions:
 def templates_dir(target: str = "esp32s3") -> Path:
     """Folder of the jinja2 templates of ``target`` (package data of cryblock.templates)."""
     return Path(str(resources.files("cryblock.templates"))) / target
-
-
-def c_comment(text: Any) -> str:
-    """``text`` made safe inside a C comment or string literal: JSON string escapes (quotes,
-    backslashes, control characters, non-ASCII as ``\\uXXXX``) and no ``*/`` or ``/*``, so a
-    label such as ``x */ int injected(void){return 42;} /*`` stays inside its comment."""
-    return json.dumps(str(text), ensure_ascii=True)[1:-1].replace("*/", "*\\/").replace("/*", "/\\*")
-
-
-def md_cell(text: Any) -> str:
-    """``text`` made safe inside a Markdown table cell or line: control characters → space,
-    ``\\ | ` * _ <`` escaped."""
-    s = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
-    return re.sub(r"([\\|`*_])", r"\\\1", s).replace("<", "&lt;")
 
 
 def _jinja_env(root: Path):

@@ -190,6 +190,27 @@ class TeacherHead:
         e = np.exp(z)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Store the fitted coefficients (``.npz``: coef ``[K', 1024]``, intercept, classes, labels)."""
+        from cryblock.io import atomic_save_npz
+
+        atomic_save_npz(path, coef=self.clf.coef_, intercept=self.clf.intercept_, classes=self.clf.classes_,
+                        labels=np.array(self.labels))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TeacherHead":
+        """The head :meth:`save` wrote. Raises DataError naming the file when it is unreadable."""
+        from sklearn.linear_model import LogisticRegression
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                clf = LogisticRegression()
+                clf.coef_, clf.intercept_, clf.classes_ = z["coef"], z["intercept"], z["classes"]
+                labels = tuple(str(v) for v in z["labels"])
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{path}: not a teacher head ({e})") from None
+        return cls(clf, labels)
+
 
 def fit_teacher_head(emb: np.ndarray, y: np.ndarray, labels: tuple[str, ...], seed: int = 0) -> TeacherHead:
     """Fit a multinomial logistic regression (scikit-learn, C = 1, balanced class weights)
@@ -258,6 +279,10 @@ class DistillData:
         teacher_logits: float32 ``[N, n_out]`` (cry preset: ``[N, 1]`` = logit(p_teacher)).
         teacher_emb: float32 ``[N, 1024]`` or None (needed when embedding_weight > 0).
         pos_mask: bool ``[N]`` windows counted as "positive" for resampling.
+        aux_targets: float32 ``[N, n_aux]`` teacher scores of ``learn.aux_classes`` or None
+            (needed when aux_weight > 0).
+        source_index: int ``[N]`` index of each window in the augmenter's patch array (the whole
+            training split, which also holds the windows the teacher filter dropped), or None.
     """
 
     x: np.ndarray
@@ -265,6 +290,13 @@ class DistillData:
     teacher_logits: np.ndarray
     teacher_emb: np.ndarray | None
     pos_mask: np.ndarray
+    aux_targets: np.ndarray | None = None
+    source_index: np.ndarray | None = None
+
+
+#: Teacher targets of augmented windows: patches ``[n, 96, 64]`` →
+#: (logits ``[n, n_out]``, embeddings ``[n, 1024]`` or None, aux scores ``[n, n_aux]`` or None).
+Rescore = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]]
 
 
 @dataclass
@@ -319,6 +351,7 @@ def predict_batches(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
 
 
 def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray, learn: LearnParams, *,
+                augmenter=None, rescore: Rescore | None = None,
                 log: Callable[[str], None] | None = print) -> FitResult:
     """Train the student with the KD loss; early-stop on validation AUC; restore the best weights.
 
@@ -328,7 +361,11 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
         val_x: float32 ``[M, 96, 64]`` validation patches (split by group by the caller).
         val_y: int ``[M]`` validation labels (0/1 or label index).
         learn: epochs, batch_size, learning_rate (cosine-decayed per epoch to 0), temperature,
-            alpha, neg_per_pos, embedding_weight, patience, seed.
+            alpha, neg_per_pos, embedding_weight, aux_weight, patience, seed.
+        augmenter: :class:`cryblock.blocks.learn.augment.Augmenter` over the training split, or
+            None. Each epoch it picks windows to augment (its own seeded generator, untouched when
+            every probability is zero) and ``rescore`` gives the teacher's targets for them.
+        rescore: teacher targets of augmented windows (required with an active augmenter).
         log: called with one progress line per epoch.
 
     Returns:
@@ -347,23 +384,32 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
         raise DataError(f"training needs positive and negative windows after the teacher filter, got "
                         f"{len(pos_idx)} positive / {len(neg_idx)} negative")
     use_emb = learn.embedding_weight > 0
-    if use_emb and (data.teacher_emb is None or len(models.train_model.outputs) < 2):
+    use_aux = learn.aux_weight > 0
+    n_heads = 1 + use_emb + use_aux
+    if use_emb and (data.teacher_emb is None or len(models.train_model.outputs) < n_heads):
         raise CryblockError("embedding_weight > 0 needs teacher embeddings and a student built with "
                             "embedding_projection=True")
+    if use_aux and (data.aux_targets is None or len(models.train_model.outputs) < n_heads):
+        raise CryblockError("aux_weight > 0 needs the teacher's aux-class scores and a student built with aux_outputs")
+    augmenting = augmenter is not None and augmenter.p.active
+    if augmenting and (rescore is None or data.source_index is None):
+        raise CryblockError("augmentation needs the teacher (rescore) and each window's source_index")
     x_all = model_input(models.model, data.x)
     y_all = np.asarray(data.y)
     y_t = (y_all.astype(np.float32)[:, None] if binary
            else np.eye(models.n_out, dtype=np.float32)[y_all.astype(np.int64)])
     zt_all = np.asarray(data.teacher_logits, dtype=np.float32).reshape(len(y_all), -1)
     emb_all = np.asarray(data.teacher_emb, dtype=np.float32) if use_emb else None
+    aux_all = np.asarray(data.aux_targets, dtype=np.float32) if use_aux else None
 
     model = models.train_model
     opt = keras.optimizers.Adam(learning_rate=learn.learning_rate)
-    temperature, alpha, ew = float(learn.temperature), float(learn.alpha), float(learn.embedding_weight)
+    temperature, alpha = float(learn.temperature), float(learn.alpha)
+    ew, aw = float(learn.embedding_weight), float(learn.aux_weight)
     kd = binary_kd_loss if binary else softmax_kd_loss
 
     @tf.function(reduce_retracing=True)
-    def step(xb, yb, ztb, eb):
+    def step(xb, yb, ztb, eb, ab):
         with tf.GradientTape() as tape:
             outs = model(xb, training=True)
             if not isinstance(outs, (list, tuple)):
@@ -371,28 +417,53 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
             loss = kd(yb, outs[0], ztb, temperature, alpha)
             if use_emb:
                 loss = loss + ew * tf.reduce_mean(tf.square(outs[1] - eb))
+            if use_aux:  # per-class BCE to the teacher's sigmoid scores
+                loss = loss + aw * tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=ab, logits=outs[-1]))
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
     rng = np.random.default_rng(learn.seed)
+    aug_rng = np.random.default_rng([learn.seed, 1])  # its own stream: augmentation off changes nothing
     res = FitResult()
     best_weights, bad_epochs = None, 0
-    dummy_e = np.zeros((1, 1), dtype=np.float32)
+    dummy = np.zeros((1, 1), dtype=np.float32)
+    chunk = learn.batch_size * max(1, 4096 // learn.batch_size)  # windows augmented/re-scored at a time (whole batches)
     for epoch in range(learn.epochs):
         lr = 0.5 * learn.learning_rate * (1 + math.cos(math.pi * epoch / learn.epochs))
         opt.learning_rate.assign(lr)
         t0 = time.perf_counter()
         idx = resample_epoch(pos_idx, neg_idx, learn.neg_per_pos, rng)
+        aug_mask = augmenter.draw(len(idx), aug_rng) if augmenting else np.zeros(len(idx), bool)
         losses = []
-        for i in range(0, len(idx), learn.batch_size):
-            b = np.sort(idx[i:i + learn.batch_size])
-            eb = emb_all[b] if use_emb else dummy_e
-            losses.append(float(step(x_all[b], y_t[b], zt_all[b], eb)))
+        for c0 in range(0, len(idx), chunk):
+            cidx = idx[c0:c0 + chunk]
+            xc, zc = x_all[cidx], zt_all[cidx]
+            ec = emb_all[cidx] if use_emb else None
+            ac = aux_all[cidx] if use_aux else None
+            am = aug_mask[c0:c0 + chunk]
+            if am.any():
+                xa = augmenter.apply(data.source_index[cidx[am]], aug_rng)
+                za, ea, aa = rescore(xa)
+                xc = xc.copy()
+                xc[am] = model_input(models.model, xa)
+                zc = zc.copy()
+                zc[am] = np.asarray(za, dtype=np.float32).reshape(len(xa), -1)
+                if use_emb:
+                    ec = ec.copy()
+                    ec[am] = ea
+                if use_aux:
+                    ac = ac.copy()
+                    ac[am] = aa
+            for i in range(0, len(cidx), learn.batch_size):
+                sl = slice(i, i + learn.batch_size)
+                order = np.argsort(cidx[sl], kind="stable")  # the order batches were drawn in before
+                losses.append(float(step(xc[sl][order], y_t[cidx[sl]][order], zc[sl][order],
+                                         ec[sl][order] if use_emb else dummy, ac[sl][order] if use_aux else dummy)))
         probs = predict_batches(models.model, val_x)
         auc = val_auc(val_y, probs)
         rec = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "val_auc": auc,
-               "windows": int(len(idx)), "seconds": time.perf_counter() - t0}
+               "windows": int(len(idx)), "augmented": int(aug_mask.sum()), "seconds": time.perf_counter() - t0}
         res.history.append(rec)
         improved = not math.isnan(auc) and (math.isnan(res.best_val_auc) or auc > res.best_val_auc)
         if improved or best_weights is None:
@@ -403,7 +474,8 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
             bad_epochs += 1
         if log:
             log(f"epoch {epoch + 1:3d}/{learn.epochs}  loss {rec['loss']:.4f}  val AUC {auc:.4f}  "
-                f"lr {lr:.2e}  {len(idx)} windows  {rec['seconds']:.1f} s" + ("  *" if improved else ""))
+                f"lr {lr:.2e}  {len(idx)} windows" + (f" ({rec['augmented']} augmented)" if augmenting else "")
+                + f"  {rec['seconds']:.1f} s" + ("  *" if improved else ""))
         if bad_epochs >= learn.patience:
             if log:
                 log(f"early stop: no val AUC gain for {learn.patience} epochs (best {res.best_val_auc:.4f} "

@@ -225,7 +225,7 @@ def run(args: argparse.Namespace, log=print):
 
     def split(x, y):
         n = len(x)
-        return Split(x, y, np.arange(n, dtype=np.int64), y.copy(), [])
+        return Split(x, y, np.arange(n, dtype=np.int64), y.copy(), None)
 
     log(f"Edge Impulse data: {len(xtr)} training rows ({len(tr)} train / {len(va)} validation, random split), "
         f"{len(xte)} test rows, {k} classes")

@@ -19,6 +19,11 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -182,18 +187,24 @@ class TflmRunner:
             raise CryblockError(f"INT8 model must have int8 input/output, got {self.inp['dtype']}/{self.out['dtype']}")
         self.in_scale, self.in_zp = _qparams(self.inp)
         self.out_scale, self.out_zp = _qparams(self.out)
+        self.invokes, self.seconds = 0, 0.0  # host time spent in invoke (for the cost report)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float probabilities ``[N, n_out]`` of float32 patches ``x`` (``[N, 96, 64]`` or any
         shape that reshapes to the model input), one invoke per patch."""
         from cryblock.blocks.deploy.model import quantize_input
 
+        import time
+
         shape = tuple(int(d) for d in self.inp["shape"])
         x = np.asarray(x, dtype=np.float32)
         outs = []
         for i in range(len(x)):
             self.interp.set_input(quantize_input(x[i], self.in_scale, self.in_zp).reshape(shape), 0)
+            t0 = time.perf_counter()
             self.interp.invoke()
+            self.seconds += time.perf_counter() - t0
+            self.invokes += 1
             o = self.interp.get_output(0).astype(np.float32)
             outs.append((o.reshape(-1) - self.out_zp) * self.out_scale)
             self.interp.reset()
@@ -209,3 +220,379 @@ def _qparams(det: dict) -> tuple[float, int]:
     if scales is None or not len(scales):
         raise CryblockError("INT8 model input/output has no quantisation scale")
     return float(scales[0]), int(zps[0])
+
+
+# ----------------------------------------------------------------------------- confidence, categories, night
+def bootstrap_auc(y: np.ndarray, score: np.ndarray, groups: np.ndarray, n: int = 500,
+                  seed: int = 0) -> list[float] | None:
+    """95 % percentile-bootstrap interval of the ROC AUC, resampling **groups** (recording
+    sources) with replacement, since windows and clips of one group are not independent.
+
+    Args:
+        y: 0/1 ``[N]``; score: float ``[N]``; groups: group of each item ``[N]``.
+        n: resamples (those missing a class are redrawn at most ``n`` extra times).
+
+    Returns:
+        ``[low, high]``, or None when ``n`` is 0 or fewer than two groups exist.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    s = np.asarray(score, dtype=np.float64)
+    g = np.asarray(groups)
+    names, inv = np.unique(g, return_inverse=True)
+    if n <= 0 or len(names) < 2 or len(np.unique(y)) < 2:
+        return None
+    members = [np.flatnonzero(inv == k) for k in range(len(names))]
+    rng = np.random.default_rng([seed, 11])
+    aucs, tries = [], 0
+    while len(aucs) < n and tries < 2 * n:
+        tries += 1
+        pick = np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))])
+        if len(np.unique(y[pick])) < 2:
+            continue
+        aucs.append(roc_auc_score(y[pick], s[pick]))
+    if not aucs:
+        return None
+    lo, hi = np.percentile(aucs, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def category_table(scores: np.ndarray, clip_index: np.ndarray, categories: list[str], clip_is_neg: np.ndarray,
+                   det: DetectorParams, hop_seconds: float = 0.48) -> dict[str, dict[str, int]]:
+    """Per category of negative clips: how many clips, and how many raise ≥ 1 alert when run
+    through the detector alone (the firmware rule, :func:`run_detector`)."""
+    ci = np.asarray(clip_index, dtype=np.int64)
+    out: dict[str, dict[str, int]] = {}
+    for c in np.flatnonzero(np.asarray(clip_is_neg, dtype=bool)):
+        s = np.asarray(scores)[ci == c]
+        if len(s) == 0:
+            continue
+        row = out.setdefault(categories[c] or "(none)", {"clips": 0, "alerting": 0})
+        row["clips"] += 1
+        row["alerting"] += int(count_alerts(run_detector(s, det, hop_seconds)) > 0)
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1]["alerting"], kv[0])))
+
+
+def verdict_dict(v) -> dict:
+    """A :class:`cryblock.blocks.learn.night.Verdict` as plain JSON (SNR keys as strings)."""
+    return {"recall": {f"{k:g}": r for k, r in v.recall.items()}, "mean_recall": v.mean_recall,
+            "episodes": {f"{k:g}": len(d) for k, d in v.detected.items()},
+            "false_alerts": v.false_alerts, "hours": v.hours, "fa_per_8h": v.fa_per_8h,
+            "fa_per_8h_ci": list(v.fa_per_8h_ci), "fa_categories": v.fa_categories,
+            "fa_times_s": v.fa_times_s}
+
+
+def night_of(split, pos_index: int, params, seed: int = 0):
+    """The night stream (:func:`cryblock.blocks.learn.night.build_night`) of a split that carries
+    its clips: its negative clips as background, its positive clips inserted."""
+    from cryblock.blocks.learn.night import build_night
+
+    neg = [c for c, y in zip(split.clips, split.clip_y) if y != pos_index]
+    pos = [c for c, y in zip(split.clips, split.clip_y) if y == pos_index]
+    return build_night(neg, pos, params.dsp, params.night, seed)
+
+
+def calibrate_on(night, scorer, params):
+    """Calibrate the detector of one model (its ``scorer``) on a night stream
+    (:func:`cryblock.blocks.learn.night.calibrate` with the run's budget)."""
+    from cryblock.blocks.learn.night import calibrate, score_night
+
+    return calibrate(night, score_night(night, scorer), params.detector, params.night.fa_budget_per_8h)
+
+
+def setting_dict(det: DetectorParams) -> dict:
+    """Threshold / votes / hold of a detector setting as JSON."""
+    return {"threshold": det.threshold, "vote_n": det.vote_n, "vote_m": det.vote_m, "hold_seconds": det.hold_seconds}
+
+
+def calibration_dict(cal) -> dict:
+    """A :class:`cryblock.blocks.learn.night.Calibration` as JSON: the chosen setting, whether it
+    met the budget, its validation verdict and the Pareto front of the candidates."""
+    from cryblock.blocks.learn.night import pareto
+
+    return {"setting": setting_dict(cal.setting), "within_budget": cal.within_budget,
+            "budget_per_8h": cal.budget_per_8h, "validation": verdict_dict(cal.verdict),
+            "candidates": len(cal.candidates),
+            "pareto": [{**setting_dict(d), "mean_recall": r, "fa_per_8h": fa} for d, r, fa in pareto(cal.candidates)]}
+
+
+def night_summary(night) -> dict:
+    """Length and content of a night stream (JSON)."""
+    return {"hours": night.duration_s / 3600.0, "negative_clips": len(night.segments),
+            "episodes": {f"{k:g}": len(v) for k, v in night.episodes.items()}}
+
+
+def evaluate_split(scores: np.ndarray, split, pos_index: int, det: DetectorParams, params, *,
+                   night=None, night_scores=None) -> dict:
+    """Every metric of one model on one split at its detector setting ``det``.
+
+    Args:
+        scores: float ``[N]`` positive score per window of ``split``.
+        split: :class:`cryblock.blocks.learn.train.Split`.
+        pos_index: label index of the positive class.
+        det: the model's detector setting.
+        params: run parameters (DSP hop, bootstrap count, seed).
+        night: the split's night stream and the model's ``night_scores``
+            (:func:`cryblock.blocks.learn.night.score_night`), or None.
+
+    Returns:
+        :func:`evaluate_scores`'s dict plus ``auc_ci`` (window/clip, groups resampled),
+        ``categories`` (negative clips alerting, per category), ``night``
+        (:func:`verdict_dict`, or None) and ``detector_setting``. Metrics that need both classes
+        are None when the split has only one (a user's all-negative recordings).
+    """
+    y_win = (np.asarray(split.y) == pos_index).astype(int)
+    y_clip = (np.asarray(split.clip_y) == pos_index).astype(int)
+    both = len(np.unique(y_clip)) == 2
+    hop = params.dsp.patch_hop_seconds
+    if both:
+        res = evaluate_scores(scores, y_win, split.clip_index, y_clip, det, params.dsp)
+    else:
+        res = {"window": None, "clip": None,
+               "detector": false_alerts_per_hour(scores, split.clip_index, y_clip == 0, det, hop)}
+    res["auc_ci"] = None
+    if both and split.clips is not None:
+        groups = np.array([c.group for c in split.clips])
+        cm = clip_max(scores, split.clip_index, len(y_clip))
+        res["auc_ci"] = {"window": bootstrap_auc(y_win, scores, groups[split.clip_index], params.night.bootstrap,
+                                                 params.learn.seed),
+                         "clip": bootstrap_auc(y_clip, cm, groups, params.night.bootstrap, params.learn.seed)}
+    res["categories"] = None
+    if split.clips is not None:
+        res["categories"] = category_table(scores, split.clip_index, [c.category or c.label for c in split.clips],
+                                           y_clip == 0, det, hop)
+    res["night"] = None
+    if night is not None and night_scores is not None:
+        from cryblock.blocks.learn.night import judge
+
+        res["night"] = verdict_dict(judge(night, night_scores, det))
+    res["detector_setting"] = setting_dict(det)
+    res["detector_threshold"] = det.threshold
+    return res
+
+
+# ----------------------------------------------------------------------------- a trained run, reused
+class FloatRunner:
+    """Run the float ``model.tflite`` of a run (TensorFlow Lite, batched): :meth:`predict` gives
+    probabilities ``[N, n_out]`` of float32 patches."""
+
+    def __init__(self, path) -> None:
+        from cryblock.blocks.learn.teacher import tflite_interpreter
+
+        self.path = path
+        self.interp = tflite_interpreter(path)
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        self._batch = None
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        shape = tuple(int(d) for d in self.inp["shape"][1:])
+        outs = []
+        for i in range(0, len(x), batch_size):
+            b = x[i:i + batch_size].reshape((-1,) + shape)
+            if self._batch != len(b):
+                self.interp.resize_tensor_input(self.inp["index"], (len(b),) + shape)
+                self.interp.allocate_tensors()
+                self._batch = len(b)
+            self.interp.set_tensor(self.inp["index"], b)
+            self.interp.invoke()
+            outs.append(self.interp.get_tensor(self.out["index"]).reshape(len(b), -1).copy())
+        return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
+
+
+@dataclass
+class Run:
+    """What :func:`load_run` reads from a run folder."""
+
+    folder: Path
+    params: object
+    metrics: dict
+    int8: bytes
+    float_path: Path
+    head: object | None
+
+    @property
+    def pos_index(self) -> int:
+        """Index of the positive label in the model output (1 for the cry preset's [not, cry])."""
+        learn = self.params.learn
+        return 1 if learn.preset == "cry" else learn.labels.index(learn.positive_label)
+
+    def setting(self, model: str) -> DetectorParams:
+        """The detector setting of ``model`` (teacher/float/int8): its own calibrated one from the
+        run's metrics, the deployed (params.json) one for int8 or when absent."""
+        d = ((self.metrics.get(model) or {}).get("detector_setting")) if model != "int8" else None
+        if not d:
+            return self.params.detector
+        return DetectorParams(threshold=d["threshold"], vote_n=d["vote_n"], vote_m=d["vote_m"],
+                              hold_seconds=d["hold_seconds"])
+
+
+def load_run(folder) -> Run:
+    """Read a ``cryblock train`` run folder: params.json, the INT8 and float models, metrics.json
+    (optional), the teacher head (general preset).
+
+    Raises:
+        CryblockError: the folder or one of its files is missing or unreadable (names it).
+    """
+    import json
+
+    from cryblock.blocks.deploy.model import read_model
+    from cryblock.blocks.learn.distill import TeacherHead
+    from cryblock.blocks.learn.export import FLOAT_NAME, INT8_NAME
+    from cryblock.params import Params
+
+    d = Path(folder)
+    if not d.is_dir():
+        raise CryblockError(f"{d}: run folder not found")
+    params = Params.load(d / "params.json")
+    int8 = read_model(d / INT8_NAME)
+    if not (d / FLOAT_NAME).is_file():
+        raise CryblockError(f"{d / FLOAT_NAME}: not found (a cryblock train run folder holds it)")
+    metrics = {}
+    if (d / "metrics.json").is_file():
+        try:
+            metrics = json.loads((d / "metrics.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CryblockError(f"{d / 'metrics.json'}: not readable JSON ({e})") from None
+    head = None
+    if params.learn.preset == "general":
+        from cryblock.blocks.learn.train import TEACHER_HEAD_NAME
+
+        if not (d / TEACHER_HEAD_NAME).is_file():
+            raise CryblockError(f"{d / TEACHER_HEAD_NAME}: not found (needed to score the teacher of a "
+                                "general-preset run)")
+        head = TeacherHead.load(d / TEACHER_HEAD_NAME)
+    return Run(d, params, metrics, int8, d / FLOAT_NAME, head)
+
+
+def detect_file(path, run: Run, runner: "TflmRunner | None" = None) -> dict:
+    """Score one recording with the run's INT8 model (TFLite Micro, streamed patch blocks) and
+    apply the deployed detector.
+
+    Returns:
+        ``{"file", "seconds", "patches", "hop_seconds", "scores" [T], "states" [T] (0/1),
+        "alerts": [{"start_s", "end_s", "peak"}]}``; an alert runs from the first patch the
+        detector is on to the patch it turns off again (or the end of the recording).
+
+    Raises:
+        AudioError: the file cannot be read (names it).
+    """
+    from cryblock.blocks.dsp.features import file_patch_blocks
+    from cryblock.detector import detector_states
+
+    params = run.params
+    runner = runner or TflmRunner(run.int8)
+    pos = run.pos_index
+    scores = []
+    for block in file_patch_blocks(path, params.dsp):
+        p = runner.predict(block)
+        scores.append(p.reshape(-1) if p.shape[1] == 1 else p[:, pos])
+    s = np.concatenate(scores)
+    hop = params.dsp.patch_hop_seconds
+    states = detector_states(s, params.detector, int(round(hop * 1000)))
+    alerts = []
+    on = np.flatnonzero(np.diff(np.r_[0, states, 0]) != 0).reshape(-1, 2)
+    for a, b in on:
+        alerts.append({"start_s": float(a * hop), "end_s": float(b * hop), "peak": float(s[a:b].max())})
+    return {"file": str(path), "seconds": float(len(s) * hop), "patches": int(len(s)), "hop_seconds": hop,
+            "scores": s, "states": states, "alerts": alerts}
+
+
+def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | None = None,
+                 workers: int | None = None, cache_dir=None, log=print) -> dict:
+    """``cryblock evaluate``: a trained run on any manifest (all its clips, no split) — teacher,
+    float and INT8 at the run's detector settings: window/clip AUC with group-bootstrap intervals,
+    per-category alerting clips, and the nursery night built from the manifest's clips. Writes
+    metrics.json, report.md and report.html into ``out_dir``.
+
+    A manifest with one label gets what is defined: negatives only → false alerts (per clip and
+    over the night's background), positives only → the fraction of clips alerted; the metrics
+    that need both are listed as undefined.
+
+    Raises:
+        CryblockError: run folder or files missing, labels the run does not know (listed),
+            unreadable manifest, ``out_dir`` not writable, no readable clip.
+    """
+    from cryblock.blocks.learn import distill, report
+    from cryblock.blocks.learn.night import build_night, score_night
+    from cryblock.blocks.learn.teacher import cry_probability, load_teacher
+    from cryblock.blocks.learn.train import Split
+    from cryblock.data import compute_patches, deduplicate, default_cache_dir, load_manifest
+    from cryblock.errors import DataError
+    from cryblock.io import check_output, staging_dir
+
+    run = load_run(run_dir)
+    params = run.params
+    learn = params.learn
+    check_output(out_dir, folder=True)
+    mp = Path(manifest)
+    mp = mp / "manifest.csv" if mp.is_dir() else mp
+    clips = load_manifest(mp)
+    if label_map:
+        clips = [dataclasses.replace(c, label=label_map.get(c.label, c.label)) for c in clips]
+    unknown = sorted({c.label for c in clips} - set(learn.labels))
+    if unknown:
+        raise DataError(f"{mp}: label(s) {unknown} are unknown to the run (it knows {list(learn.labels)}); map them "
+                        "with --map-label LABEL=KNOWN")
+    clips, repeats = deduplicate(clips, mp)
+    for w in repeats:
+        log(f"warning: {w}")
+    teacher = load_teacher(teacher)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    ps = compute_patches(clips, params.dsp, workers=workers, cache_dir=cache)
+    log(f"features: {len(ps.patches)} patches of {len(ps.clips)} clips"
+        + (f" ({len(ps.skipped)} skipped, first: {ps.skipped[0][1]})" if ps.skipped else ""))
+    pos = run.pos_index
+    cry = learn.preset == "cry"
+    label_index = {lab: (int(lab == learn.positive_label) if cry else learn.labels.index(lab)) for lab in learn.labels}
+    y_clip = np.array([label_index[c.label] for c in ps.clips], dtype=np.int64)
+    split = Split(ps.patches, y_clip[ps.clip_index], ps.clip_index.astype(np.int64), y_clip, list(ps.clips))
+    runner, floatr = TflmRunner(run.int8), FloatRunner(run.float_path)
+
+    def teacher_score(x):
+        sc, em = distill.teacher_outputs(teacher, x, cache / "teacher")
+        return cry_probability(sc) if cry else run.head.proba(em)[:, pos]
+
+    def pick(p):
+        return p.reshape(-1) if p.shape[1] == 1 else p[:, pos]
+
+    scorers = {"teacher": teacher_score, "float": lambda x: pick(floatr.predict(x)),
+               "int8": lambda x: pick(runner.predict(x))}
+    scores = {k: f(split.x) for k, f in scorers.items()}
+    n_pos, n_neg = int(np.sum(y_clip == pos)), int(np.sum(y_clip != pos))
+    night = build_night([c for c, y in zip(ps.clips, y_clip) if y != pos], [c for c, y in zip(ps.clips, y_clip) if y == pos],
+                        params.dsp, params.night, learn.seed) if n_neg else None
+    results, night_scores, settings = {}, {}, {k: run.setting(k) for k in scorers}
+    for k, f in scorers.items():
+        if night is not None:
+            night_scores[k] = score_night(night, f)
+        results[k] = evaluate_split(scores[k], split, pos, settings[k], params, night=night,
+                                    night_scores=night_scores.get(k))
+    undefined = []
+    if not (n_pos and n_neg):
+        undefined += ["window and clip AUC (need both labels)", "best-F1 thresholds"]
+    if not n_pos:
+        undefined.append("night cry-episode recall (no positive clip)")
+    if not n_neg:
+        undefined += ["false alerts (no negative clip)", "night stream (no negative audio)"]
+    metrics = {"kind": "evaluation", "run": str(run.folder), "manifest": str(mp), "preset": learn.preset,
+               "labels": list(learn.labels), "positive_index": pos,
+               "data": {"clips": len(ps.clips), "patches": int(len(ps.patches)), "positive_clips": n_pos,
+                        "negative_clips": n_neg, "skipped": [list(s) for s in ps.skipped]},
+               "teacher": results["teacher"], "float": results["float"], "int8": results["int8"],
+               "cost": run.metrics.get("cost", {}), "detector": params.to_dict()["detector"],
+               "night": {"evaluation": night_summary(night)} if night is not None else {},
+               "undefined": undefined}
+    out = Path(out_dir)
+    staging = staging_dir(out)
+    try:
+        report.write_metrics(staging, metrics)
+        report.write_reports(staging, metrics, params, split, scores, pos, night, night_scores, settings)
+        for f in sorted(staging.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(report.results_table(metrics))
+    return metrics

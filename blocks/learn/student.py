@@ -1,22 +1,26 @@
 """The student: a small depthwise-separable CNN (DS-CNN) on one YAMNet log-mel patch.
 
-Architecture (all ops run in TFLite Micro with ESP-NN kernels: CONV_2D, DEPTHWISE_CONV_2D,
-MEAN, FULLY_CONNECTED, LOGISTIC/SOFTMAX, RESHAPE)::
+The family (all ops run in TFLite Micro with ESP-NN kernels: CONV_2D, DEPTHWISE_CONV_2D,
+MAX/AVERAGE_POOL_2D, MEAN, FULLY_CONNECTED, LOGISTIC/SOFTMAX, RESHAPE)::
 
     input [96, 64, 1] (or flat [6144] → Reshape, for Edge Impulse)
-    Conv 3×3 stride 2, ``width`` ch, BN, ReLU                      → [48, 32, width]
-    ``depth`` × DS block: DW 3×3 (stride 2 on odd blocks), BN, ReLU,
-                          PW 1×1 (channels ×2 on odd blocks), BN, ReLU
+    stem: Conv 3×3, stride ``stem_stride``, ``stem_channels`` ch, BN, ReLU
+    optional 2×2 max/avg pool (``pool``)
+    DS blocks (``blocks``: CHANNELS/STRIDE each): DW ``kernel`` (stride), BN, ReLU, PW 1×1, BN, ReLU
     GlobalAveragePooling                                           → penultimate features
+    optional Dense(``head``) + ReLU
     Dense(n_out) "logits" → sigmoid (binary cry preset, n_out = 1) or softmax (general labels)
 
-The design follows Zhang et al., "Hello Edge: Keyword Spotting on Microcontrollers" (2017),
-DS-CNN. Defaults (width 32, depth 4) give 19,553 weights (incl. BatchNorm statistics), 5.99 M MACs per patch and an INT8
-TFLite file of 41,664 B (measured; ≤ 64 KB budget of the issue).
+With ``blocks`` empty the blocks follow the width/depth plan of the first cryblock student
+(:func:`channel_plan`: ``depth`` blocks from ``width`` channels, odd blocks stride 2 and ×2
+channels; stem = ``width`` channels unless ``stem_channels`` is set). The design follows Zhang et
+al., "Hello Edge: Keyword Spotting on Microcontrollers" (2017), DS-CNN. The tensor arena is
+dominated by the largest pair of live activations, so the stem stride, early pooling and the
+first blocks' channels decide it; ``cryblock tune`` measures the cost of candidates.
 
 :func:`build_student` returns the inference model (probabilities) and the training model
-(logits, plus the embedding projection when requested; it shares the same layers).
-:func:`count_macs` / :func:`count_params` give the cost printed in reports.
+(logits, plus the embedding projection and the auxiliary head when requested; it shares the same
+layers). :func:`count_macs` / :func:`count_params` give the cost printed in reports.
 """
 from __future__ import annotations
 
@@ -50,37 +54,71 @@ class StudentModels:
 
 
 def channel_plan(width: int, depth: int) -> list[tuple[int, int]]:
-    """(stride, out_channels) of each DS block: odd blocks stride 2 and double the channels."""
+    """(out_channels, stride) of each DS block of the width/depth plan: odd blocks stride 2 and
+    double the channels."""
     plan, ch = [], width
     for i in range(depth):
         stride = 2 if i % 2 == 1 else 1
         if stride == 2:
             ch *= 2
-        plan.append((stride, ch))
+        plan.append((ch, stride))
     return plan
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """One member of the student family (see the module docstring), resolved from
+    :class:`~cryblock.params.LearnParams` by :func:`architecture`."""
+
+    stem_channels: int
+    stem_stride: int
+    pool: str
+    kernel: tuple[int, int]
+    blocks: tuple[tuple[int, int], ...]  #: (out channels, stride)
+    head: int
+
+    def describe(self) -> str:
+        """Compact text, e.g. ``stem 8/2, DS 16/1 32/2 64/2 128/2, k3x3``."""
+        pool = f", {self.pool}pool" if self.pool != "none" else ""
+        head = f", head {self.head}" if self.head else ""
+        return (f"stem {self.stem_channels}/{self.stem_stride}{pool}, DS "
+                + " ".join(f"{c}/{s}" for c, s in self.blocks) + f", k{self.kernel[0]}x{self.kernel[1]}{head}")
+
+
+def architecture(learn: LearnParams) -> Architecture:
+    """The student architecture the parameters describe (``blocks`` or the width/depth plan)."""
+    from cryblock.params import parse_blocks, parse_kernel
+
+    blocks = parse_blocks(learn.blocks) if learn.blocks else tuple(channel_plan(learn.width, learn.depth))
+    return Architecture(learn.stem_channels or learn.width, learn.stem_stride, learn.pool, parse_kernel(learn.kernel),
+                        tuple(blocks), learn.head)
+
+
 def build_student(learn: LearnParams = LearnParams(), dsp: DspParams = DspParams(), *, n_out: int | None = None,
-                  embedding_projection: bool = False, flat_input: bool = False, seed: int | None = None) -> StudentModels:
+                  embedding_projection: bool = False, aux_outputs: int = 0, flat_input: bool = False,
+                  seed: int | None = None) -> StudentModels:
     """Build the DS-CNN student.
 
     Args:
-        learn: width/depth/preset/labels are read from it.
+        learn: architecture fields, preset and labels are read from it.
         dsp: patch shape (frames × mel bands, default 96 × 64).
         n_out: output units; default 1 (sigmoid) for preset "cry", ``len(labels)`` (softmax)
             for preset "general".
         embedding_projection: add a Dense(1024) projection of the penultimate features to the
             training model (SEA-style embedding-approximation loss); not part of ``model``.
+        aux_outputs: add an auxiliary Dense(aux_outputs) head (logits of the teacher's confusable
+            classes) to the training model; not part of ``model``, so it is dropped at export.
         flat_input: input is a flat ``[frames·bands]`` vector (Edge Impulse layout), reshaped
             inside the model.
         seed: weight-initialisation seed (default ``learn.seed``).
 
     Returns:
-        :class:`StudentModels`.
+        :class:`StudentModels`; ``train_model`` outputs ``[logits, (emb), (aux)]`` in that order.
     """
     import keras
     from keras import layers
 
+    arch = architecture(learn)
     seed = learn.seed if seed is None else seed
     keras.utils.set_random_seed(seed)
     if n_out is None:
@@ -93,23 +131,31 @@ def build_student(learn: LearnParams = LearnParams(), dsp: DspParams = DspParams
     else:
         inp = keras.Input((frames, bands, 1), name="patch")
         x = inp
-    x = layers.Conv2D(learn.width, 3, strides=2, padding="same", use_bias=False, name="conv0")(x)
+    x = layers.Conv2D(arch.stem_channels, 3, strides=arch.stem_stride, padding="same", use_bias=False, name="conv0")(x)
     x = layers.BatchNormalization(momentum=0.9, name="conv0_bn")(x)
     x = layers.ReLU(name="conv0_relu")(x)
-    for i, (stride, ch) in enumerate(channel_plan(learn.width, learn.depth)):
-        x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"ds{i}_dw")(x)
+    if arch.pool == "max":
+        x = layers.MaxPooling2D(2, padding="same", name="pool0")(x)
+    elif arch.pool == "avg":
+        x = layers.AveragePooling2D(2, padding="same", name="pool0")(x)
+    for i, (ch, stride) in enumerate(arch.blocks):
+        x = layers.DepthwiseConv2D(arch.kernel, strides=stride, padding="same", use_bias=False, name=f"ds{i}_dw")(x)
         x = layers.BatchNormalization(momentum=0.9, name=f"ds{i}_dw_bn")(x)
         x = layers.ReLU(name=f"ds{i}_dw_relu")(x)
         x = layers.Conv2D(ch, 1, use_bias=False, name=f"ds{i}_pw")(x)
         x = layers.BatchNormalization(momentum=0.9, name=f"ds{i}_pw_bn")(x)
         x = layers.ReLU(name=f"ds{i}_pw_relu")(x)
     feat = layers.GlobalAveragePooling2D(name="pool")(x)
+    if arch.head:
+        feat = layers.Dense(arch.head, activation="relu", name="hidden")(feat)
     logits = layers.Dense(n_out, name="logits")(feat)
     probs = layers.Activation(activation, name="probs")(logits)
     model = keras.Model(inp, probs, name="cryblock_student")
     outs = [logits]
     if embedding_projection:
         outs.append(layers.Dense(TEACHER_EMBEDDING_DIM, name="emb_proj")(feat))
+    if aux_outputs:
+        outs.append(layers.Dense(aux_outputs, name="aux_logits")(feat))
     train_model = keras.Model(inp, outs, name="cryblock_student_train")
     return StudentModels(model, train_model, n_out, activation)
 

@@ -19,7 +19,7 @@ import dataclasses
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,16 +31,27 @@ from cryblock.params import Params
 Log = Callable[[str], None]
 
 
+#: The teacher head of a general-preset run (logistic regression on YAMNet embeddings), saved in the
+#: run folder so `cryblock evaluate` can score the teacher again.
+TEACHER_HEAD_NAME = "teacher_head.npz"
+
+
 @dataclass
 class Split:
     """Window arrays of one split. ``clip_index`` numbers the split's clips 0..C-1 (windows of a
-    clip contiguous, in time order); ``clip_y`` their label indices; ``clip_names`` for reports."""
+    clip contiguous, in time order); ``clip_y`` their label indices; ``clips`` the
+    :class:`~cryblock.data.Clip` s (None for rows without recordings, as in Edge Impulse data)."""
 
     x: np.ndarray
     y: np.ndarray
     clip_index: np.ndarray
     clip_y: np.ndarray
-    clip_names: list[str] = field(default_factory=list)
+    clips: list | None = None
+
+    @property
+    def clip_names(self) -> list[str]:
+        """Clip paths (or "clip k" without clips)."""
+        return [str(c.path) for c in self.clips] if self.clips else [f"clip {k}" for k in range(len(self.clip_y))]
 
 
 @dataclass
@@ -55,8 +66,7 @@ class RunResult:
 def _subset(ps, clip_ids: np.ndarray, label_index: dict[str, int]) -> Split:
     sub = ps.subset_clips(clip_ids)
     y_clip = np.array([label_index[c.label] for c in sub.clips], dtype=np.int64)
-    return Split(sub.patches, y_clip[sub.clip_index], sub.clip_index.astype(np.int64), y_clip,
-                 [str(c.path) for c in sub.clips])
+    return Split(sub.patches, y_clip[sub.clip_index], sub.clip_index.astype(np.int64), y_clip, list(sub.clips))
 
 
 def _positive_score(probs: np.ndarray, pos_index: int) -> np.ndarray:
@@ -216,11 +226,14 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
                  teacher=None, cache_dir: str | os.PathLike | None = None, log: Log = print,
                  data_info: dict | None = None, flat_input: bool = False, t_start: float | None = None,
                  write_report: bool = True) -> RunResult:
-    """Distil, export, evaluate and report from split window arrays.
+    """Distil, export, calibrate, evaluate and report from split window arrays.
 
     Args:
         train, val, test: :class:`Split` (x float32 ``[N, 96, 64]``). Labels are 0/1 with
             1 = positive (preset "cry") or indices into ``params.learn.labels`` ("general").
+            Splits that carry their ``clips`` get the nursery-night evaluation (and the detector
+            is calibrated on the validation night); without clips (Edge Impulse rows) the
+            detector threshold is the validation best clip-F1 one.
         out_dir: run folder.
         params: parameters.
         teacher: loaded teacher / path / None.
@@ -233,9 +246,11 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     Returns:
         :class:`RunResult`.
     """
-    from cryblock.blocks.learn import distill, evaluate, export, report
-    from cryblock.blocks.learn.student import build_student, count_macs, count_params
+    from cryblock.blocks.learn import augment, distill, evaluate, export, report
+    from cryblock.blocks.learn.night import score_night
+    from cryblock.blocks.learn.student import architecture, build_student, count_macs, count_params
     from cryblock.blocks.learn.teacher import cry_probability
+    from cryblock.io import staging_dir
 
     t_start = t_start or time.perf_counter()
     learn = params.learn
@@ -253,26 +268,37 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
             raise DataError(f"label(s) {miss} missing from the {name} split")
     out = Path(out_dir)
     teacher = _teacher(teacher)
+    timing = {}
 
     # --- teacher outputs (cached) on all windows
     t0 = time.perf_counter()
     all_x = np.concatenate([train.x, val.x, test.x]).reshape(-1, *params.dsp.patch_shape)
     t_scores, emb = distill.teacher_outputs(teacher, all_x, cache_dir, log=log)
-    t_teacher = time.perf_counter() - t0
+    timing["teacher_seconds"] = time.perf_counter() - t0
     n_tr, n_va = len(train.x), len(val.x)
     sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}
+    aux = list(learn.aux_classes) if learn.aux_weight > 0 else None
+    head = None
     if cry:
+        pos_index = 1
         p_all = cry_probability(t_scores)
         zt_train = distill.logit(p_all[sl["train"]])[:, None]
-        teacher_test_prob = p_all[sl["test"]]
-        pos_index = 1
     else:
+        pos_index = learn.labels.index(learn.positive_label)
         head = distill.fit_teacher_head(emb[sl["train"]], train.y, learn.labels, learn.seed)
         zt_train = head.logits(emb[sl["train"]])
-        probs_all = head.proba(emb)
-        pos_index = learn.labels.index(learn.positive_label)
-        p_all = probs_all[np.arange(len(all_x)), np.concatenate([train.y, val.y, test.y])]  # own-label prob
-        teacher_test_prob = probs_all[sl["test"]]
+        p_all = head.proba(emb)[np.arange(len(all_x)), np.concatenate([train.y, val.y, test.y])]  # own-label prob
+
+    def teacher_score(patches: np.ndarray) -> np.ndarray:
+        """The teacher's positive score of any patches (cached like the split's)."""
+        sc, em = distill.teacher_outputs(teacher, patches, cache_dir)
+        return cry_probability(sc) if cry else head.proba(em)[:, pos_index]
+
+    def rescore(patches: np.ndarray):
+        """Teacher targets of augmented windows (not cached: they are new every epoch)."""
+        sc, em = teacher.predict(patches, batch_size=256)
+        z = distill.logit(cry_probability(sc))[:, None] if cry else head.logits(em)
+        return z, (em if learn.embedding_weight > 0 else None), (sc[:, aux] if aux else None)
 
     # --- teacher-as-filter
     y_tr = np.asarray(train.y)
@@ -290,105 +316,118 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     if filt["positive_kept"] == 0 or filt["negative_kept"] == 0:
         raise DataError(f"the teacher filter left {filt['positive_kept']} positive / {filt['negative_kept']} "
                         f"negative training windows; loosen filter_pos/filter_neg")
+    kept = np.flatnonzero(keep)
     data = distill.DistillData(train.x[keep], y_tr[keep], zt_train[keep],
-                               emb[sl["train"]][keep] if learn.embedding_weight > 0 else None, pos_mask_all[keep])
+                               emb[sl["train"]][keep] if learn.embedding_weight > 0 else None, pos_mask_all[keep],
+                               aux_targets=t_scores[sl["train"]][keep][:, aux] if aux else None, source_index=kept)
+    augmenter = None
+    if params.augment.active:
+        augmenter = augment.Augmenter(params.augment, params.dsp, train.x,
+                                      None if train.clips is None else train.clip_index, np.flatnonzero(~pos_mask_all))
 
     # --- student
     t0 = time.perf_counter()
     models = build_student(learn, params.dsp, n_out=1 if cry else n_labels,
-                           embedding_projection=learn.embedding_weight > 0, flat_input=flat_input)
-    fit = distill.fit_student(models, data, val.x, val.y, learn, log=log)
-    t_train = time.perf_counter() - t0
-
-    from cryblock.io import staging_dir
+                           embedding_projection=learn.embedding_weight > 0, aux_outputs=len(aux) if aux else 0,
+                           flat_input=flat_input)
+    fit = distill.fit_student(models, data, val.x, val.y, learn, augmenter=augmenter, rescore=rescore, log=log)
+    timing["train_seconds"] = time.perf_counter() - t0
 
     staging = staging_dir(out)
     try:
         t0 = time.perf_counter()
         rep = export.representative_patches(train.x[keep], 300, learn.seed)
         exp = export.export_all(models.model, rep, staging)
-        t_export = time.perf_counter() - t0
+        timing["export_seconds"] = time.perf_counter() - t0
+        if head is not None:
+            head.save(staging / TEACHER_HEAD_NAME)
+
+        # --- the three models as scorers of any patches
+        t0 = time.perf_counter()
+        runner = evaluate.TflmRunner(exp.int8_tflite)
+        scorers = {"teacher": teacher_score,
+                   "float": lambda x: _positive_score(distill.predict_batches(models.model, x), pos_index),
+                   "int8": lambda x: _positive_score(runner.predict(x), pos_index)}
+        window = {"val": {k: (p_all[sl["val"]] if k == "teacher" and cry else f(val.x)) for k, f in scorers.items()},
+                  "test": {k: (p_all[sl["test"]] if k == "teacher" and cry else f(test.x)) for k, f in scorers.items()}}
+        timing["score_seconds"] = time.perf_counter() - t0
+
+        # --- detector settings: calibrated on the validation split, never the test split
+        t0 = time.perf_counter()
+        settings = {k: params.detector for k in scorers}
+        calibration, nights = None, {}
+        if learn.tune_threshold:
+            if val.clips is not None:
+                nights["validation"] = evaluate.night_of(val, pos_index, params, learn.seed)
+                calibration = {}
+                for k, f in scorers.items():
+                    cal = evaluate.calibrate_on(nights["validation"], f, params)
+                    settings[k] = cal.setting
+                    calibration[k] = evaluate.calibration_dict(cal)
+                log("detector calibrated on the validation night (" + ", ".join(
+                    f"{k}: {report.setting_text(settings[k])}" for k in settings) + "; INT8 deployed)")
+                if not calibration["int8"]["within_budget"]:
+                    log(f"warning: no detector setting met the budget of {params.night.fa_budget_per_8h:g} false "
+                        "alerts per 8 h on the validation night; deployed the one with the fewest")
+            else:
+                yv = (np.asarray(val.clip_y) == pos_index).astype(int)
+                for k, sv in window["val"].items():
+                    best = evaluate.binary_metrics(yv, evaluate.clip_max(sv, val.clip_index, len(yv)))["threshold"]
+                    # floored to 1e-3 (the firmware Kconfig holds it ×1000), never above the best-F1 point
+                    settings[k] = dataclasses.replace(params.detector, threshold=float(np.clip(
+                        np.floor(best * 1000) / 1000, 0.0, 1.0)))
+                log("detector thresholds tuned on validation clips (best clip F1): "
+                    + ", ".join(f"{k} {settings[k].threshold}" for k in settings) + " (INT8 one deployed)")
+            params = dataclasses.replace(params, detector=settings["int8"])
+        timing["calibration_seconds"] = time.perf_counter() - t0
 
         # --- evaluation on the test split
         t0 = time.perf_counter()
-        float_probs = distill.predict_batches(models.model, test.x)
-        runner = evaluate.TflmRunner(exp.int8_tflite)
-        int8_probs = runner.predict(test.x)
-        t_eval_int8 = time.perf_counter() - t0
-        # Detector thresholds: each model's best-F1 threshold on the validation split's clips
-        # (max over a clip's windows; groups unseen in training; the test split stays untouched).
-        # Clip level, because labels are per clip: a cry recording also holds breaths and silence,
-        # and a per-window F1 would push the threshold down to flag those too (many false alerts).
-        # The INT8 model's threshold is the one deployed.
-        det_of = {k: params.detector for k in ("teacher", "float", "int8")}
-        tuned = None
-        if learn.tune_threshold:
-            val_probs = {"teacher": p_all[sl["val"]] if cry else probs_all[sl["val"]],
-                         "float": distill.predict_batches(models.model, val.x), "int8": runner.predict(val.x)}
-            y_val_clip = (np.asarray(val.clip_y) == pos_index).astype(int)
-            tuned = {}
-            for k, pv in val_probs.items():
-                sv = _positive_score(pv, pos_index)
-                tuned[k] = evaluate.binary_metrics(y_val_clip, evaluate.clip_max(sv, val.clip_index, len(y_val_clip)))
-                # floor to 1e-3 (the firmware Kconfig holds it ×1000) so it never rises above the best-F1 point
-                thr_k = float(np.clip(np.floor(tuned[k]["threshold"] * 1000) / 1000, 0.0, 1.0))
-                det_of[k] = dataclasses.replace(params.detector, threshold=thr_k)
-            params = params.replace(detector={"threshold": det_of["int8"].threshold})
-            log("detector thresholds tuned on validation clips (best clip F1): "
-                + ", ".join(f"{k} {det_of[k].threshold}" for k in det_of) + " (INT8 one deployed)")
-
-        probs = {"teacher": np.asarray(teacher_test_prob), "float": float_probs, "int8": int8_probs}
-        scores = {k: _positive_score(p, pos_index) for k, p in probs.items()}
-        y_bin = (np.asarray(test.y) == pos_index).astype(int)
-        clip_bin = (np.asarray(test.clip_y) == pos_index).astype(int)
-        results = {}
-        for name, p in probs.items():
-            results[name] = evaluate.evaluate_scores(scores[name], y_bin, test.clip_index, clip_bin,
-                                                     det_of[name], params.dsp)
-            results[name]["detector_threshold"] = det_of[name].threshold
+        if test.clips is not None:
+            nights["test"] = evaluate.night_of(test, pos_index, params, learn.seed)
+        results, night_scores = {}, {}
+        for k, f in scorers.items():
+            if "test" in nights:
+                night_scores[k] = score_night(nights["test"], f)
+            results[k] = evaluate.evaluate_split(window["test"][k], test, pos_index, settings[k], params,
+                                                 night=nights.get("test"), night_scores=night_scores.get(k))
             if not cry:
-                results[name]["accuracy"] = float(np.mean(np.argmax(p, axis=1) == test.y))
-                results[name]["macro_auc"] = distill.val_auc(test.y, p)
-        diff = np.abs(scores["int8"] - scores["float"])
+                probs = head.proba(emb[sl["test"]]) if k == "teacher" else (
+                    distill.predict_batches(models.model, test.x) if k == "float" else runner.predict(test.x))
+                results[k]["accuracy"] = float(np.mean(np.argmax(probs, axis=1) == test.y))
+                results[k]["macro_auc"] = distill.val_auc(test.y, probs)
+        timing["eval_seconds"] = time.perf_counter() - t0
+        diff = np.abs(window["test"]["int8"] - window["test"]["float"])
         thr = params.detector.threshold
         agreement = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                     "decision_agreement": float(np.mean((scores["int8"] >= thr) == (scores["float"] >= thr)))}
+                     "decision_agreement": float(np.mean((window["test"]["int8"] >= thr)
+                                                         == (window["test"]["float"] >= thr)))}
         cost = {"int8_bytes": len(exp.int8_tflite), "float_bytes": len(exp.float_tflite),
                 "params": count_params(models.model), "macs": count_macs(models.model),
-                "arena_bytes": runner.min_arena_bytes,
-                "tflm_ms_per_window_host": 1000 * t_eval_int8 / max(1, len(test.x))}
-        t_eval = time.perf_counter() - t0
+                "arena_bytes": runner.min_arena_bytes, "architecture": architecture(learn).describe(),
+                "tflm_ms_per_window_host": 1000 * runner.seconds / max(1, runner.invokes)}
+        timing["total_seconds"] = time.perf_counter() - t_start
         metrics = {
             "preset": learn.preset, "labels": list(learn.labels), "positive_index": pos_index,
             "data": data_info or {}, "filter": filt,
             "training": {"history": fit.history, "best_epoch": fit.best_epoch, "best_val_auc": fit.best_val_auc,
-                         "windows_kept": int(np.sum(keep))},
+                         "windows_kept": int(np.sum(keep)), "augmentation": params.augment.active,
+                         "aux_head": bool(aux)},
             "teacher": results["teacher"], "float": results["float"], "int8": results["int8"],
             "int8_vs_float": agreement, "cost": cost,
             "detector": {**params.to_dict()["detector"],
-                         "tuned_on": "best clip F1 (max over windows) of the INT8 model on the validation split"
-                                     if tuned else "given",
-                         "validation_best_f1": tuned["int8"]["best_f1"] if tuned else None},
-            "timing": {"teacher_seconds": t_teacher, "train_seconds": t_train, "export_seconds": t_export,
-                       "eval_seconds": t_eval, "total_seconds": time.perf_counter() - t_start},
+                         "tuned_on": ("validation night stream (highest cry-episode recall within "
+                                      f"{params.night.fa_budget_per_8h:g} false alerts per 8 h)" if calibration
+                                      else "best clip F1 on the validation split" if learn.tune_threshold else "given")},
+            "calibration": calibration,
+            "night": {k: evaluate.night_summary(n) for k, n in nights.items()},
+            "timing": timing,
         }
         params.save(staging / "params.json")
         table = report.results_table(metrics)
         if write_report:
-            counts = np.bincount(test.clip_index, minlength=len(test.clip_y))
-            timeline = []
-            for lab in (1, 0):  # longest positive and longest negative test clip
-                cand = np.flatnonzero(clip_bin == lab)
-                if len(cand) == 0:
-                    continue
-                c = int(cand[np.argmax(counts[cand])])
-                m = test.clip_index == c
-                timeline.append({"name": test.clip_names[c] if test.clip_names else f"clip {c}",
-                                 "hop_seconds": params.dsp.patch_hop_seconds, "label": lab,
-                                 **{k: s[m] for k, s in scores.items()}})
-            curves = {k: (y_bin, s, clip_bin, evaluate.clip_max(s, test.clip_index, len(clip_bin)))
-                      for k, s in scores.items()}
-            report.write_reports(staging, metrics, params, curves, timeline)
+            report.write_reports(staging, metrics, params, test, window["test"], pos_index,
+                                 nights.get("test"), night_scores, settings)
         report.write_metrics(staging, metrics)
         # --- move everything into place
         for f in sorted(staging.iterdir()):

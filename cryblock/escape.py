@@ -1,0 +1,27 @@
+"""Escaping user text (labels, categories, file names) for the outputs it lands in.
+
+Labels and categories come from users' manifests and params.json; they are pasted into C
+comments of the generated firmware and into Markdown tables of READMEs and reports, so each
+output gets its own escaping (a label ``x */ int injected(void){return 42;} /*`` must stay inside
+its comment; ``a|b`` must not split a table cell).
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Any
+
+
+def c_comment(text: Any) -> str:
+    """``text`` made safe inside a C comment or string literal: JSON string escapes (quotes,
+    backslashes, control characters, non-ASCII as ``\\uXXXX``) and no ``*/`` or ``/*``, so a
+    label such as ``x */ int injected(void){return 42;} /*`` stays inside its comment."""
+    return json.dumps(str(text), ensure_ascii=True)[1:-1].replace("*/", "*\\/").replace("/*", "/\\*")
+
+
+def md_cell(text: Any) -> str:
+    """``text`` made safe inside a Markdown table cell or line: control characters → space,
+    ``\\ | ` * _ <`` escaped."""
+    s = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
+    return re.sub(r"([\\|`*_])", r"\\\1", s).replace("<", "&lt;")
