@@ -8,8 +8,9 @@ import click
 
 
 def register(group: click.Group) -> None:
-    """Add ``build`` to the ``cryblock`` group."""
+    """Add ``build`` and ``emulate`` to the ``cryblock`` group."""
     group.add_command(build)
+    group.add_command(emulate_cmd)
 
 
 @click.command()
@@ -18,7 +19,12 @@ def register(group: click.Group) -> None:
 @click.option("--params", "params_path", type=click.Path(dir_okay=False), default=None,
               help="params.json of the training run (DSP front-end, labels, detector defaults); "
                    "default: the params.json beside the model, if there is one.")
-@click.option("--target", type=click.Choice(["esp32s3"]), default="esp32s3", show_default=True)
+@click.option("--target", type=click.Choice(["esp32s3", "linux"]), default="esp32s3", show_default=True,
+              help="esp32s3, or linux: ESP-IDF's host target (the same firmware as a program on this PC, "
+                   "fed with replayed audio; see cryblock emulate).")
+@click.option("--audio", type=click.Choice(["i2s", "replay", "file"]), default=None,
+              help="Audio source: i2s microphone (esp32s3 default), replay over the serial console (linux default; "
+                   "also on the S3, for QEMU and bench boards), or file ($CRY_AUDIO_FILE, linux).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Project folder to write. In an earlier cryblock project only generated files are replaced "
                    "(sdkconfig, build/ and your own files are kept).")
@@ -46,10 +52,11 @@ def register(group: click.Group) -> None:
 @click.option("--force", is_flag=True, help="Overwrite generated files edited since an earlier build into --out.")
 @click.option("--no-idf", is_flag=True, help="Only generate; do not run idf.py even if ESP-IDF is available.")
 @click.option("--json", "as_json", is_flag=True, help="Print the size report as JSON.")
-def build(model_path, params_path, target, out_dir, i2s, pin_bclk, pin_ws, pin_din, slot, bits, ram,
+def build(model_path, params_path, target, audio, out_dir, i2s, pin_bclk, pin_ws, pin_din, slot, bits, ram,
           arena_margin, flash_size, psram_mode, console, flash_mode, force, no_idf, as_json):
     """Generate an ESP-IDF project for the model and report flash/RAM/latency."""
-    from cryblock.blocks.deploy.idf import find_idf, run_idf_build
+    from cryblock.blocks.deploy.idf import find_idf, idf_size, run_idf_build
+    from cryblock.blocks.deploy.size import write_measured_sizes
     from cryblock.blocks.deploy.project import BuildOptions, generate_project
     from cryblock.blocks.deploy.size import format_report
     from cryblock.params import Params
@@ -63,7 +70,7 @@ def build(model_path, params_path, target, out_dir, i2s, pin_bclk, pin_ws, pin_d
             click.echo("params  : none given and no params.json beside the model: using defaults "
                        "(YAMNet front-end, detector threshold 0.5)", err=True)
     params = Params.load(params_path) if params_path else Params()
-    opts = BuildOptions(target=target, i2s=i2s, pin_bclk=pin_bclk, pin_ws=pin_ws, pin_din=pin_din, slot=slot,
+    opts = BuildOptions(target=target, audio=audio, i2s=i2s, pin_bclk=pin_bclk, pin_ws=pin_ws, pin_din=pin_din, slot=slot,
                         bits=int(bits) if bits else (16 if i2s == "pdm" else 32), ram=ram,
                         arena_margin=arena_margin, flash_mb=int(flash_size), psram_mode=psram_mode,
                         console=console, flash_mode=flash_mode)
@@ -83,8 +90,43 @@ def build(model_path, params_path, target, out_dir, i2s, pin_bclk, pin_ws, pin_d
     if how is None:
         click.echo("ESP-IDF not found (no idf.py on PATH, IDF_PATH unset): project generated but not built.\n"
                    f"To build: install ESP-IDF >= 5.1, `. $IDF_PATH/export.sh`, then\n"
-                   f"  cd {res.project} && idf.py set-target {target} build", err=True)
+                   f"  cd {res.project} && idf.py {'--preview ' if target == 'linux' else ''}build", err=True)
         return
-    click.echo(f"running idf.py set-target {target} build in {res.project} ...", err=True)
+    click.echo(f"running idf.py build in {res.project} ...", err=True)
     run_idf_build(res.project, target)
     click.echo(f"built: {res.project / 'build'}")
+    sizes = idf_size(res.project) if target == "esp32s3" else None
+    if sizes:
+        click.echo(f"size    : flash {sizes['flash_bytes']:,} B, DRAM {sizes['dram_bytes']:,} B, IRAM "
+                   f"{sizes['iram_bytes']:,} B (esp_idf_size of the linker map; replaces the estimate)")
+        write_measured_sizes(res.project, sizes)
+
+
+@click.command("emulate")
+@click.option("--project", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Generated project, built for the linux target (or, with --qemu, for the ESP32-S3 with --audio replay).")
+@click.option("--audio", "audio", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Recording to replay (repeatable; any format the DSP block reads).")
+@click.option("--qemu", default=None, help="Espressif's qemu-system-xtensa: boot the project's ESP32-S3 build in it.")
+@click.option("--binary", default=None, type=click.Path(dir_okay=False),
+              help="Program to run instead of build/<name>.elf (anything speaking the replay protocol).")
+@click.option("--boot-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
+              help="Seconds to wait for the BOOT line.")
+@click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="Write the comparison as JSON.")
+def emulate_cmd(project, audio, qemu, binary, boot_timeout, as_json):
+    """Run the firmware on recordings (linux-target build, or the S3 image in QEMU) and compare its
+    scores and detector events with the Python INT8 run of the same audio."""
+    import dataclasses
+
+    from cryblock.blocks.deploy.emulate import emulate, format_comparison
+    from cryblock.io import atomic_write_text, check_output, json_safe
+
+    if as_json:
+        check_output(as_json, folder=False)
+    results = emulate(project, audio, binary=binary, qemu=qemu, boot_timeout=boot_timeout)
+    for c in results:
+        click.echo(format_comparison(c))
+    if as_json:
+        atomic_write_text(as_json, json.dumps(json_safe([dataclasses.asdict(c) | {"ok": c.ok} for c in results]),
+                                              indent=1, allow_nan=False) + "\n")
+        click.echo(f"wrote {as_json}")

@@ -26,47 +26,18 @@ from .options import field_options, params_with, split_overrides
 #: shared CPU cores; validation AUC plateaus after ≈ 10 epochs).
 DEMO_EPOCHS = 15
 
-#: Params fields settable from the command line: (flag, section.field, type, help). Values are
-#: validated by Params (bounded, finite); see cryblock.params for units and defaults.
-_LEARN_FLAGS = [
-    ("--epochs", "learn.epochs", int, "training epochs (early stopping may end sooner)"),
-    ("--temperature", "learn.temperature", float, "KD temperature T"),
-    ("--alpha", "learn.alpha", float, "weight of the hard-label loss (1 = hard labels only)"),
-    ("--neg-per-pos", "learn.neg_per_pos", float, "negatives per positive window drawn each epoch"),
-    ("--filter-pos", "learn.filter_pos", float, "keep positive windows with teacher p > this"),
-    ("--filter-neg", "learn.filter_neg", float, "keep negative windows with teacher p < this"),
-    ("--embedding-weight", "learn.embedding_weight", float, "weight of the embedding-approximation loss"),
-    ("--aux-weight", "learn.aux_weight", float, "weight of the auxiliary head on the teacher's confusable classes "
-                                                "(cat, speech, music …; dropped at export)"),
-    ("--width", "learn.width", int, "student channels of the first block (width/depth plan)"),
-    ("--depth", "learn.depth", int, "student depthwise-separable blocks (width/depth plan)"),
-    ("--stem-channels", "learn.stem_channels", int, "channels of the stem 3x3 convolution (0 = width)"),
-    ("--stem-stride", "learn.stem_stride", int, "stride of the stem convolution (1 or 2)"),
-    ("--pool", "learn.pool", click.Choice(["none", "max", "avg"]), "2x2 pooling after the stem"),
-    ("--kernel", "learn.kernel", str, "depthwise kernel TIMExMEL, e.g. 3x3 or 5x3"),
-    ("--blocks", "learn.blocks", str, "DS blocks as CHANNELS/STRIDE items, e.g. 16/1,32/2,64/2,128/2 "
-                                      "(overrides width/depth)"),
-    ("--head", "learn.head", int, "hidden units before the output layer (0 = linear head)"),
-    ("--learning-rate", "learn.learning_rate", float, "Adam learning rate (cosine-decayed)"),
-    ("--batch-size", "learn.batch_size", int, "batch size"),
-    ("--patience", "learn.patience", int, "early-stopping patience (epochs) on validation AUC"),
-    ("--seed", "learn.seed", int, "random seed (split, sampling, initialisation, augmentation, night)"),
-    ("--positive-label", "learn.positive_label", str, "label the detector fires on (default cry; required for "
-                                                      "--preset general unless a label is named cry)"),
-    ("--preset", "learn.preset", click.Choice(["cry", "general"]), "cry (sigmoid, teacher cry classes) or general "
-                                                                   "(softmax over the manifest's labels)"),
-    ("--mix", "augment.p_mix", float, "probability of mixing a training window with a training negative"),
-    ("--mix-snr-min", "augment.mix_snr_min_db", float, "lowest mixing SNR, dB"),
-    ("--mix-snr-max", "augment.mix_snr_max_db", float, "highest mixing SNR, dB"),
-    ("--gain", "augment.p_gain", float, "probability of a random gain"),
-    ("--gain-min-db", "augment.gain_min_db", float, "lowest random gain, dB"),
-    ("--gain-max-db", "augment.gain_max_db", float, "highest random gain, dB"),
-    ("--shift", "augment.p_shift", float, "probability of a time shift (up to half a patch hop)"),
-    ("--specaugment", "augment.p_specaugment", float, "probability of SpecAugment time/frequency masks"),
-    ("--bandlimit", "augment.p_bandlimit", float, "probability of band-limiting to 4 kHz"),
-    ("--fa-budget", "night.fa_budget_per_8h", float, "false alerts per 8 h the detector calibration may spend"),
-    ("--night-gap", "night.gap_seconds", float, "shortest time between cries inserted into the night stream, s"),
-]
+def _click_rows():
+    """blocks/learn/flags.py's table as field_options rows (choices become click.Choice)."""
+    from cryblock.blocks.learn.flags import LEARN_FLAGS
+
+    return [(flag, path, click.Choice(list(choices)) if choices else typ, help_)
+            for flag, path, typ, choices, help_, _ in LEARN_FLAGS]
+
+
+_LEARN_FLAGS = _click_rows()
+#: Architecture flags: the candidates of `cryblock tune` set these, so tune does not offer them.
+_ARCH_FLAGS = {"--width", "--depth", "--stem-channels", "--stem-stride", "--pool", "--kernel", "--blocks", "--head",
+               "--epochs"}
 
 
 def _quiet_tf() -> None:
@@ -174,8 +145,49 @@ def detect_cmd_impl(files, run: str, plot: str | None, as_json: str | None) -> N
         click.echo(f"wrote {plot}")
 
 
+def tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flash, epochs, final_epochs, minutes,
+                  workers, map_label, overrides):
+    _quiet_tf()
+    from cryblock.blocks.learn.tune import Budget, parse_amount, tune
+
+    budget = Budget(parse_amount(max_arena, "max_arena"), parse_amount(max_macs, "max_macs"),
+                    parse_amount(max_flash, "max_flash"))
+    params = learn_params(data, params_file, overrides, parse_label_map(map_label))
+    doc = tune(data, out, params, budget=budget, epochs=epochs, final_epochs=final_epochs, minutes=minutes,
+               teacher=teacher, workers=workers, log=lambda s: click.echo(s))
+    click.echo(f"wrote {out}/ (tune.md, tune.json, candidates/" + (", best/)" if doc["best_run"] else ")")
+               + f" in {doc['minutes']:.0f} min")
+
+
 def register(group: click.Group) -> None:
-    """Add ``train``, ``demo``, ``evaluate`` and ``detect`` to the ``cryblock`` group."""
+    """Add ``train``, ``demo``, ``tune``, ``evaluate`` and ``detect`` to the ``cryblock`` group."""
+
+    @group.command("tune")
+    @click.option("--data", required=True, type=click.Path(), help="manifest CSV (or folder holding manifest.csv)")
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="tune folder to write")
+    @click.option("--teacher", type=click.Path(), default=None,
+                  help="YAMNet file; default $CRYBLOCK_TEACHER, cache or download")
+    @click.option("--params", "params_file", type=click.Path(), default=None,
+                  help="params.json of the recipe shared by the candidates")
+    @click.option("--max-arena", default="40k", show_default=True,
+                  help="budget: host-measured TFLM arena bytes (k = 1000)")
+    @click.option("--max-macs", default="1.2M", show_default=True, help="budget: MACs per patch")
+    @click.option("--max-flash", default="64k", show_default=True, help="budget: INT8 model bytes")
+    @click.option("--epochs", "cand_epochs", type=click.IntRange(1, 1000), default=6, show_default=True,
+                  help="epochs per candidate (short: for ranking)")
+    @click.option("--final-epochs", type=click.IntRange(1, 10000), default=DEMO_EPOCHS, show_default=True,
+                  help="epochs of the winner's retraining")
+    @click.option("--minutes", type=click.FloatRange(1, 100000), default=30.0, show_default=True,
+                  help="time box for the candidates")
+    @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
+    @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO", help="rename a manifest label")
+    @field_options([r for r in _LEARN_FLAGS if r[0] not in _ARCH_FLAGS])
+    def tune_cmd(data, out, teacher, params_file, max_arena, max_macs, max_flash, cand_epochs, final_epochs, minutes,
+                 workers, map_label, **overrides):
+        """Train the candidate student architectures with one recipe, measure cost (INT8 size, MACs,
+        host and device arena, latency) and quality, print the front, retrain the best within budget."""
+        tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flash, cand_epochs, final_epochs,
+                      minutes, workers, map_label, overrides)
 
     @group.command("evaluate")
     @click.option("--run", "run", required=True, type=click.Path(file_okay=False),

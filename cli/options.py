@@ -28,13 +28,10 @@ def field_options(rows: Sequence[tuple[str, str, Any, str]]) -> Callable:
 
 def split_overrides(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``{"augment__p_mix": 0.5, "learn__epochs": None}`` → ``{"augment": {"p_mix": 0.5}}`` (given
-    values only)."""
-    out: dict[str, dict[str, Any]] = {}
-    for key, v in values.items():
-        if v is not None and "__" in key:
-            section, name = key.split("__", 1)
-            out.setdefault(section, {})[name] = v
-    return out
+    values only; :func:`cryblock.blocks.learn.flags.overrides`)."""
+    from cryblock.blocks.learn.flags import overrides
+
+    return overrides(values)
 
 
 def params_with(params_file: str | Path | None, overrides: dict[str, Any]):

@@ -258,11 +258,15 @@ def compute_patches(clips: Sequence[Clip], params: DspParams = DspParams(), *, w
 
 def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validation_fraction: float = 0.2,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split clip indices into train / validation / test **by group**, stratified by label.
+    """Split clip indices into train / validation / test **by group**, stratified by label and
+    source.
 
     Uses scikit-learn's ``StratifiedGroupKFold``: the test split is one fold of
     ``round(1/test_fraction)``; validation is one fold of ``round(1/validation_fraction)`` of
-    the rest. No group appears in two splits.
+    the rest. No group appears in two splits. The strata are ``label|source`` (the manifest's
+    ``source`` column; label alone when it is empty), so each kind of recording — the cats, the
+    speakers, the ESC folds — is spread over the splits as far as its groups allow: a
+    validation split without any cat would calibrate the detector blind to the hardest sound.
 
     Returns:
         (train_idx, val_idx, test_idx): int arrays of clip indices.
@@ -270,9 +274,12 @@ def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validatio
     Raises:
         DataError: fewer than 3 groups, or a label that ends up missing from the test split.
     """
+    import warnings
+
     from sklearn.model_selection import StratifiedGroupKFold
 
     labels = np.array([c.label for c in clips])
+    strata = np.array([f"{c.label}|{c.source}" for c in clips])
     groups = np.array([c.group for c in clips])
     if len(set(groups)) < 3:
         raise DataError(f"need ≥ 3 groups to split train/validation/test by group, got {len(set(groups))}")
@@ -283,7 +290,9 @@ def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validatio
         k = max(2, int(round(1 / frac)))
         k = min(k, len(set(groups[idx])))
         cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=rs)
-        rest, held = next(cv.split(np.zeros(len(idx)), labels[idx], groups[idx]))
+        with warnings.catch_warnings():  # strata with fewer groups than folds are spread as far as they go
+            warnings.simplefilter("ignore", UserWarning)
+            rest, held = next(cv.split(np.zeros(len(idx)), strata[idx], groups[idx]))
         return idx[rest], idx[held]
 
     all_idx = np.arange(len(clips))

@@ -6,7 +6,8 @@ Each record is one ASCII line::
 
 * ``CRYB/1`` – magic and format version; a parser skips lines of other versions.
 * ``<KIND>`` – ``BOOT`` (once after reset), ``INF`` (one per inference), ``EVT`` (detector
-  state change), ``CFG`` (configuration after a serial command), ``ERR``.
+  state change), ``CFG`` (configuration after a serial command), ``ERR``, and for replayed audio
+  ``RDY`` / ``END`` (below).
 * values contain no spaces; numbers are decimal; lists are comma-separated.
 * ``*CC`` – two upper-case hex digits: XOR of every byte before the space that precedes
   ``*`` (NMEA-style). A line whose checksum does not match is garbage and is dropped.
@@ -14,13 +15,23 @@ Each record is one ASCII line::
 Fields by kind (units in the names):
 
 =====  ==========================================================================
-BOOT   ``model_bytes arena_bytes arena_used ops sr threshold vote hold_ms fw``
+BOOT   ``model_bytes arena_bytes arena_used ops sr threshold vote hold_ms audio fw``
+       (audio = i2s | replay | file)
 INF    ``t_ms seq fe_us inv_us score pos votes det``  (score in [0,1]; pos/det 0|1;
        votes = positives among the last M)
 EVT    ``t_ms state score``  (state = ON|OFF)
 CFG    ``threshold vote hold_ms``  (vote = N/M)
 ERR    ``code msg``
+RDY    ``seq samples``  (replay: line ``seq`` queued; ``samples`` received so far)
+END    ``seq samples``  (replayed/file audio fully processed: ``seq`` patches)
 =====  ==========================================================================
+
+**Audio replay** (firmware built with ``--audio replay``; templates/esp32s3/main/replay.h): the
+host sends ``pcm <seq> <base64>`` lines — base64 (RFC 4648, padded) of 1–512 int16
+little-endian samples at the DSP rate, ``seq`` counting from 0 — and waits for ``RDY seq=<seq>``
+before the next one (stop and wait: no serial buffer overflows at any link speed); ``pcm end``
+closes the audio and the firmware answers ``END`` after its last patch. A malformed or
+out-of-order line is answered ``ERR code=replay``. Other lines are detector commands.
 
 The C firmware (templates/esp32s3/main/cry_log.h) writes the same format.
 """
@@ -30,7 +41,7 @@ import math
 from dataclasses import dataclass, field
 
 MAGIC = "CRYB/1"
-KINDS = ("BOOT", "INF", "EVT", "CFG", "ERR")
+KINDS = ("BOOT", "INF", "EVT", "CFG", "ERR", "RDY", "END")
 
 
 def checksum(body: str) -> str:

@@ -337,14 +337,14 @@ class NightParams:
     """The nursery-night evaluation and the detector calibration on it (cryblock.blocks.learn.night).
 
     A night stream is a split's negative clips back to back (longest first) with the split's cry
-    clips inserted at most every ``gap_seconds`` at each SNR of ``snrs_db``; false alerts are
-    counted on the negative audio alone. Calibration (when ``learn.tune_threshold``) picks the
+    clips inserted one per ``gap_seconds`` slot (at a random offset in the slot) at each SNR of
+    ``snrs_db``; false alerts are counted on the negative audio alone. Calibration (when ``learn.tune_threshold``) picks the
     threshold, N-of-M and hold time with the highest cry-episode recall on the *validation* night
     within ``fa_budget_per_8h``.
     """
 
     snrs_db: tuple[float, ...] = (0.0, 10.0, 20.0)  #: cry-to-background SNRs, dB
-    gap_seconds: float = 30.0  #: shortest time between inserted cry onsets, s
+    gap_seconds: float = 30.0  #: one inserted cry per slot of this length, s
     max_cry_seconds: float = 10.0  #: inserted cries are cut to this, s
     fa_budget_per_8h: float = 1.0  #: false alerts per 8 h the calibration may spend
     bootstrap: int = 500  #: bootstrap resamples (of groups) for the AUC confidence intervals

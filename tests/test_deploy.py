@@ -92,7 +92,9 @@ def _tflite_ops(model_path: Path) -> set[str]:
 
 def test_project_layout(project):
     root = project.project
-    for rel in ["CMakeLists.txt", "sdkconfig.defaults", "README.md", "size_report.json", "params.json",
+    for rel in ["CMakeLists.txt", "sdkconfig.defaults", "sdkconfig.defaults.esp32s3", "README.md", "size_report.json",
+                "params.json", "main/cry_app.c", "main/replay.c", "linux_stubs/driver/CMakeLists.txt",
+                "linux_stubs/esp_timer/esp_timer_linux.c",
                 gen.MARKER, "main/CMakeLists.txt", "main/idf_component.yml", "main/Kconfig.projbuild",
                 "main/main.cc", "main/model_data.cc", "main/model_data.h", "main/model_settings.h",
                 "main/frontend.c", "main/frontend.h", "main/frontend_tables.c", "main/frontend_tables.h",
@@ -119,7 +121,8 @@ def test_sdkconfig_and_kconfig_defaults(student, tmp_path):
     opts = gen.BuildOptions(i2s="pdm", pin_ws=5, pin_din=6, slot="right", bits=16, flash_mb=16,
                                psram_mode="quad", console="usb")
     res = gen.generate_project(student[0], tmp_path / "p", params, opts)
-    sd = (res.project / "sdkconfig.defaults").read_text().splitlines()
+    sd = ((res.project / "sdkconfig.defaults").read_text() + (res.project / "sdkconfig.defaults.esp32s3").read_text()
+          ).splitlines()
     assert "CONFIG_ESP_CONSOLE_USB_SERIAL_JTAG=y" in sd  # commands readable on the native USB port
     for line in ["CONFIG_IDF_TARGET=\"esp32s3\"", "CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ_240=y", "CONFIG_SPIRAM=y",
                  "CONFIG_SPIRAM_MODE_QUAD=y", "CONFIG_ESPTOOLPY_FLASHSIZE_16MB=y",
@@ -156,8 +159,8 @@ VERIFIED_SDKCONFIG_NAMES = {
 
 
 def test_sdkconfig_option_names_are_verified(project):
-    template = (gen.templates_dir() / "sdkconfig.defaults.j2").read_text()
-    texts = [(project.project / "sdkconfig.defaults").read_text()]
+    template = (gen.templates_dir() / "sdkconfig.defaults.esp32s3.j2").read_text()
+    texts = [(project.project / "sdkconfig.defaults").read_text(), (project.project / "sdkconfig.defaults.esp32s3").read_text()]
     texts += [template.replace("{{ flash_mb }}", str(mb)).replace("{{ flash_mode | upper }}", mode.upper())
               for mb in gen.FLASH_SIZES_MB for mode in gen.FLASH_MODES]  # every branch
     for text in texts:
@@ -360,7 +363,7 @@ def _stub_dir(tmp: Path, kconfig: str, **overrides) -> Path:
 def test_generated_sources_compile_on_host(project, tmp_path):
     main = project.project / "main"
     warn = ["-Wall", "-Wextra", "-Werror"]
-    for c in ["frontend.c", "frontend_tables.c", "postproc.c", "cry_log.c"]:  # no ESP-IDF headers needed
+    for c in ["frontend.c", "frontend_tables.c", "postproc.c", "cry_log.c", "replay.c", "cry_app.c"]:  # portable C
         r = subprocess.run(["gcc", "-std=c99", "-Wpedantic", *warn, "-c", str(main / c), "-o", str(tmp_path / "x.o")],
                            capture_output=True, text=True)
         assert r.returncode == 0, f"{c}: {r.stderr}"
@@ -377,7 +380,9 @@ def test_generated_sources_compile_on_host(project, tmp_path):
     # ESP-IDF-dependent files against declaration stubs (tests/c/stubs), sdkconfig.h from Kconfig
     kconfig = (main / "Kconfig.projbuild").read_text()
     for overrides in ({}, {"CRY_I2S_MODE_STD": None, "CRY_I2S_MODE_PDM": "1", "CRY_I2S_BITS": "16",
-                           "CRY_I2S_SLOT_LEFT": None, "CRY_I2S_SLOT_RIGHT": "1", "CRY_ARENA_IN_PSRAM": "1"}):
+                           "CRY_I2S_SLOT_LEFT": None, "CRY_I2S_SLOT_RIGHT": "1", "CRY_ARENA_IN_PSRAM": "1"},
+                      {"CRY_AUDIO_I2S": None, "CRY_AUDIO_REPLAY": "1"},  # replay (QEMU, bench boards)
+                      {"CRY_AUDIO_I2S": None, "CRY_AUDIO_FILE": "1", "IDF_TARGET_LINUX": "1"}):  # linux target
         gen = _stub_dir(tmp_path, kconfig, **overrides)
         inc = [f"-I{gen}", f"-I{STUBS}", f"-I{main}"]
         # ESP-IDF 5.x compiles C++ as gnu++2b, and since v5.4 with -Werror: `volatile +=` (-Wvolatile) fails there
@@ -450,7 +455,7 @@ def test_cli_build(student, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
     assert rep["ram"]["arena_region"] == "internal" and rep["ram"]["arena_margin_fraction"] == 0.2
-    assert "ESP-IDF not found" in r.stderr and "idf.py set-target esp32s3 build" in r.stderr
+    assert "ESP-IDF not found" in r.stderr and "&& idf.py build" in r.stderr
     assert "default 700" in (out / "main/Kconfig.projbuild").read_text()
     # regenerating over an earlier project replaces it
     r = runner.invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
@@ -514,9 +519,9 @@ def test_unusable_pins_are_refused(student, tmp_path, opts, msg):
 def test_usable_pin_variants(student, tmp_path):
     res = gen.generate_project(student[0], tmp_path / "a", Params(),
                                gen.BuildOptions(pin_din=35, psram_mode="quad", pin_ws=19, pin_bclk=20))
-    assert "CONFIG_ESPTOOLPY_FLASHMODE_DIO=y" in (res.project / "sdkconfig.defaults").read_text()
+    assert "CONFIG_ESPTOOLPY_FLASHMODE_DIO=y" in (res.project / "sdkconfig.defaults.esp32s3").read_text()
     res = gen.generate_project(student[0], tmp_path / "b", Params(), gen.BuildOptions(flash_mode="qio"))
-    assert "CONFIG_ESPTOOLPY_FLASHMODE_QIO=y" in (res.project / "sdkconfig.defaults").read_text()
+    assert "CONFIG_ESPTOOLPY_FLASHMODE_QIO=y" in (res.project / "sdkconfig.defaults.esp32s3").read_text()
 
 
 def test_label_cannot_inject_code_or_break_tables(student, tmp_path):
@@ -582,3 +587,58 @@ def test_build_out_is_checked_first(student, tmp_path):
     for out, msg in ((f, "is a file"), (f / "fw", "is a file"), ("/proc/cryblock-fw", "cannot write")):
         r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
         assert r.exit_code == 2 and msg in r.stderr, r.output
+
+
+def test_linux_target_project(student, tmp_path):
+    """One code base, two targets: --target linux gives the same sources, linux defaults, the
+    stand-in components and no ESP-NN scratch in the arena plan."""
+    s3 = gen.generate_project(student[0], tmp_path / "s3", Params(), gen.BuildOptions())
+    lx = gen.generate_project(student[0], tmp_path / "lx", Params(), gen.BuildOptions(target="linux"))
+    assert 'CONFIG_IDF_TARGET="linux"' in (lx.project / "sdkconfig.defaults").read_text()
+    assert "default CRY_AUDIO_REPLAY" in (lx.project / "main/Kconfig.projbuild").read_text()
+    assert "default CRY_AUDIO_I2S" in (s3.project / "main/Kconfig.projbuild").read_text()
+    for f in ("main/main.cc", "main/cry_app.c", "main/frontend.c", "CMakeLists.txt", "main/CMakeLists.txt"):
+        assert (lx.project / f).read_text() == (s3.project / f).read_text().replace("esp32s3 build", "linux build"), f
+    assert lx.arena.esp_nn_scratch_bytes == 0 < s3.arena.esp_nn_scratch_bytes
+    assert lx.arena.measured_bytes == s3.arena.measured_bytes
+    with pytest.raises(CryblockError, match="audio"):
+        gen.generate_project(student[0], tmp_path / "bad", Params(), gen.BuildOptions(target="linux", audio="i2s"))
+    with pytest.raises(CryblockError, match="audio"):
+        gen.generate_project(student[0], tmp_path / "bad", Params(), gen.BuildOptions(audio="file"))
+    # replay on the chip (QEMU, bench boards): pins are not checked, the source is replay
+    r = gen.generate_project(student[0], tmp_path / "rp", Params(), gen.BuildOptions(audio="replay", pin_din=24))
+    assert "default CRY_AUDIO_REPLAY" in (r.project / "main/Kconfig.projbuild").read_text()
+
+
+def test_emulate_compare_lines_up_firmware_and_python(student, tmp_path):
+    """emulate.compare on a firmware log made from the Python INT8 run itself: identical; one
+    score nudged by one output step: still OK; by two: DIFFERS; a lost patch: DIFFERS."""
+    from cryblock.blocks.deploy import emulate as em
+    from cryblock.blocks.deploy.capture import LogCapture
+    from cryblock.logformat import format_line
+
+    model = Path(student[0]).read_bytes()
+    params = Params().replace(detector={"threshold": 0.5})
+    clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
+    pcm = em.audio_pcm(clip, params)
+    s, det = em.python_reference(pcm, model, params)
+    step = tfl.inspect_model(model).output.scale
+
+    def fw(scores, drop=None):
+        log = LogCapture()
+        for i, v in enumerate(scores):
+            if i != drop:
+                log.feed_line(format_line("INF", t_ms=i, seq=i, fe_us=1, inv_us=1, score=float(v), pos=0, votes=0,
+                                          det=int(det[i])))
+        return em.FirmwareRun(log)
+
+    assert em.compare("a", pcm, model, params, fw(s)).ok
+    nudged = s.copy()
+    nudged[3] += step
+    assert em.compare("a", pcm, model, params, fw(nudged)).ok
+    nudged[3] += step
+    c = em.compare("a", pcm, model, params, fw(nudged))
+    assert not c.ok and c.max_steps == pytest.approx(2.0, abs=0.05)
+    assert not em.compare("a", pcm, model, params, fw(s, drop=len(s) - 1)).ok
+    lines = em.replay_lines(pcm)
+    assert lines[-1] == "pcm end" and len(lines) == -(-len(pcm) // 512) + 1

@@ -246,3 +246,71 @@ def test_log_lines_match_python_formatter(bins):
     assert lines[5] == "-1"  # a record that does not fit is refused, never truncated
     corrupted = lines[1].replace("seq=7", "seq=8")
     assert logformat.parse_line(corrupted) is None
+
+
+# ---- the portable firmware core over the replay protocol (host twin) ---------------------------
+
+@pytest.fixture(scope="module")
+def twin(bins, tmp_path_factory):
+    """tests/c/app_harness.c: cry_app + front-end + detector + log + replay, the stand-in model."""
+    src = bins["src"]
+    exe = tmp_path_factory.mktemp("twin") / "twin"
+    return _cc(exe, [HARNESS / "app_harness.c", *(src / f for f in ("cry_app.c", "frontend.c", "frontend_tables.c",
+                                                                     "postproc.c", "cry_log.c", "replay.c"))], src)
+
+
+def _stub_scores(patches: np.ndarray, scale: float, zp: int) -> np.ndarray:
+    """The host twin's stand-in model in Python: half the mean int8 input (floor), as int8."""
+    q = quantize_input(patches, scale, zp).reshape(len(patches), -1).astype(np.int64)
+    out = np.clip(np.floor_divide(q.sum(axis=1), 2 * q.shape[1]), -128, 127)
+    return (out + 128) / 256.0
+
+
+def test_firmware_core_over_replay_matches_python(twin, parity_clips):
+    """The audio path of the firmware, end to end on real recordings: replay lines (RDY each),
+    streaming front-end, int8 quantisation, model call, detector and CRYB/1 lines, driven by the
+    same code `cryblock emulate` uses; one patch per Python patch, scores and decisions as Python."""
+    from cryblock.blocks.deploy.emulate import audio_pcm, run_firmware
+    from cryblock.blocks.dsp.features import frames_to_patches, log_mel_spectrogram
+    from cryblock.params import Params
+
+    params = Params()
+    det = DetectorParams(threshold=0.25, vote_n=2, vote_m=3, hold_seconds=1.0)
+    scale, zp = 0.0309, 99
+    argv = [str(twin), repr(det.threshold), "2", "3", "1000", repr(scale), str(zp)]
+    total_patches, agree = 0, []
+    for c in parity_clips:
+        pcm = audio_pcm(c.path, params)[: 16000 * 12]
+        run = run_firmware(argv, pcm, boot_timeout=10, line_timeout=10)
+        assert len(run.records("RDY")) == -(-len(pcm) // 512)
+        (end,) = run.records("END")
+        patches = frames_to_patches(log_mel_spectrogram(pcm.astype(np.float32) / 32768.0))
+        assert int(end.fields["seq"]) == len(patches) and int(end.fields["samples"]) == len(pcm)
+        infs = run.records("INF")
+        assert [int(r.fields["seq"]) for r in infs] == list(range(len(patches)))
+        s_fw = np.array([float(r.fields["score"]) for r in infs])
+        s_py = _stub_scores(patches, scale, zp)
+        assert np.abs(s_fw - s_py).max() <= 1 / 256 + 1e-4  # within one output step
+        agree.append(np.mean(np.abs(s_fw - s_py) < 1e-4))
+        # the firmware's detector states are the Python twin's on the firmware's own scores
+        np.testing.assert_array_equal([int(r.fields["det"]) for r in infs], run_detector(s_fw, det).det)
+        total_patches += len(patches)
+    print(f"host twin: {total_patches} patches, {np.mean(agree):.1%} identical scores")
+    assert total_patches > 150 and np.mean(agree) > 0.95
+
+
+def test_replay_protocol_errors_and_commands(twin):
+    import base64
+
+    pcm = base64.b64encode(np.arange(300, dtype="<i2").tobytes()).decode()
+    lines = [f"pcm 0 {pcm}", "pcm 2 " + pcm, "pcm 1 !!!!", "pcm 1 QUJD", "pcm x", "set threshold 0.7",
+             "set vote 9 3", f"pcm 1 {pcm}", "pcm end"]
+    r = subprocess.run([str(twin), "0.5", "2", "3", "2000", "0.03", "99"], input="\n".join(lines) + "\n",
+                       capture_output=True, text=True, timeout=30)
+    recs = [logformat.parse_line(ln) for ln in r.stdout.splitlines()]
+    assert all(recs), r.stdout
+    kinds = [(x.kind, x.fields.get("msg") or x.fields.get("seq") or x.fields.get("threshold")) for x in recs[2:]]
+    assert kinds == [("RDY", "0"), ("ERR", "seq_out_of_order"), ("ERR", "bad_base64_or_too_many_samples"),
+                     ("ERR", "need_whole_int16_samples"), ("ERR", "usage:_pcm_<seq>_<base64>"), ("CFG", "0.7000"),
+                     ("ERR", "value_out_of_range"), ("RDY", "1"), ("END", "0")]
+    assert recs[-1].fields["samples"] == "600"

@@ -21,7 +21,7 @@ import pytest
 from cryblock.errors import CryblockError, DataError
 from cryblock.params import DetectorParams, LearnParams, Params
 
-QUICK = {"epochs": 3, "width": 8, "depth": 2, "batch_size": 16, "patience": 3}
+QUICK = {"epochs": 3, "stem_channels": 8, "pool": "max", "blocks": "8/1,16/2", "batch_size": 16, "patience": 3}
 
 
 # ----------------------------------------------------------------------------- losses (no data needed)
@@ -169,9 +169,17 @@ def test_quick_run_files_and_metrics(quick_run):
     assert m["teacher"]["clip"]["auc"] > 0.9
     assert m["float"]["window"]["auc"] > 0.65  # 3 short epochs already learn something
     assert len([ln for ln in lines if ln.startswith("epoch")]) == QUICK["epochs"]
-    assert Params.load(out / "params.json").learn.width == QUICK["width"]
+    assert Params.load(out / "params.json").learn.blocks == QUICK["blocks"]
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("data:image/png;base64,") == 3 and "Nursery night" in html  # ROC, night, clip timelines
+    for model in ("teacher", "float", "int8"):
+        night = m[model]["night"]
+        assert set(night["recall"]) == {"0", "10", "20"} and night["hours"] > 0
+        assert night["false_alerts"] >= 0 and night["fa_per_8h_ci"][0] <= night["fa_per_8h"] <= night["fa_per_8h_ci"][1]
+        lo, hi = m[model]["auc_ci"]["window"]
+        assert lo <= m[model]["window"]["auc"] <= hi
+        assert m[model]["categories"]  # which negative sounds alert, per category
+    assert m["night"]["test"]["hours"] > 0 and m["calibration"]["int8"]["pareto"]
     with zipfile.ZipFile(out / "saved_model.zip") as z:
         names = z.namelist()
     assert "saved_model/saved_model.pb" in names and all(n.startswith("saved_model/") for n in names)
@@ -191,22 +199,32 @@ def quick_split(quick_run):
     return ps, tr, va
 
 
-def test_detector_threshold_tuned_on_validation_and_deployed(quick_run, quick_split):
-    """params.json carries the INT8 model's best clip-F1 threshold on the *validation* split."""
-    from cryblock.blocks.learn.evaluate import TflmRunner, binary_metrics, clip_max
+def test_detector_calibrated_on_the_validation_night_and_deployed(quick_run, quick_split, data_dir):
+    """params.json carries the INT8 model's calibrated setting: rebuilt from scratch (the same
+    validation clips, the night stream, TFLM scores, the calibration), the same setting comes out,
+    and it is the best-recall one within the false-alert budget."""
+    from cryblock.blocks.learn.evaluate import TflmRunner
+    from cryblock.blocks.learn.night import build_night, calibrate, score_night
 
     res = quick_run[0]
     m = res.metrics
-    saved = Params.load(res.out_dir / "params.json").detector.threshold
-    assert m["int8"]["detector_threshold"] == saved == m["detector"]["threshold"]
-    assert saved != Params().detector.threshold  # the 0.5 default was replaced
+    saved = Params.load(res.out_dir / "params.json")
+    cal = m["calibration"]["int8"]
+    assert cal["setting"] == m["int8"]["detector_setting"] == {
+        k: getattr(saved.detector, k) for k in ("threshold", "vote_n", "vote_m", "hold_seconds")}
     ps, _, va = quick_split
     sub = ps.subset_clips(va)
     runner = TflmRunner((res.out_dir / "model_quantized_int8_io.tflite").read_bytes())
-    clip_y = np.array([c.label == "cry" for c in sub.clips])
-    clip_score = clip_max(runner.predict(sub.patches).reshape(-1), sub.clip_index, len(sub.clips))
-    want = binary_metrics(clip_y, clip_score)["threshold"]
-    assert saved == pytest.approx(np.floor(want * 1000) / 1000, abs=1e-9)  # ×1000 integer in the firmware Kconfig
+    night = build_night([c for c in sub.clips if c.label != "cry"], [c for c in sub.clips if c.label == "cry"],
+                        saved.dsp, saved.night, saved.learn.seed)
+    again = calibrate(night, score_night(night, lambda x: runner.predict(x).reshape(-1)), Params().detector,
+                      saved.night.fa_budget_per_8h)
+    assert again.setting == saved.detector
+    assert again.within_budget == cal["within_budget"]
+    if again.within_budget:
+        assert again.verdict.fa_per_8h <= saved.night.fa_budget_per_8h
+        best = max((r for _, r, fa in again.candidates if fa <= saved.night.fa_budget_per_8h and r == r), default=None)
+        assert best is None or again.verdict.mean_recall == best
 
 
 def test_quick_run_filter_counts_match_teacher(quick_run, quick_split, teacher):
@@ -476,16 +494,26 @@ def test_cli_demo_runs_all_stages(data_dir, teacher_path, tmp_path, monkeypatch)
 
 
 def test_ei_parameters_json_params_are_real_flags():
-    """Every custom parameter Edge Impulse passes (`--<param>`) is a flag the entry point knows:
-    parse_known_args would otherwise drop a misspelt one silently."""
+    """Every custom parameter Edge Impulse passes (`--<param>`) is a flag the entry point knows
+    (parse_known_args would otherwise drop a misspelt one silently), and its value in
+    parameters.json is the Params default."""
     from cryblock.blocks.learn import ei_train
+    from cryblock.blocks.learn.flags import LEARN_FLAGS
 
     spec = json.loads((Path(ei_train.__file__).parent / "parameters.json").read_text())
     base = ["--data-directory", "d", "--out-directory", "o"]
+    dest = {f[2:]: path for f, path, *_ in LEARN_FLAGS}
+    defaults = Params().to_dict()
+    assert {p["param"] for p in spec["parameters"]} == {f[2:] for f, *_, ei in LEARN_FLAGS if ei} | {"positive-class"}
     for p in spec["parameters"]:
-        flag = "--" + p["param"]
-        ns = ei_train.parse_args(base + [flag, str(p["value"])])
-        assert getattr(ns, p["param"].replace("-", "_")) == type(getattr(ns, p["param"].replace("-", "_")))(p["value"]), flag
+        ns = vars(ei_train.parse_args(base + ["--" + p["param"], str(p["value"])]))
+        if p["param"] == "positive-class":
+            assert ns["positive_class"] == p["value"]
+            continue
+        section, field = dest[p["param"]].split(".")
+        assert ns[f"{section}__{field}"] == p["value"] == defaults[section][field], p["param"]
+        if p["type"] == "select":
+            assert p["value"] in p["valid"]
 
 
 def test_general_preset_on_real_multi_label_data(clips, teacher, tmp_path):

@@ -159,7 +159,7 @@ class ArenaPlan:
 
 
 def plan_arena(model: bytes, ram: str = "auto", margin: float = 0.10,
-               measured: int | None = None) -> ArenaPlan:
+               measured: int | None = None, target: str = "esp32s3") -> ArenaPlan:
     """Size the tensor arena and choose its RAM region.
 
     Args:
@@ -168,6 +168,8 @@ def plan_arena(model: bytes, ram: str = "auto", margin: float = 0.10,
         margin: extra fraction of the measured arena (default 10 %), on top of the ESP-NN
             scratch bound, for kernel/allocator differences between host and device.
         measured: host measurement (bytes) if already known, else :func:`measure_arena`.
+        target: "esp32s3" (ESP-NN's S3 kernels request scratch) or "linux" (ESP-NN's portable C
+            kernels request none).
 
     Raises:
         ParameterError: bad ``ram`` / ``margin``.
@@ -178,7 +180,7 @@ def plan_arena(model: bytes, ram: str = "auto", margin: float = 0.10,
     if not (0 <= margin <= 4):
         raise ParameterError(f"parameter 'arena_margin': must be in [0, 4], got {margin}")
     meas = measure_arena(model) if measured is None else int(measured)
-    scratch = esp_nn_scratch_bound(model)
+    scratch = esp_nn_scratch_bound(model) if target == "esp32s3" else 0
     arena = int(math.ceil((meas + scratch + margin * meas) / 16.0) * 16)
     basis = ("host TFLM RecordingMicroAllocator total + largest ESP-NN S3 scratch buffer (esp-nn "
              f"esp_nn_get_*conv_scratch_size_esp32s3) + {margin:.0%} margin, "

@@ -44,6 +44,8 @@ from .size import DEFAULT_APP_PARTITION, size_report
 
 
 FLASH_SIZES_MB = (4, 8, 16, 32)
+#: Build targets: the chip, and ESP-IDF's host target (the same project as a PC program).
+TARGETS = ("esp32s3", "linux")
 #: SPI flash modes esptool / ESP-IDF offer (``CONFIG_ESPTOOLPY_FLASHMODE_*``). DIO is the default:
 #: every ESP32-S3 module boots with it, and Espressif's QEMU does not boot QIO images
 #: (``qio_mode: Failed to set QIE bit``); QIO is slightly faster on boards whose flash supports it.
@@ -65,6 +67,10 @@ RESERVED_GPIOS = (
 class BuildOptions:
     """Board options of the generated project (all become Kconfig/sdkconfig defaults).
 
+    target: "esp32s3", or "linux" (ESP-IDF's host target: the same firmware as a program on
+    the PC). audio: where samples come from — "i2s" (microphone; esp32s3 only), "replay" (sent
+    by the host over the serial console, :mod:`.emulate`; the linux default) or "file" (a raw
+    PCM file named by ``$CRY_AUDIO_FILE``; linux only). None = the target's default.
     i2s: "std" (I2S Philips, e.g. INMP441) or "pdm" (PDM microphone; ``pin_ws`` = PDM clock).
     pin_*: GPIO numbers (defaults: esp-tflite-micro micro_speech's S3 pins 41/42/2).
     slot: "left" | "right" (INMP441 L/R pin low → left on most boards; configurable because
@@ -78,6 +84,7 @@ class BuildOptions:
     """
 
     target: str = "esp32s3"
+    audio: str | None = None
     i2s: str = "std"
     pin_bclk: int = 41
     pin_ws: int = 42
@@ -92,10 +99,19 @@ class BuildOptions:
     flash_mode: str = "dio"
     project_name: str = "cry_detector"
 
+    @property
+    def audio_source(self) -> str:
+        """The audio source: ``audio``, or the target's default (i2s on the S3, replay on linux)."""
+        return self.audio or ("replay" if self.target == "linux" else "i2s")
+
     def validate(self) -> None:
         """Raise ParameterError naming the first bad option."""
-        if self.target != "esp32s3":
-            raise ParameterError(f"parameter 'target': only esp32s3 is supported, got {self.target!r}")
+        if self.target not in TARGETS:
+            raise ParameterError(f"parameter 'target': must be one of {TARGETS}, got {self.target!r}")
+        allowed = {"esp32s3": ("i2s", "replay"), "linux": ("replay", "file")}[self.target]
+        if self.audio_source not in allowed:
+            raise ParameterError(f"parameter 'audio': target {self.target} reads audio from {' or '.join(allowed)}, "
+                                 f"got {self.audio_source!r}")
         if self.i2s not in ("std", "pdm"):
             raise ParameterError(f"parameter 'i2s': must be std or pdm, got {self.i2s!r}")
         for n in ("pin_bclk", "pin_ws", "pin_din"):
@@ -109,7 +125,7 @@ class BuildOptions:
             raise ParameterError(f"parameter 'psram_mode': must be oct or quad, got {self.psram_mode!r}")
         for n in ("pin_ws", "pin_din") + (("pin_bclk",) if self.i2s == "std" else ()):
             v = getattr(self, n)
-            for bad, why, applies in RESERVED_GPIOS:
+            for bad, why, applies in (RESERVED_GPIOS if self.audio_source == "i2s" else ()):
                 if v in bad and applies(self):
                     raise ParameterError(f"parameter '{n}': GPIO {v} {why}; choose another pin")
         if len(set(pins)) != len(pins):
@@ -128,9 +144,10 @@ class BuildOptions:
             raise ParameterError(f"parameter 'project_name': must be a C identifier, got {self.project_name!r}")
 
 
-def templates_dir(target: str = "esp32s3") -> Path:
-    """Folder of the jinja2 templates of ``target`` (package data of cryblock.templates)."""
-    return Path(str(resources.files("cryblock.templates"))) / target
+def templates_dir() -> Path:
+    """Folder of the jinja2 ESP-IDF project templates (package data of cryblock.templates): one code
+    base for every target (``templates/esp32s3``, named after the chip it was written for)."""
+    return Path(str(resources.files("cryblock.templates"))) / "esp32s3"
 
 
 def _jinja_env(root: Path):
@@ -218,16 +235,18 @@ def _frontend_context(dsp: DspParams) -> dict[str, Any]:
 
 
 #: Firmware sources that need no ESP-IDF header (plain C99), for host builds and tests.
-HOST_SOURCES = ("frontend.h", "frontend.c", "postproc.h", "postproc.c", "cry_log.h", "cry_log.c")
+HOST_SOURCES = ("frontend.h", "frontend.c", "postproc.h", "postproc.c", "cry_log.h", "cry_log.c", "replay.h", "replay.c",
+                "cry_app.h", "cry_app.c")
 
 
-def write_host_sources(dest: str | os.PathLike, dsp: DspParams = DspParams(), target: str = "esp32s3") -> Path:
-    """Write the host-compilable firmware C sources into ``dest``: :data:`HOST_SOURCES` plus
-    ``frontend_tables.h/.c`` generated from ``dsp``. Lets the C front-end / detector / log
-    formatter be compiled with host gcc and compared with the Python blocks."""
+def write_host_sources(dest: str | os.PathLike, dsp: DspParams = DspParams()) -> Path:
+    """Write the host-compilable firmware C sources into ``dest``: :data:`HOST_SOURCES` (the
+    portable core: front-end, detector, log formatter, replay protocol, cry_app) plus
+    ``frontend_tables.h/.c`` generated from ``dsp``. Lets that code be compiled with host gcc and
+    compared with the Python blocks (tests, and the host twin of the firmware)."""
     d = Path(dest)
     d.mkdir(parents=True, exist_ok=True)
-    root = templates_dir(target) / "main"
+    root = templates_dir() / "main"
     env = _jinja_env(root)
     ctx = _frontend_context(dsp)
     for name in ("frontend_tables.h", "frontend_tables.c"):
@@ -264,6 +283,7 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "i2s": opts.i2s, "pin_bclk": opts.pin_bclk, "pin_ws": opts.pin_ws, "pin_din": opts.pin_din,
         "slot": opts.slot, "bits": opts.bits,
         "flash_mb": opts.flash_mb, "psram_mode": opts.psram_mode, "console": opts.console, "flash_mode": opts.flash_mode,
+        "target": opts.target, "audio": opts.audio_source,
         "custom_partitions": app_part != DEFAULT_APP_PARTITION, "app_partition_bytes": app_part,
         "audio_ring_bytes": report["ram"]["audio_ring_bytes"],
         "input_scale_c": _cfloat(info.input.scale), "output_scale_c": _cfloat(info.output.scale),
@@ -271,10 +291,10 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
     }
 
 
-def render_project(ctx: dict[str, Any], model: bytes, dest: Path, target: str = "esp32s3") -> list[Path]:
+def render_project(ctx: dict[str, Any], model: bytes, dest: Path) -> list[Path]:
     """Render every template into ``dest`` (``*.j2`` through jinja2 StrictUndefined, other files
     copied) and write ``main/model_data.cc``. Returns the written paths (relative)."""
-    root = templates_dir(target)
+    root = templates_dir()
     env = _jinja_env(root)
     written = []
     for src in sorted(root.rglob("*")):
@@ -447,13 +467,13 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise CryblockError(f"{name}: model input shape {list(info.input.shape)} does not hold one "
                             f"{frames}×{mels} log-mel patch of the DSP parameters")
     positive_output_index(info, params)
-    arena = plan_arena(model, opts.ram, opts.arena_margin)
+    arena = plan_arena(model, opts.ram, opts.arena_margin, target=opts.target)
     report = size_report(info, arena, params.dsp)
     ctx = template_context(info, arena, params, opts, report)
 
     tmp = staging_dir(out.parent, f"{out.name}.tmp")
     try:
-        files = render_project(ctx, model, tmp, opts.target)
+        files = render_project(ctx, model, tmp)
         (tmp / "size_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         params.save(tmp / "params.json")
         files += [Path("size_report.json"), Path("params.json")]

@@ -108,3 +108,19 @@ def format_report(report: dict[str, Any]) -> str:
         f"latency : ≈{lat['estimate_ms']} ms per patch (range {lat['range_ms'][0]}–{lat['range_ms'][1]} ms; {lat['basis']})",
     ]
     return "\n".join(lines)
+
+
+def write_measured_sizes(project, sizes: dict) -> dict:
+    """Put the measured sizes of a build (:func:`cryblock.blocks.deploy.idf.idf_size`) into the
+    project's ``size_report.json`` under ``measured`` (the estimates stay beside them, labelled).
+    Returns the updated report."""
+    import json
+    from pathlib import Path
+
+    from cryblock.io import atomic_write_text
+
+    f = Path(project) / "size_report.json"
+    rep = json.loads(f.read_text())
+    rep["measured"] = dict(sizes)
+    atomic_write_text(f, json.dumps(rep, indent=2, ensure_ascii=False) + "\n")
+    return rep

@@ -174,23 +174,17 @@ def _val_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, n
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """Edge Impulse flags (+ the block's custom parameters); unknown flags are ignored."""
-    d = Params().learn
+    """Edge Impulse flags (+ the block's custom parameters, :data:`~cryblock.blocks.learn.flags.LEARN_FLAGS`
+    rows marked for Edge Impulse); unknown flags are ignored. A flag not given keeps the
+    :class:`~cryblock.params.Params` default."""
+    from cryblock.blocks.learn.flags import LEARN_FLAGS
+
     ap = argparse.ArgumentParser(description="cryblock learning block (YAMNet → DS-CNN distillation)")
     ap.add_argument("--data-directory", required=True)
     ap.add_argument("--out-directory", required=True)
-    ap.add_argument("--epochs", type=int, default=d.epochs)
-    ap.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    ap.add_argument("--temperature", type=float, default=d.temperature)
-    ap.add_argument("--alpha", type=float, default=d.alpha)
-    ap.add_argument("--neg-per-pos", type=float, default=d.neg_per_pos)
-    ap.add_argument("--filter-pos", type=float, default=d.filter_pos)
-    ap.add_argument("--filter-neg", type=float, default=d.filter_neg)
-    ap.add_argument("--width", type=int, default=d.width)
-    ap.add_argument("--depth", type=int, default=d.depth)
-    ap.add_argument("--embedding-weight", type=float, default=d.embedding_weight)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--seed", type=int, default=d.seed)
+    for flag, path, typ, choices, help_, ei in LEARN_FLAGS:
+        if ei:
+            ap.add_argument(flag, dest=path.replace(".", "__"), type=typ, choices=choices, default=None, help=help_)
     ap.add_argument("--positive-class", type=int, default=0,
                     help="0-based index (Edge Impulse's label order) of the class whose score the detector "
                          "metrics threshold; e.g. 0 for labels [cry, noise]")
@@ -216,11 +210,12 @@ def run(args: argparse.Namespace, log=print):
     labels = tuple(f"class_{i}" for i in range(k))
     if not 0 <= args.positive_class < k:
         raise DataError(f"--positive-class must be in [0, {k - 1}] for {k} classes, got {args.positive_class}")
-    params = Params().replace(learn={
-        "preset": "general", "labels": list(labels), "positive_label": labels[args.positive_class], "epochs": args.epochs, "learning_rate": args.learning_rate,
-        "temperature": args.temperature, "alpha": args.alpha, "neg_per_pos": args.neg_per_pos,
-        "filter_pos": args.filter_pos, "filter_neg": args.filter_neg, "width": args.width, "depth": args.depth,
-        "embedding_weight": args.embedding_weight, "batch_size": args.batch_size, "seed": args.seed})
+    from cryblock.blocks.learn.flags import overrides
+
+    given = overrides(vars(args))
+    given["learn"] = {**given.get("learn", {}), "preset": "general", "labels": list(labels),
+                      "positive_label": labels[args.positive_class]}
+    params = Params().replace(**given)
     tr, va = _val_split(ytr, params.learn.validation_fraction, params.learn.seed)
 
     def split(x, y):

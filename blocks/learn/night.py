@@ -2,8 +2,8 @@
 several SNRs, scored by a model and judged by the firmware's own decision rule.
 
 * :func:`build_night` lays the split's negative clips end to end, longest first (the
-  *background*), and inserts the split's cry clips at most every ``gap_seconds`` (at a random
-  offset within each slot, seeded), one copy of the stream per SNR of ``snrs_db``. The SNR is the
+  *background*), and inserts the split's cry clips one per ``gap_seconds`` slot (at a random
+  offset within the slot, seeded; cries never overlap), one copy of the stream per SNR of ``snrs_db``. The SNR is the
   cry's mean power over the background's mean power during the cry (waveform domain; the
   background power is floored at −60 dBFS so cries in digital silence stay audible). The mix is
   clipped to [-1, 1] as a microphone would.
@@ -120,9 +120,9 @@ def build_night(negatives: Sequence, cries: Sequence, dsp: DspParams, night: Nig
         segments.append((t, t + len(x) / sr, c.category or c.label, str(c.path)))
         t += len(x) / sr
     duration = len(bg) / sr
-    max_len = int(night.max_cry_seconds * sr)
-    slot = night.gap_seconds
+    slot = min(night.gap_seconds, duration)  # a background shorter than one slot still gets one cry
     n_slots = max(1, int(duration // slot))
+    max_len = int(min(night.max_cry_seconds, slot) * sr)
     background = waveform_to_patches(bg, dsp)
     mixed, episodes = {}, {}
     for j, snr in enumerate(night.snrs_db):
@@ -202,8 +202,9 @@ class Verdict:
 
     @property
     def mean_recall(self) -> float:
-        """Episode recall averaged over the SNRs."""
-        return float(np.mean(list(self.recall.values()))) if self.recall else float("nan")
+        """Episode recall averaged over the SNRs that hold episodes (NaN when none does)."""
+        vals = [r for r in self.recall.values() if r == r]
+        return float(np.mean(vals)) if vals else float("nan")
 
 
 def _category_at(night: NightStream, t: float) -> str:
@@ -275,18 +276,23 @@ def calibrate(night: NightStream, scores: NightScores, base: DetectorParams, bud
     for d in candidate_settings(scores, base):
         v = judge(night, scores, d, details=False)
         cands.append((d, v.mean_recall, v.fa_per_8h, v))
+    def recall(c):  # NaN (no episodes) ranks lowest
+        return c[1] if c[1] == c[1] else -1.0
+
     ok = [c for c in cands if c[2] <= budget_per_8h + 1e-12]
     if ok:
-        best = max(ok, key=lambda c: (c[1], -c[2], c[0].threshold, -c[0].vote_m, -c[0].hold_seconds))
+        best = max(ok, key=lambda c: (recall(c), -c[2], c[0].threshold, -c[0].vote_m, -c[0].hold_seconds))
     else:
-        best = min(cands, key=lambda c: (c[2], -c[1], -c[0].threshold))
+        best = min(cands, key=lambda c: (c[2], -recall(c), -c[0].threshold))
     d = best[0]
     return Calibration(d, judge(night, scores, d), bool(ok), budget_per_8h, [(c[0], c[1], c[2]) for c in cands])
 
 
 def pareto(candidates: list[tuple[DetectorParams, float, float]]) -> list[tuple[DetectorParams, float, float]]:
     """Non-dominated candidates (no other has ≥ recall and ≤ false alerts, one of them strictly),
-    sorted by false alerts per 8 h; one setting per distinct (false alerts, recall) pair."""
+    sorted by false alerts per 8 h; one setting per distinct (false alerts, recall) pair. Candidates
+    without a recall (a night without cries) are left out unless all are."""
+    candidates = [c for c in candidates if c[1] == c[1]] or candidates
     front, seen = [], set()
     for d, r, fa in sorted(candidates, key=lambda c: (c[2], -c[1], -c[0].threshold)):
         if any(r2 >= r and fa2 <= fa and (r2 > r or fa2 < fa) for _, r2, fa2 in candidates):

@@ -285,7 +285,7 @@ def _summary_md(metrics: dict, params) -> str:
         n = nights["test"]
         lines += ["", f"Test night: {n['hours'] * 60:.1f} min of negative audio ({n['negative_clips']} clips, longest "
                   f"first) with {', '.join(f'{v} cries at {k} dB' for k, v in n['episodes'].items())} "
-                  f"(at most one per {params.night.gap_seconds:g} s); false alerts counted on the negative audio "
+                  f"(one per {params.night.gap_seconds:g} s slot); false alerts counted on the negative audio "
                   "alone, rate interval exact Poisson 95 %."]
     else:
         lines += ["", "No night stream: these data carry no recordings (false alerts per hour are over the "

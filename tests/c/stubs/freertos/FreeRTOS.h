@@ -13,3 +13,5 @@ typedef uint32_t TickType_t;
 #define configTICK_RATE_HZ 1000
 #define pdMS_TO_TICKS(xTimeInMs) \
     ((TickType_t)(((TickType_t)(xTimeInMs) * (TickType_t)configTICK_RATE_HZ) / (TickType_t)1000U))
+/* FreeRTOSConfig.h (ESP-IDF >= 5.2): cores the scheduler runs on (2 on the ESP32-S3). */
+#define configNUMBER_OF_CORES 2
