@@ -154,3 +154,24 @@ def test_night_without_cries_counts_false_alerts_only(split_clips):
     v = N.judge(n, N.NightScores(np.zeros(len(n.background)), {k: np.zeros(len(n.background)) for k in n.episodes}),
                 DetectorParams())
     assert v.false_alerts == 0 and all(np.isnan(r) for r in v.recall.values())
+
+
+def test_loud_backgrounds_are_turned_down_not_clipped(split_clips):
+    """A cry 20 dB above a loud background would pass full scale: the mix is lowered over the
+    cry instead, so the SNR holds and no sample clips."""
+    from cryblock.io import load_audio
+
+    neg, cry = split_clips
+    bg = max((load_audio(c.path) for c in neg), key=lambda x: np.mean(x ** 2))[: 16000 * 5].copy()
+    x = load_audio(cry[0].path)[: 16000 * 3]
+    for snr in (0.0, 10.0, 20.0):
+        stream = bg.copy()
+        level = N.insert_at_snr(stream, bg, x, 8000, snr, 16000)
+        seg = slice(8000, 8000 + len(x))
+        cry_part = stream[seg].astype(np.float64) - level * bg[seg]
+        got = 10 * np.log10(np.mean(cry_part ** 2) / max(np.mean((level * bg[seg].astype(np.float64)) ** 2),
+                                                          level ** 2 * N.BACKGROUND_FLOOR_POWER))
+        assert got == pytest.approx(snr, abs=0.01)
+        assert np.abs(stream).max() <= N.MAX_MIX_PEAK + 1e-6
+        np.testing.assert_array_equal(stream[:8000 - 800], bg[:8000 - 800])  # untouched outside the ramps
+    assert level < 1.0  # this background is loud enough that 20 dB had to be turned down

@@ -5,8 +5,9 @@ several SNRs, scored by a model and judged by the firmware's own decision rule.
   *background*), and inserts the split's cry clips one per ``gap_seconds`` slot (at a random
   offset within the slot, seeded; cries never overlap), one copy of the stream per SNR of ``snrs_db``. The SNR is the
   cry's mean power over the background's mean power during the cry (waveform domain; the
-  background power is floored at −60 dBFS so cries in digital silence stay audible). The mix is
-  clipped to [-1, 1] as a microphone would.
+  background power is floored at −60 dBFS so cries in digital silence stay audible). A mix that
+  would exceed full scale is turned down as a whole over the cry (:func:`insert_at_snr`), so the
+  SNR holds and nothing clips.
 * :func:`score_night` scores the background once and, per SNR, only the patches the inserted
   cries changed (the rest are bit-identical).
 * :func:`judge` runs the detector (:func:`cryblock.detector.detector_states`, identical to the
@@ -31,6 +32,10 @@ from cryblock.params import DetectorParams, DspParams, NightParams
 
 #: Background power floor for the SNR, linear power (−60 dBFS).
 BACKGROUND_FLOOR_POWER = 10.0 ** (-60 / 10)
+#: Peak of a cry-plus-background mix that would clip is brought to this (−0.1 dBFS)...
+MAX_MIX_PEAK = 10.0 ** (-0.1 / 20)
+#: ...with the level ramped over this long before and after the cry, s.
+LEVEL_RAMP_S = 0.05
 #: A detection up to this long after a cry ends still counts (N-of-M voting needs a few patches).
 LATENCY_S = 2.0
 
@@ -136,17 +141,40 @@ def build_night(negatives: Sequence, cries: Sequence, dsp: DspParams, night: Nig
             x = x[: max(0, min(len(x), len(bg) - start))]
             if len(x) == 0 or not np.any(x):
                 continue
-            p_bg = max(float(np.mean(bg[start:start + len(x)].astype(np.float64) ** 2)), BACKGROUND_FLOOR_POWER)
-            gain = np.sqrt(p_bg * 10.0 ** (snr / 10.0) / float(np.mean(x.astype(np.float64) ** 2)))
-            stream[start:start + len(x)] += (gain * x).astype(np.float32)
+            insert_at_snr(stream, bg, x, start, snr, sr)
             eps.append(Episode(start / sr, (start + len(x)) / sr, str(c.path), float(snr)))
-        np.clip(stream, -1.0, 1.0, out=stream)
         patches = waveform_to_patches(stream, dsp)
         changed = np.flatnonzero(np.any(patches != background, axis=(1, 2)))
         mixed[float(snr)] = (changed, patches[changed])
         episodes[float(snr)] = eps
     return NightStream(background, mixed, episodes, segments, duration, dsp.patch_hop_seconds,
                        dsp.patch_samples / sr)
+
+
+def insert_at_snr(stream: np.ndarray, background: np.ndarray, cry: np.ndarray, start: int, snr_db: float,
+                  sample_rate: float) -> float:
+    """Add ``cry`` into ``stream`` (a copy of ``background``) at sample ``start`` so that its mean
+    power is ``snr_db`` above the background's over the same span (floored at
+    :data:`BACKGROUND_FLOOR_POWER`). Where the mix would exceed full scale, the whole mix — cry and
+    background — is turned down over the cry's span (:data:`LEVEL_RAMP_S` ramps on both sides) so
+    its peak is :data:`MAX_MIX_PEAK`: the SNR is kept, nothing clips (a loud background at 20 dB SNR
+    would otherwise put the cry far beyond full scale). Returns the level factor applied (1 = none)."""
+    n = len(cry)
+    seg = background[start:start + n].astype(np.float64)
+    p_bg = max(float(np.mean(seg ** 2)), BACKGROUND_FLOOR_POWER)
+    gain = np.sqrt(p_bg * 10.0 ** (snr_db / 10.0) / float(np.mean(cry.astype(np.float64) ** 2)))
+    mix = seg + gain * cry
+    peak = float(np.abs(mix).max())
+    level = min(1.0, MAX_MIX_PEAK / peak) if peak > 0 else 1.0
+    stream[start:start + n] = (level * mix).astype(np.float32)
+    if level < 1.0:  # ramp the level down before and back up after the cry
+        r = int(LEVEL_RAMP_S * sample_rate)
+        a, b = max(0, start - r), min(len(stream), start + n + r)
+        ramp_in = np.linspace(1.0, level, start - a, endpoint=False)
+        ramp_out = np.linspace(level, 1.0, b - (start + n) + 1)[1:]
+        stream[a:start] = (background[a:start] * ramp_in).astype(np.float32)
+        stream[start + n:b] = (background[start + n:b] * ramp_out).astype(np.float32)
+    return level
 
 
 @dataclass
