@@ -17,8 +17,8 @@ Fields by kind (units in the names):
 =====  ==========================================================================
 BOOT   ``model_bytes arena_bytes arena_used ops sr threshold vote hold_ms audio fw``
        (audio = i2s | replay | file)
-INF    ``t_ms seq fe_us inv_us score pos votes det``  (score in [0,1]; pos/det 0|1;
-       votes = positives among the last M)
+INF    ``t_ms seq fe_us inv_us score q pos votes det``  (score in [0,1]; q = the model's raw
+       int8 output behind it; pos/det 0|1; votes = positives among the last M)
 EVT    ``t_ms state score``  (state = ON|OFF)
 CFG    ``threshold vote hold_ms``  (vote = N/M)
 ERR    ``code msg``

@@ -611,8 +611,8 @@ def test_linux_target_project(student, tmp_path):
 
 
 def test_emulate_compare_lines_up_firmware_and_python(student, tmp_path):
-    """emulate.compare on a firmware log made from the Python INT8 run itself: identical; one
-    score nudged by one output step: still OK; by two: DIFFERS; a lost patch: DIFFERS."""
+    """emulate.compare on a firmware log made from the Python INT8 run itself: identical; one raw
+    output nudged by one quantisation step: still OK; by two: DIFFERS; a lost patch: DIFFERS."""
     from cryblock.blocks.deploy import emulate as em
     from cryblock.blocks.deploy.capture import LogCapture
     from cryblock.logformat import format_line
@@ -621,24 +621,24 @@ def test_emulate_compare_lines_up_firmware_and_python(student, tmp_path):
     params = Params().replace(detector={"threshold": 0.5})
     clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
     pcm = em.audio_pcm(clip, params)
-    s, det = em.python_reference(pcm, model, params)
-    step = tfl.inspect_model(model).output.scale
+    q, s, det = em.python_reference(pcm, model, params)
 
-    def fw(scores, drop=None):
+    def fw(qs, drop=None):
         log = LogCapture()
-        for i, v in enumerate(scores):
+        for i, v in enumerate(qs):
             if i != drop:
-                log.feed_line(format_line("INF", t_ms=i, seq=i, fe_us=1, inv_us=1, score=float(v), pos=0, votes=0,
-                                          det=int(det[i])))
+                log.feed_line(format_line("INF", t_ms=i, seq=i, fe_us=1, inv_us=1, score=float(s[i]), q=int(v), pos=0,
+                                          votes=0, det=int(det[i])))
         return em.FirmwareRun(log)
 
-    assert em.compare("a", pcm, model, params, fw(s)).ok
-    nudged = s.copy()
-    nudged[3] += step
+    c = em.compare("a", pcm, model, params, fw(q))
+    assert c.ok and c.exact == 1.0 and c.max_abs_diff < 1e-4
+    nudged = q.copy()
+    nudged[3] += 1
     assert em.compare("a", pcm, model, params, fw(nudged)).ok
-    nudged[3] += step
+    nudged[3] += 1
     c = em.compare("a", pcm, model, params, fw(nudged))
-    assert not c.ok and c.max_steps == pytest.approx(2.0, abs=0.05)
-    assert not em.compare("a", pcm, model, params, fw(s, drop=len(s) - 1)).ok
+    assert not c.ok and c.max_steps == 2
+    assert not em.compare("a", pcm, model, params, fw(q, drop=len(q) - 1)).ok
     lines = em.replay_lines(pcm)
     assert lines[-1] == "pcm end" and len(lines) == -(-len(pcm) // 512) + 1

@@ -38,8 +38,6 @@ from .capture import LogCapture, LogRecord
 
 #: Samples per replay line (replay.h CRY_REPLAY_MAX_SAMPLES).
 REPLAY_SAMPLES = 512
-#: Rounding of a score printed with 4 decimals (the INF line, cry_log.h).
-LOG_ROUNDING = 0.5e-4
 
 
 def replay_lines(pcm: np.ndarray, per_line: int = REPLAY_SAMPLES) -> list[str]:
@@ -204,9 +202,9 @@ class Comparison:
     audio: str
     patches_python: int
     patches_firmware: int
-    max_abs_diff: float
-    max_steps: float  #: max |Δscore| in output quantisation steps
-    score_agreement: float  #: fraction of patches within one step
+    max_steps: float  #: max |Δq|: the raw int8 model outputs, in quantisation steps
+    exact: float  #: fraction of patches with the identical int8 output
+    max_abs_diff: float  #: max |Δscore| (scores as printed, 4 decimals)
     decision_agreement: float  #: fraction of patches with the same detector state
     events_python: list[tuple[int, str]]
     events_firmware: list[tuple[int, str]]
@@ -215,48 +213,51 @@ class Comparison:
     @property
     def ok(self) -> bool:
         """Within one output step everywhere and identical decisions (the target)."""
-        return (self.patches_python == self.patches_firmware and self.max_steps <= 1.0 + 1e-6
+        return (self.patches_python == self.patches_firmware and self.max_steps <= 1
                 and self.decision_agreement == 1.0 and self.events_python == self.events_firmware)
 
 
-def python_reference(pcm: np.ndarray, model: bytes, params: Params) -> tuple[np.ndarray, np.ndarray]:
+def python_reference(pcm: np.ndarray, model: bytes, params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Python INT8 run of the same samples: the DSP block on ``pcm``/32768 (the padding is already
-    in ``pcm``), TensorFlow Lite Micro, the detector twin. Returns (scores, detector states)."""
+    in ``pcm``), TensorFlow Lite Micro, the detector twin. Returns (raw int8 output of the
+    positive unit, scores, detector states), one per patch."""
     from cryblock.blocks.dsp.features import frames_to_patches, log_mel_spectrogram
     from cryblock.blocks.learn.evaluate import TflmRunner
     from cryblock.detector import run_detector
 
-    from .model import inspect_model, positive_output_index
+    from .model import inspect_model, output_scores, positive_output_index
 
     x = pcm.astype(np.float32) / 32768.0
     patches = frames_to_patches(log_mel_spectrogram(x, params.dsp), params.dsp)
-    p = TflmRunner(model).predict(patches)
-    s = p[:, positive_output_index(inspect_model(model), params)]
+    runner = TflmRunner(model)
+    q = runner.predict_raw(patches)
+    info = inspect_model(model)
+    pos = positive_output_index(info, params)
+    s = output_scores((q.astype(np.float32) - runner.out_zp) * runner.out_scale, info.output_activation)[:, pos]
     det = run_detector(s, params.detector, hop_ms=int(round(params.dsp.patch_hop_seconds * 1000)))
-    return s, det.det
+    return q[:, pos].astype(np.int64), s, det.det
 
 
 def compare(audio: str, pcm: np.ndarray, model: bytes, params: Params, run: FirmwareRun) -> Comparison:
-    """Line the firmware's INF records (by ``seq``) up with :func:`python_reference`."""
-    from .model import inspect_model
-
-    s_py, det_py = python_reference(pcm, model, params)
+    """Line the firmware's INF records (by ``seq``) up with :func:`python_reference`: raw int8
+    outputs, printed scores, detector states and events."""
+    q_py, s_py, det_py = python_reference(pcm, model, params)
     infs = [r for r in run.records("INF") if r.num("seq") is not None]
     n = min(len(s_py), len(infs))
+    q_fw = np.array([r.num("q") if r.num("q") is not None else np.nan for r in infs[:n]], dtype=np.float64)
     s_fw = np.array([r.num("score") for r in infs[:n]], dtype=np.float64)
     det_fw = np.array([int(r.num("det") or 0) for r in infs[:n]])
-    step = inspect_model(model).output.scale or 1.0
-    # the INF line prints the score with 4 decimals: that rounding (≤ 5e-5) is not a firmware difference
-    diff = np.maximum(np.abs(s_fw - s_py[:n]) - LOG_ROUNDING, 0.0) if n else np.zeros(0)
+    dq = np.abs(q_fw - q_py[:n]) if n else np.zeros(0)
 
     def events(states):
         st = np.asarray(states, dtype=int)
         return [(int(i), "ON" if st[i] else "OFF") for i in np.flatnonzero(np.diff(np.r_[0, st]) != 0)]
 
-    return Comparison(audio, int(len(s_py)), int(len(infs)), float(diff.max()) if n else float("nan"),
-                      float(diff.max() / step) if n else float("nan"),
-                      float(np.mean(diff <= step + 1e-6)) if n else float("nan"),
-                      float(np.mean(det_fw == det_py[:n])) if n else float("nan"),
+    nan = float("nan")
+    return Comparison(audio, int(len(s_py)), int(len(infs)), float(np.nanmax(dq)) if n else nan,
+                      float(np.mean(dq == 0)) if n else nan,
+                      float(np.abs(s_fw - s_py[:n]).max()) if n else nan,
+                      float(np.mean(det_fw == det_py[:n])) if n else nan,
                       events(det_py[:n]), events(det_fw), run.seconds)
 
 
@@ -295,6 +296,6 @@ def format_comparison(c: Comparison) -> str:
     """One block of text per recording for the terminal."""
     verdict = "OK (within one output step, identical decisions)" if c.ok else "DIFFERS"
     return (f"{c.audio}: {c.patches_firmware} patches from the firmware, {c.patches_python} from Python; "
-            f"max |Δscore| {c.max_abs_diff:.4f} ({c.max_steps:.1f} output steps), {c.score_agreement:.1%} within one "
-            f"step, detector states agree on {c.decision_agreement:.1%}; events firmware {c.events_firmware} vs "
-            f"Python {c.events_python}; firmware ran {c.firmware_seconds:.1f} s — {verdict}")
+            f"int8 outputs identical on {c.exact:.1%}, max |Δq| {c.max_steps:.0f} step(s), max |Δscore| "
+            f"{c.max_abs_diff:.4f}; detector states agree on {c.decision_agreement:.1%}; events firmware "
+            f"{c.events_firmware} vs Python {c.events_python}; firmware ran {c.firmware_seconds:.1f} s — {verdict}")

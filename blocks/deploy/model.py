@@ -89,6 +89,9 @@ class ModelInfo:
         macs: multiply-accumulates of one inference (conv, depthwise, fully connected; pools,
             means and element-wise ops are counted as one MAC per input element they read).
         macs_by_op: MACs per operator name.
+        output_activation: what the output holds — "sigmoid" / "softmax" (the model ends in
+            LOGISTIC / SOFTMAX: probabilities) or "none" (logits: the firmware applies the sigmoid,
+            or the softmax for several outputs, in float; :func:`output_scores`).
     """
 
     size_bytes: int
@@ -97,6 +100,7 @@ class ModelInfo:
     output: TensorInfo
     macs: int
     macs_by_op: dict[str, int] = field(default_factory=dict)
+    output_activation: str = "none"
 
 
 def read_model(path: str | os.PathLike) -> bytes:
@@ -169,19 +173,22 @@ def inspect_model(model: bytes, name: str = "model") -> ModelInfo:
                             f"{sub.InputsLength()} and {sub.OutputsLength()}")
     used: list[str] = []
     macs_by_op: dict[str, int] = {}
+    activation = "none"
     for j in range(sub.OperatorsLength()):
         o = sub.Operators(j)
         op = codes[o.OpcodeIndex()]
         if op not in used:
             used.append(op)
         macs_by_op[op] = macs_by_op.get(op, 0) + _op_macs(fb, sub, o, op)
+        if o.OutputsLength() and o.Outputs(0) == sub.Outputs(0):
+            activation = {"LOGISTIC": "sigmoid", "SOFTMAX": "softmax"}.get(op, "none")
     unknown = [op for op in used if op not in OP_RESOLVER_METHODS]
     if unknown:
         raise CryblockError(f"{name}: operator(s) {unknown} have no MicroMutableOpResolver "
                             "mapping in cryblock.blocks.deploy.model.OP_RESOLVER_METHODS")
     ordered = tuple(op for op in codes if op in used)
     return ModelInfo(len(model), ordered, _tensor_info(fb, sub, sub.Inputs(0)),
-                     _tensor_info(fb, sub, sub.Outputs(0)), int(sum(macs_by_op.values())), macs_by_op)
+                     _tensor_info(fb, sub, sub.Outputs(0)), int(sum(macs_by_op.values())), macs_by_op, activation)
 
 
 def _shape(sub, idx: int) -> tuple[int, ...]:
@@ -241,6 +248,19 @@ def parse_c_array(source: str) -> bytes:
         raise CryblockError("no array initialiser found in C source")
     vals = [v.strip() for v in m.group(1).split(",") if v.strip()]
     return bytes(int(v, 0) for v in vals)
+
+
+def output_scores(values: np.ndarray, activation: str) -> np.ndarray:
+    """Model outputs (dequantised, ``[N, K]``) → scores in [0, 1], by the firmware's rule
+    (``cry_output_score`` in cry_app.c): probabilities pass through; logits get a sigmoid (K = 1)
+    or a softmax over the K outputs."""
+    v = np.asarray(values, dtype=np.float64)
+    if activation != "none":
+        return v.astype(np.float32)
+    if v.shape[-1] == 1:
+        return (1.0 / (1.0 + np.exp(-v))).astype(np.float32)
+    e = np.exp(v - v.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

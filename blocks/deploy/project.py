@@ -275,6 +275,7 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "input": info.input, "output": info.output,
         "input_elems": info.input.size, "output_elems": info.output.size,
         "pos_index": positive_output_index(info, params),
+        "output_activation_code": 0 if info.output_activation != "none" else (1 if info.output.size == 1 else 2),
         "positive_label": params.learn.positive_label,
         "arena": arena, "arena_bytes": arena.arena_bytes, "arena_psram": arena.region == "psram",
         "threshold_x1000": int(round(det.threshold * 1000)),

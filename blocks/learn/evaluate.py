@@ -188,13 +188,16 @@ class TflmRunner:
         self.in_scale, self.in_zp = _qparams(self.inp)
         self.out_scale, self.out_zp = _qparams(self.out)
         self.invokes, self.seconds = 0, 0.0  # host time spent in invoke (for the cost report)
+        from cryblock.blocks.deploy.model import inspect_model
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Float probabilities ``[N, n_out]`` of float32 patches ``x`` (``[N, 96, 64]`` or any
-        shape that reshapes to the model input), one invoke per patch."""
-        from cryblock.blocks.deploy.model import quantize_input
+        self.activation = inspect_model(self.model_bytes).output_activation
 
+    def predict_raw(self, x: np.ndarray) -> np.ndarray:
+        """The int8 outputs ``[N, n_out]`` of float32 patches ``x`` (``[N, 96, 64]`` or any shape
+        that reshapes to the model input), one invoke per patch, as on the device."""
         import time
+
+        from cryblock.blocks.deploy.model import quantize_input
 
         shape = tuple(int(d) for d in self.inp["shape"])
         x = np.asarray(x, dtype=np.float32)
@@ -205,10 +208,18 @@ class TflmRunner:
             self.interp.invoke()
             self.seconds += time.perf_counter() - t0
             self.invokes += 1
-            o = self.interp.get_output(0).astype(np.float32)
-            outs.append((o.reshape(-1) - self.out_zp) * self.out_scale)
+            outs.append(self.interp.get_output(0).reshape(-1).copy())
             self.interp.reset()
-        return np.stack(outs) if outs else np.zeros((0, int(np.prod(self.out["shape"][1:]))), np.float32)
+        return np.stack(outs) if outs else np.zeros((0, int(np.prod(self.out["shape"][1:]))), np.int8)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Scores ``[N, n_out]`` in [0, 1] of float32 patches, by the firmware's rule: the int8
+        output dequantised (``(q − zero_point) · scale``), then the sigmoid/softmax when the model
+        outputs logits (:func:`cryblock.blocks.deploy.model.output_scores`)."""
+        from cryblock.blocks.deploy.model import output_scores
+
+        q = self.predict_raw(x).astype(np.float32)
+        return output_scores((q - self.out_zp) * self.out_scale, self.activation)
 
 
 def _qparams(det: dict) -> tuple[float, int]:

@@ -8,7 +8,12 @@ File names and layout follow Edge Impulse's custom learning blocks
 * ``model.tflite`` — float32.
 * ``model_quantized_int8_io.tflite`` — full-integer INT8: int8 input and output tensors,
   per-channel weight quantisation, activations calibrated on a representative set of training
-  patches (``TFLITE_BUILTINS_INT8`` only, so every op runs in TFLite Micro / ESP-NN).
+  patches (``TFLITE_BUILTINS_INT8`` only, so every op runs in TFLite Micro / ESP-NN). For the
+  cryblock firmware it outputs the **logits** (no final LOGISTIC/SOFTMAX; the firmware and
+  :class:`~cryblock.blocks.learn.evaluate.TflmRunner` apply the activation in float): a sigmoid
+  quantised to int8 has steps of 1/256, so every score below 0.004 ties at 0 and the ranking of
+  the negatives is lost; int8 logits keep it. The Edge Impulse block exports probabilities
+  (``logits_model=None``), as Edge Impulse deployments expect.
 
 Every file is written atomically (temp file + rename, :mod:`cryblock.io`).
 """
@@ -106,16 +111,17 @@ def convert_int8(saved_model_dir: Path, rep_patches: np.ndarray, input_shape: tu
     return conv.convert()
 
 
-def export_all(model, rep_patches: np.ndarray, out_dir: str | os.PathLike) -> ExportedModels:
+def export_all(model, rep_patches: np.ndarray, out_dir: str | os.PathLike, logits_model=None) -> ExportedModels:
     """Write saved_model.zip, model.tflite and model_quantized_int8_io.tflite into ``out_dir``.
 
     The SavedModel is built in a temporary folder inside ``out_dir`` (removed afterwards);
     each output file appears atomically.
 
     Args:
-        model: Keras inference model (probabilities out).
+        model: Keras inference model (probabilities out): the SavedModel and the float TFLite.
         rep_patches: training patches for INT8 calibration (:func:`representative_patches`).
         out_dir: destination folder (created).
+        logits_model: when given, the INT8 model is this one (logits out, same weights).
 
     Returns:
         :class:`ExportedModels`.
@@ -125,7 +131,8 @@ def export_all(model, rep_patches: np.ndarray, out_dir: str | os.PathLike) -> Ex
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as td:
         sm = export_saved_model(model, Path(td))
         f32 = convert_float(sm)
-        i8 = convert_int8(sm, rep_patches, _input_shape(model))
+        sm8 = sm if logits_model is None else export_saved_model(logits_model, Path(td) / "logits")
+        i8 = convert_int8(sm8, rep_patches, _input_shape(model))
         zip_path = zip_saved_model(sm, out / SAVED_MODEL_ZIP)
     fp = atomic_write_bytes(out / FLOAT_NAME, f32)
     ip = atomic_write_bytes(out / INT8_NAME, i8)

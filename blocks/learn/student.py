@@ -45,12 +45,16 @@ class StudentModels:
             embedding projection was requested, else ``[logits]``.
         n_out: number of output units.
         activation: ``"sigmoid"`` or ``"softmax"``.
+        logits_model: same layers, output the logits ``[None, n_out]`` (before the activation):
+            what the firmware's INT8 model computes (the activation then runs in float, so the
+            int8 output keeps its resolution at very low and very high scores).
     """
 
     model: object
     train_model: object
     n_out: int
     activation: str
+    logits_model: object = None
 
 
 def channel_plan(width: int, depth: int) -> list[tuple[int, int]]:
@@ -157,7 +161,7 @@ def build_student(learn: LearnParams = LearnParams(), dsp: DspParams = DspParams
     if aux_outputs:
         outs.append(layers.Dense(aux_outputs, name="aux_logits")(feat))
     train_model = keras.Model(inp, outs, name="cryblock_student_train")
-    return StudentModels(model, train_model, n_out, activation)
+    return StudentModels(model, train_model, n_out, activation, keras.Model(inp, logits, name="cryblock_student_logits"))
 
 
 def count_params(model) -> int:

@@ -337,7 +337,8 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     try:
         t0 = time.perf_counter()
         rep = export.representative_patches(train.x[keep], 300, learn.seed)
-        exp = export.export_all(models.model, rep, staging)
+        # the firmware's INT8 model outputs logits; Edge Impulse's (flat input) probabilities
+        exp = export.export_all(models.model, rep, staging, logits_model=None if flat_input else models.logits_model)
         timing["export_seconds"] = time.perf_counter() - t0
         if head is not None:
             head.save(staging / TEACHER_HEAD_NAME)

@@ -65,6 +65,8 @@ int main(int argc, char **argv)
     app.out_scale = 1.0f / 256.0f;
     app.out_zero_point = -128;
     app.pos_index = 0;
+    app.n_out = 1;
+    app.activation = CRY_ACT_NONE; /* the stand-in outputs a probability */
     app.hop_ms = CRY_PATCH_HOP_MS;
     if (cry_app_init(&app, &cfg) != 0) return 1;
     cry_app_log(&app, "BOOT", "model_bytes=0 arena_bytes=0 arena_used=0 ops=STUB sr=%d threshold=%.4f vote=%d/%d "

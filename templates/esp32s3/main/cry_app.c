@@ -2,6 +2,7 @@
 #include "cry_app.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 
 #include "cry_log.h"
@@ -38,6 +39,22 @@ void cry_app_log_config(cry_app_t *a)
                 a->det.cfg.vote_n, a->det.cfg.vote_m, a->det.cfg.hold_ms);
 }
 
+float cry_app_score(const cry_app_t *a)
+{
+    const float v = (float)((int)a->output[a->pos_index] - a->out_zero_point) * a->out_scale;
+    if (a->activation == CRY_ACT_SIGMOID) return 1.0f / (1.0f + expf(-v));
+    if (a->activation == CRY_ACT_SOFTMAX) {
+        float vmax = v, sum = 0.0f;
+        for (int k = 0; k < a->n_out; k++) {
+            const float z = (float)((int)a->output[k] - a->out_zero_point) * a->out_scale;
+            if (z > vmax) vmax = z;
+        }
+        for (int k = 0; k < a->n_out; k++) sum += expf((float)((int)a->output[k] - a->out_zero_point) * a->out_scale - vmax);
+        return expf(v - vmax) / sum;
+    }
+    return v;
+}
+
 static void run_patch(cry_app_t *a, int64_t t0)
 {
     cry_fe_get_patch_int8(&a->fe, a->in_scale, a->in_zero_point, a->input);
@@ -48,12 +65,13 @@ static void run_patch(cry_app_t *a, int64_t t0)
     if (st != 0) {
         cry_app_log(a, "ERR", "code=invoke msg=Invoke_failed_seq_%" PRIu32, a->seq);
     } else {
-        const float score = (float)((int)a->output[a->pos_index] - a->out_zero_point) * a->out_scale;
+        const float score = cry_app_score(a);
         /* the detector runs on audio time (patch index x hop), like cryblock.detector */
         const cry_det_out_t o = cry_det_update(&a->det, score, (int64_t)a->seq * a->hop_ms);
         const long long t_ms = (long long)(a->now_us() / 1000);
-        cry_app_log(a, "INF", "t_ms=%lld seq=%" PRIu32 " fe_us=%lld inv_us=%lld score=%.4f pos=%d votes=%d det=%d",
-                    t_ms, a->seq, (long long)a->fe_us, (long long)inv_us, (double)score, o.pos, o.votes, o.det);
+        cry_app_log(a, "INF", "t_ms=%lld seq=%" PRIu32 " fe_us=%lld inv_us=%lld score=%.4f q=%d pos=%d votes=%d det=%d",
+                    t_ms, a->seq, (long long)a->fe_us, (long long)inv_us, (double)score, (int)a->output[a->pos_index],
+                    o.pos, o.votes, o.det);
         if (o.changed) cry_app_log(a, "EVT", "t_ms=%lld state=%s score=%.4f", t_ms, o.det ? "ON" : "OFF", (double)score);
     }
     a->fe_us = 0;

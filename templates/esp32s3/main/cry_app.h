@@ -30,6 +30,10 @@ typedef int (*cry_invoke_fn)(void *ctx, const int8_t *input, int8_t *output);
 typedef void (*cry_emit_fn)(const char *line); /* one log line, without newline */
 typedef int64_t (*cry_clock_fn)(void);         /* microseconds since boot */
 
+/* The score from the model output (cryblock.blocks.deploy.model.output_scores): the output is a
+ * probability, or logits whose sigmoid (one output) / softmax (several) is taken in float. */
+enum { CRY_ACT_NONE = 0, CRY_ACT_SIGMOID = 1, CRY_ACT_SOFTMAX = 2 };
+
 typedef struct {
     cry_fe_t fe; /* first member: keeps the FFT buffer 16-byte aligned (frontend.h) */
     cry_det_t det;
@@ -42,6 +46,8 @@ typedef struct {
     float in_scale, out_scale;
     int in_zero_point, out_zero_point;
     int pos_index;   /* output element thresholded by the detector */
+    int n_out;       /* output elements */
+    int activation;  /* CRY_ACT_*: how the output becomes the score */
     uint32_t hop_ms; /* audio time between patches */
     uint32_t seq;    /* patches so far */
     int64_t fe_us;   /* front-end time spent on the current patch */
@@ -69,6 +75,9 @@ void cry_app_vlog(cry_app_t *a, const char *kind, const char *fields_fmt, va_lis
 
 /* The CFG record of the current detector configuration. */
 void cry_app_log_config(cry_app_t *a);
+
+/* The score of the current output (dequantised, then CRY_ACT_*). */
+float cry_app_score(const cry_app_t *a);
 
 /* The END record after replayed audio: patches and samples processed. */
 void cry_app_end(cry_app_t *a);
