@@ -122,7 +122,7 @@ def emulate_cmd(project, audio, qemu, binary, boot_timeout, as_json):
     from cryblock.io import atomic_write_text, check_output, json_safe
 
     if as_json:
-        check_output(as_json, folder=False)
+        check_output(as_json, folder=False, what="--json", inputs=(*audio, project))
     results = emulate(project, audio, binary=binary, qemu=qemu, boot_timeout=boot_timeout)
     for c in results:
         click.echo(format_comparison(c))

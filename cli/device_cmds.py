@@ -65,6 +65,8 @@ def _live_printer(quiet: bool):
 def monitor_cmd(port: str, baud: int, out_csv: str | None, out_json: str | None, seconds: float | None,
                 send: tuple[str, ...], reset: bool, quiet: bool) -> None:
     """Print the firmware's CRYB/1 log live; on exit summarise it and write CSV/JSON."""
+    if out_csv is not None and out_json is not None:
+        check_output(out_json, folder=False, what="--json", inputs=(out_csv,))
     for p in (out_csv, out_json):
         if p is not None:
             check_output(p, folder=False)

@@ -125,7 +125,7 @@ def features_cmd(inputs: tuple[Path, ...], manifest: Path | None, out: Path, wor
         raise click.UsageError("give audio files/directories (INPUTS) or --manifest")
     if out.is_dir():
         raise CryblockError(f"{out}: --out is a directory; give a .npz file path")
-    check_output(out, folder=False)
+    check_output(out, folder=False, inputs=(*inputs, manifest, params_file))
     dsp = params_with(params_file, flags).dsp
     if no_cache:
         cache_dir = None

@@ -111,9 +111,11 @@ def detect_cmd_impl(files, run: str, plot: str | None, as_json: str | None) -> N
     from cryblock.errors import AudioError
     from cryblock.io import atomic_write_bytes, atomic_write_text, check_output, json_safe
 
-    for p in (plot, as_json):
-        if p is not None:
-            check_output(p, folder=False)
+    reads = (*files, run, *(Path(run) / n for n in ("params.json", "model_quantized_int8_io.tflite")))
+    if plot is not None:
+        check_output(plot, folder=False, what="--plot", inputs=reads)
+    if as_json is not None:
+        check_output(as_json, folder=False, what="--json", inputs=(*reads, plot))
     r = load_run(run)
     runner = TflmRunner(r.int8)
     d = r.params.detector

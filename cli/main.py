@@ -1,7 +1,8 @@
 """``cryblock`` command line: one click group; each stage registers its commands.
 
 User mistakes (:class:`cryblock.errors.CryblockError`) print one ``error: …`` line and exit 2,
-never a traceback.
+never a traceback; so does an operating-system error on a named path that slipped past the
+checks (a name too long, permission denied, …): it is about the user's file, not a bug.
 """
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CryblockError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:
+            if not e.filename:
+                raise
+            name = str(e.filename)
+            name = name if len(name) <= 120 else name[:60] + "…" + name[-60:]
+            click.echo(f"error: {name}: {e.strerror or e}", err=True)
             sys.exit(2)
 
 

@@ -27,6 +27,7 @@ Output (every file cryblock writes goes through here):
 from __future__ import annotations
 
 import contextlib
+import errno
 import io as _io
 import os
 import re
@@ -383,7 +384,17 @@ class NpzWriter:
                                 f"needs {want}")
 
 
-def check_output(path: str | os.PathLike, *, folder: bool, what: str = "--out") -> Path:
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(path: str | os.PathLike, *, folder: bool, what: str = "--out",
+                 inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """Check before a long job that ``path`` can be written, so a mistake fails in a second,
     not after minutes of work. Creates nothing.
 
@@ -391,31 +402,47 @@ def check_output(path: str | os.PathLike, *, folder: bool, what: str = "--out") 
         path: the output.
         folder: True when the output is a folder (a run or project folder), False for a file.
         what: the option's name for messages.
+        inputs: files or folders the job reads (None entries ignored); the output must not be
+            one of them (writing it would destroy what is being read).
 
     Raises:
-        CryblockError: ``path`` exists as the wrong kind (a file given as a folder, a folder or
-            device given as a run folder, …), a parent is a file, or the nearest existing folder
-            is not writable (permissions, a read-only file system, /proc, …).
+        CryblockError: ``path`` is one of ``inputs``, exists as the wrong kind (a file given as a
+            folder, a folder or device given as a run folder, …), a parent is a file, the nearest
+            existing folder is not writable (permissions, a read-only file system, /proc, …), or
+            the path cannot be used at all (a name too long, …).
     """
     p = Path(path)
-    if p.exists() or p.is_symlink():
-        if folder and not p.is_dir():
-            raise CryblockError(f"{p}: {what} exists and is not a folder")
-        if not folder:
-            _output_target(p)  # refuses folders, block devices, sockets
-            if not Path(os.path.realpath(p)).is_file():
-                return p  # a device or FIFO: written through
-    base = p if (folder and p.is_dir()) else p.absolute().parent
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir():
-        raise CryblockError(f"{p}: {what}: {base} is a file, not a folder")
+    base = p.parent
     try:
+        for q in inputs:
+            if q is not None and str(q) != "" and _same_path(p, Path(q)):
+                raise CryblockError(f"{p}: {what} is also an input ({q}); writing it would destroy what is read — "
+                                    "choose another path")
+        if p.exists() or p.is_symlink():
+            if folder and not p.is_dir():
+                raise CryblockError(f"{p}: {what} exists and is not a folder")
+            if not folder:
+                _output_target(p)  # refuses folders, block devices, sockets
+                if not Path(os.path.realpath(p)).is_file():
+                    return p  # a device or FIFO: written through
+        base = p if (folder and p.is_dir()) else p.absolute().parent
+        while not base.exists():
+            base = base.parent
+        if not base.is_dir():
+            raise CryblockError(f"{p}: {what}: {base} is a file, not a folder")
         probe = tempfile.mkdtemp(prefix=".cryblock-probe-", dir=base)
         os.rmdir(probe)
+        if len(p.absolute().name.encode()) > 255:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
     except OSError as e:
-        raise CryblockError(f"{p}: {what}: cannot write in {base} ({e.strerror or e})") from None
+        raise CryblockError(f"{_short(p)}: {what}: cannot write in {_short(base)} ({e.strerror or e})") from None
     return p
+
+
+def _short(p: Path, n: int = 120) -> str:
+    """A path for a message, shortened in the middle when longer than ``n`` characters."""
+    s = str(p)
+    return s if len(s) <= n else s[: n // 2] + "…" + s[-n // 2:]
 
 
 _STAGING_RE = re.compile(r"^\.cryblock-(?P<prefix>[A-Za-z0-9_.-]*?)-(?P<pid>\d+)-[A-Za-z0-9_]+(\.tmp)?$")

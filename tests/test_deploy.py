@@ -472,7 +472,12 @@ def test_cli_user_errors(student, tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
+    whole = Path(student[0]).read_bytes()
+    for cut in (len(whole) // 2, len(whole) - 700):  # truncated downloads / copies
+        (tmp_path / f"cut{cut}.tflite").write_bytes(whole[:cut])
     cases = [
+        *((["--model", str(tmp_path / f"cut{cut}.tflite"), "--out", str(tmp_path / "a")], "corrupt or truncated")
+          for cut in (len(whole) // 2, len(whole) - 700)),
         (["--model", str(tmp_path / "missing.tflite"), "--out", str(tmp_path / "a")], "model file not found"),
         (["--model", str(student[1]), "--out", str(tmp_path / "b")], "must be quantised int8"),
         (["--model", str(taken / "notes.txt"), "--out", str(tmp_path / "c")], "not a TFLite model"),

@@ -135,6 +135,35 @@ def test_check_output_fails_fast(tmp_path, case):
     assert not (tmp_path / "new").exists()
 
 
+def test_output_that_is_an_input_is_refused(clips, tmp_path):
+    """An output naming one of the job's inputs (the same path, a symlink to it, or the same run
+    folder) is refused before anything is read or written; names too long fail in one line."""
+    wav = tmp_path / "in.flac"
+    wav.write_bytes(clips[0].path.read_bytes())
+    link = tmp_path / "link.npz"
+    link.symlink_to(wav)
+    for out in (wav, link, tmp_path / "." / "in.flac"):
+        with pytest.raises(CryblockError, match="also an input"):
+            cio.check_output(out, folder=False, inputs=(None, wav))
+    with pytest.raises(CryblockError, match="also an input"):
+        cio.check_output(tmp_path, folder=True, inputs=(tmp_path / "sub" / "..",))
+    cio.check_output(tmp_path / "other.npz", folder=False, inputs=(wav, None))
+    for folder in (False, True):
+        with pytest.raises(CryblockError, match="cannot write.*too long"):
+            cio.check_output(tmp_path / ("n" * 300), folder=folder)
+    r = subprocess.run([sys.executable, "-m", "cryblock.cli", "features", str(wav), "--out", str(wav), "-q",
+                        "--no-cache"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "also an input" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert wav.read_bytes() == clips[0].path.read_bytes()
+    r = subprocess.run([sys.executable, "-m", "cryblock.cli", "monitor", "--port", "socket://127.0.0.1:9",
+                        "--out", str(tmp_path / "m.log"), "--json", str(tmp_path / "m.log")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "also an input" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "cryblock.cli", "features", "x" * 300 + ".wav", "--out",
+                        str(tmp_path / "o.npz"), "-q", "--no-cache"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr) < 600, r.stderr
+
+
 def test_staging_dirs_use_umask_and_dead_ones_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

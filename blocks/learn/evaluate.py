@@ -537,7 +537,7 @@ def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | 
     run = load_run(run_dir)
     params = run.params
     learn = params.learn
-    check_output(out_dir, folder=True)
+    check_output(out_dir, folder=True, inputs=(run_dir, manifest))
     mp = Path(manifest)
     mp = mp / "manifest.csv" if mp.is_dir() else mp
     clips = load_manifest(mp)

@@ -360,49 +360,9 @@ def _set_weights(model, weights: dict[str, tuple[np.ndarray, np.ndarray]], sourc
 
 # --- TFLite ---------------------------------------------------------------------------------
 
-def _check_tflite_bytes(buf: bytes, path) -> None:
-    """Structural check of a TFLite flatbuffer before the C++ interpreter sees it.
-
-    The interpreter does not bounds-check a truncated or damaged file and may crash the whole
-    process (observed: a truncated yamnet.tflite segfaults ``tf.lite.Interpreter``). The
-    flatbuffer is therefore unpacked completely in Python (``schema_py_generated.ModelT`` of the
-    schema bindings :mod:`cryblock.blocks.deploy.model` reads models with, bounds-checked, ~10 ms for YAMNet)
-    and tensor/buffer/operator indices are checked.
-
-    Raises:
-        CryblockError: not a TFLite flatbuffer, truncated or inconsistent (names the file).
-    """
-    from cryblock.blocks.deploy.model import tflite_schema
-
-    if len(buf) < 8 or buf[4:8] != b"TFL3":
-        raise CryblockError(f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier)")
-    try:
-        model = tflite_schema().ModelT.InitFromPackedBuf(bytearray(buf), 0)
-        n_buffers = len(model.buffers or [])
-        for b in model.buffers or []:
-            off, size = int(getattr(b, "offset", 0) or 0), int(getattr(b, "size", 0) or 0)
-            if off > 1 and off + size > len(buf):
-                raise ValueError("a weight buffer lies beyond the end of the file")
-        n_opcodes = len(model.operatorCodes or [])
-        for g in model.subgraphs or []:
-            tensors = g.tensors or []
-            if any(not 0 <= t.buffer < max(n_buffers, 1) for t in tensors):
-                raise ValueError("a tensor refers to a missing buffer")
-            for op in g.operators or []:
-                if not 0 <= op.opcodeIndex < n_opcodes:
-                    raise ValueError("an operator refers to a missing op code")
-                for i in list(op.inputs if op.inputs is not None else []) + list(op.outputs if op.outputs is not None else []):
-                    if not -1 <= int(i) < len(tensors):
-                        raise ValueError("an operator refers to a missing tensor")
-    except CryblockError:
-        raise
-    except Exception as e:  # struct.error, IndexError, ValueError … from a damaged flatbuffer
-        raise CryblockError(f"{path}: corrupt or truncated TFLite model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-
-
 def tflite_interpreter(path: str | os.PathLike, *, use_delegates: bool = True, num_threads: int | None = None):
     """``tf.lite.Interpreter`` for the TFLite file ``path``, after a structural check of the
-    file (:func:`_check_tflite_bytes`); its deprecation warning is silenced (the replacement
+    file (:func:`cryblock.blocks.deploy.model.check_tflite_bytes`); its deprecation warning is silenced (the replacement
     ``ai_edge_litert`` is not a dependency). ``use_delegates=False`` → builtin kernels only
     (no XNNPACK).
 
@@ -417,7 +377,9 @@ def tflite_interpreter(path: str | os.PathLike, *, use_delegates: bool = True, n
         buf = Path(path).read_bytes()
     except OSError as e:
         raise CryblockError(f"{path}: cannot read TFLite model ({e.strerror or e})") from None
-    _check_tflite_bytes(buf, path)
+    from cryblock.blocks.deploy.model import check_tflite_bytes
+
+    check_tflite_bytes(buf, path)
     kw = {} if use_delegates else {
         "experimental_op_resolver_type": tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
     try:
