@@ -60,7 +60,7 @@ BLOCK_SECONDS = 20.0
 def _check_rate(rate: Any, source: str) -> float:
     try:
         r = float(rate)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AudioError(f"{source}: sample rate must be a number, got {rate!r}") from None
     if not (MIN_INPUT_RATE <= r <= MAX_INPUT_RATE):  # also NaN
         raise AudioError(f"{source}: sample rate {rate!r} Hz is outside [{MIN_INPUT_RATE:g}, "

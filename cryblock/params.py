@@ -81,13 +81,26 @@ def _num(obj: Any, name: str, lo: float, hi: float, *, integer: bool = False, lo
         ok = isinstance(v, int) and not isinstance(v, bool)
         kind = "an integer"
     else:
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v))
         kind = "a finite number"
     left, right = "(" if lo_open else "[", ")" if hi_open else "]"
     lo_s, hi_s = (str(b) if isinstance(b, int) else f"{b:g}" for b in (lo, hi))
     if ok:
         ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    _check(ok, name, f"must be {kind} in {left}{lo_s}, {hi_s}{right}, got {v!r}")
+    _check(ok, name, f"must be {kind} in {left}{lo_s}, {hi_s}{right}, got {_short_repr(v)}")
+
+
+def _short_repr(v: Any, n: int = 60) -> str:
+    """``repr(v)`` cut to ``n`` characters (a 400-digit integer or a long string in a message)."""
+    r = repr(v) if not isinstance(v, int) or v.bit_length() < 4000 else f"an integer of {len(str(v))} digits"
+    return r if len(r) <= n else r[: n - 1] + "…"
+
+
+#: Bounds of the front-end sizes (every allocation follows from them): a hop of at least 1 ms,
+#: an FFT of at most 16384 points, a patch of at most 1000 frames. YAMNet uses 10 ms, 512, 96.
+MIN_HOP_SECONDS = 0.001
+MAX_FFT_LENGTH = 16384
+MAX_PATCH_FRAMES = 1000
 
 
 @dataclass(frozen=True)
@@ -114,9 +127,9 @@ class DspParams:
         # of 1e9 Hz or a 1e5 s patch would otherwise ask for gigabytes.
         _num(self, "sample_rate", 4000, 192000)
         _num(self, "stft_window_seconds", 0, 0.2, lo_open=True)
-        _num(self, "stft_hop_seconds", 0, self.stft_window_seconds, lo_open=True)
-        _check(self.window_length_samples >= 16, "stft_window_seconds",
-               f"must span ≥ 16 samples at {self.sample_rate:g} Hz, got {self.window_length_samples}")
+        _num(self, "stft_hop_seconds", MIN_HOP_SECONDS, self.stft_window_seconds)
+        _check(16 <= self.window_length_samples <= MAX_FFT_LENGTH, "stft_window_seconds",
+               f"must span 16–{MAX_FFT_LENGTH} samples at {self.sample_rate:g} Hz, got {self.window_length_samples}")
         _check(self.hop_length_samples >= 1, "stft_hop_seconds",
                f"rounds to {self.hop_length_samples} samples at {self.sample_rate:g} Hz; must be ≥ 1 sample")
         _num(self, "mel_bands", 8, 256, integer=True)
@@ -129,6 +142,8 @@ class DspParams:
         _num(self, "log_offset", 0, 1, lo_open=True)
         _num(self, "patch_window_seconds", self.stft_hop_seconds, 10)
         _num(self, "patch_hop_seconds", self.stft_hop_seconds, self.patch_window_seconds)
+        _check(self.patch_frames <= MAX_PATCH_FRAMES, "patch_window_seconds",
+               f"gives {self.patch_frames} frames of {self.stft_hop_seconds:g} s; at most {MAX_PATCH_FRAMES}")
 
     # --- derived sizes, exactly as YAMNet features.py computes them ---
     @property
@@ -388,7 +403,9 @@ class Params:
             raise ParameterError(f"unknown parameter section(s): {sorted(unknown)}")
         kw = {}
         for name, klass in sections.items():
-            sub = dict(d.get(name) or {})
+            sub = d.get(name) or {}
+            if not isinstance(sub, dict):
+                raise ParameterError(f"section '{name}' must be a JSON object of fields, got {type(sub).__name__}")
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(sub) - known
             if bad:
@@ -423,8 +440,13 @@ class Params:
             d = json.loads(p.read_text())
         except FileNotFoundError:
             raise ParameterError(f"{p}: parameters file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ParameterError(f"{p}: not valid JSON ({e})") from None
+        except IsADirectoryError:
+            raise ParameterError(f"{p}: is a folder; give the params.json file") from None
+        except OSError as e:
+            raise ParameterError(f"{p}: cannot read parameters ({e.strerror or e})") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit number
+            msg = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+            raise ParameterError(f"{p}: not valid JSON ({msg})") from None
         if not isinstance(d, dict):
             raise ParameterError(f"{p}: expected a JSON object")
         try:

@@ -50,6 +50,18 @@ def test_params_load_errors_name_the_file(tmp_path):
     bad.write_text('{"dsp": {"no_such": 1}}')
     with pytest.raises(ParameterError, match="no_such"):
         Params.load(bad)
+    hostile = {  # text → what the one-line error says
+        '{"dsp": [1, 2]}': "section 'dsp' must be a JSON object", '{"learn": 5}': "section 'learn' must be",
+        '{"dsp": "ab"}': "got str", '{"dsp": {"sample_rate": %s}}' % ("9" * 400): "'sample_rate': must be",
+        '{"dsp": {"mel_bands": %s}}' % ("9" * 5000): "4300 digits", "[" * 100000 + "]" * 100000: "nested too deeply",
+    }
+    for text, msg in hostile.items():
+        bad.write_text(text)
+        with pytest.raises(ParameterError, match=msg) as e:
+            Params.load(bad)
+        assert str(bad) in str(e.value) and len(str(e.value)) < 300
+    with pytest.raises(ParameterError, match="is a folder"):
+        Params.load(tmp_path)
 
 
 def test_group_split_never_shares_a_group(clips):

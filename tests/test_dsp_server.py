@@ -206,6 +206,16 @@ def test_generate_features_direct_call(windows):
     ({"features": [1, 2, 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False,
       "axes": ["a", "b"]}, r"not a multiple of 2 axes"),
     ([1, 2, 3], r"must be a JSON object"),
+    # np.asarray would have read these as numbers
+    ({"features": ["100", "2", "3"], "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"found str '100'"),
+    ({"features": [True, False] * 100, "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"found bool"),
+    ({"features": [1, None, 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"found NoneType"),
+    ({"features": [1, 2, 3], "params": {}, "sampling_freq": True, "draw_graphs": False}, r"sampling_freq must be a number"),
+    ({"features": [1, 2, 3], "params": {}, "sampling_freq": 10 ** 400, "draw_graphs": False},
+     r"sampling_freq must be a number"),
+    ({"features": [10 ** 400, 2, 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False}, r"list of numbers"),
+    *(({"features": [1, 2, 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False,
+        "implementation_version": v}, r"implementation_version must be an integer") for v in (1.5, True, [1], "1.0")),
 ])
 def test_run_bad_requests_give_success_false(server, body, pattern):
     code, out = _post(server + "/run", body)
@@ -385,8 +395,20 @@ def test_client_disconnects_leave_no_traceback(server_proc, windows):
     {"features": [100] * 47000, "params": {"stft-hop-seconds": 1e-6}, "sampling_freq": 16000, "draw_graphs": False},
     {"features": [[100] * 2000] * 600, "params": {}, "sampling_freq": 16000},
     b"[" * 100000 + b"]" * 100000,
+    # within each bound, but together gigabytes: 1 ms hop, 10 s patches (1000 frames), 192 kHz
+    {"features": [100] * 400000, "params": {"sample-rate": 192000, "stft-hop-seconds": 0.001,
+                                             "stft-window-seconds": 0.085, "patch-window-seconds": 1,
+                                             "patch-hop-seconds": 0.001, "mel-max-hz": 7500},
+     "sampling_freq": 4000, "draw_graphs": False},
+    {"features": [100] * 47000, "params": {"stft-window-seconds": 0.2, "sample-rate": 192000},
+     "sampling_freq": 16000, "draw_graphs": False},
+    {"features": [100] * 47000, "params": {"stft-hop-seconds": 0.0001}, "sampling_freq": 16000, "draw_graphs": False},
+    {"features": [100] * 47000, "params": {"patch-window-seconds": 10, "stft-hop-seconds": 0.005},
+     "sampling_freq": 16000, "draw_graphs": False},
+    b'{"features": [1, 2], "params": {}, "sampling_freq": ' + b"9" * 5000 + b', "draw_graphs": false}',
 ], ids=["rate-1", "params-rate", "sample-rate-1e9", "patch-1e5", "reserved-name", "hop-rounds-to-0",
-        "batch-too-many-patches", "deep-json"])
+        "batch-too-many-patches", "deep-json", "sizes-together", "fft-65536", "hop-0.1ms", "patch-2000-frames",
+        "5000-digit-number"])
 def test_hostile_requests_are_refused_in_bounded_memory(server_proc, body):
     url, pid, lines = server_proc
     code, out = _post(url + ("/batch" if isinstance(body, dict) and "draw_graphs" not in body else "/run"), body)

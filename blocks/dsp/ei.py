@@ -103,9 +103,16 @@ def raw_to_waveform(raw_data: Any, axes: Any, sampling_freq: Any, dsp: DspParams
         AudioError: not numeric, empty, NaN/Inf, all zero, not int16-scale (beyond ±32768, or
             non-integers all within ±1), length not a multiple of the axis count, bad rate.
     """
+    if isinstance(raw_data, (list, tuple)):  # JSON: numbers only (np.asarray would turn "1" and true into 1.0)
+        i = next((i for i, v in enumerate(raw_data) if type(v) not in (int, float)), -1)
+        if i >= 0:
+            bad = raw_data[i]
+            raise AudioError(f"{source}: must be a flat list of numbers, found {type(bad).__name__} {str(bad)[:20]!r}")
+    elif isinstance(raw_data, np.ndarray) and raw_data.dtype.kind not in "iuf":
+        raise AudioError(f"{source}: must hold numbers, got dtype {raw_data.dtype}")
     try:
         x = np.asarray(raw_data, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AudioError(f"{source}: must be a flat list of numbers") from None
     if x.ndim != 1:
         raise AudioError(f"{source}: must be a flat list of numbers, got shape {x.shape}")
@@ -113,8 +120,10 @@ def raw_to_waveform(raw_data: Any, axes: Any, sampling_freq: Any, dsp: DspParams
     if x.size % n_axes:
         raise AudioError(f"{source}: {x.size} values is not a multiple of {n_axes} axes")
     try:
+        if isinstance(sampling_freq, bool):
+            raise TypeError
         rate = float(sampling_freq)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AudioError(f"{source}: sampling_freq must be a number, got {sampling_freq!r}") from None
     if x.size and np.isfinite(x).all():
         peak = float(np.abs(x).max())
@@ -171,10 +180,11 @@ def generate_features(implementation_version: int, draw_graphs: bool, raw_data: 
     Raises:
         CryblockError (AudioError / ParameterError): bad samples or parameters, one line.
     """
-    try:
-        version = int(implementation_version)
-    except (TypeError, ValueError):
-        raise ParameterError(f"implementation_version must be an integer, got {implementation_version!r}") from None
+    version = implementation_version
+    if isinstance(version, str) and version.strip().isdigit():
+        version = int(version)
+    if type(version) is not int:  # 1.5, true, [1] are not versions
+        raise ParameterError(f"implementation_version must be an integer, got {str(implementation_version)[:20]!r}")
     if version != 1:
         raise ParameterError(f"implementation_version {version} is not supported (only 1)")
     dsp = dsp_params_from_block(params)

@@ -141,9 +141,17 @@ def log_mel_spectrogram(waveform: np.ndarray, params: DspParams = DspParams()) -
     # float64 internally: the float32 FFT noise floor (≈1e-7 of full scale) is several 1e-4 log
     # units in near-silent bands (e.g. above 4 kHz in 8 kHz-sourced audio).
     frames = np.lib.stride_tricks.as_strided(x, shape=(n_frames, win), strides=(hop * 8, 8), writeable=False)
-    spec = np.abs(np.fft.rfft(frames * periodic_hann(win), n=nfft, axis=1))
-    mel = spec @ _mel_matrix64(params)
-    return np.log(mel + params.log_offset).astype(np.float32)
+    window, mel_matrix = periodic_hann(win), _mel_matrix64(params)
+    out = np.empty((n_frames, params.mel_bands), np.float32)
+    step = max(1, _FFT_CHUNK_VALUES // nfft)  # frames per FFT call: memory bounded by the chunk
+    for a in range(0, n_frames, step):
+        spec = np.abs(np.fft.rfft(frames[a:a + step] * window, n=nfft, axis=1))
+        out[a:a + step] = np.log(spec @ mel_matrix + params.log_offset)
+    return out
+
+
+#: FFT work per call of :func:`log_mel_spectrogram` (frames × FFT length): ≈ 32 MB of complex128.
+_FFT_CHUNK_VALUES = 1 << 21
 
 
 def frames_to_patches(log_mel: np.ndarray, params: DspParams = DspParams()) -> np.ndarray:

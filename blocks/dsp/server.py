@@ -56,8 +56,9 @@ class Limits:
     Attributes:
         max_body_bytes: largest request body (default 16 MiB: ≈ 170 s of 16 kHz int16 audio as
             JSON; a 975 ms Edge Impulse window is ≈ 100 KB).
-        max_patches: most patches one request may produce, all examples of a batch together
-            (default 512 ≈ 4 min of audio; the reply is ≈ 120 KB of JSON per patch).
+        max_patches: most work one request may ask for, all examples of a batch together, in
+            YAMNet-default patches (96 × 64 values, 48 × 512-point FFTs, 7680 samples each;
+            default 512 ≈ 4 min of audio; the reply is ≈ 120 KB of JSON per patch).
         timeout_s: socket timeout for reading a request and writing the reply, s.
         max_connections: connections handled at once; more wait in the listen backlog.
         workers: requests parsed and computed at once (default: the CPU count).
@@ -103,26 +104,35 @@ def _check_samples(values: Any, where: str) -> list:
     return values
 
 
-def _patches_of(n_values: int, args: dict[str, Any]) -> int:
-    """Patches a window of ``n_values`` raw values will give (checked before computing)."""
+def _work_of(n_values: int, args: dict[str, Any]) -> float:
+    """Work a window of ``n_values`` raw values asks for, in YAMNet-default patches (checked
+    before computing): the largest of its patch count scaled by patch size (96 × 64 values), its
+    STFT work scaled by a default patch's (48 hops × 512-point FFT) and its resampled length
+    scaled by a default patch hop (7680 samples). Parameters that make patches larger, the FFT
+    longer or the rate higher therefore spend the budget faster."""
     params = {k: v for k, v in args.items() if k not in RESERVED_NAMES}
     dsp: DspParams = dsp_params_from_block(params)
     try:
         rate = float(args["sampling_freq"])
-    except (TypeError, ValueError):
-        return 1  # reported by generate_features
+    except (TypeError, ValueError, OverflowError):
+        return 1.0  # reported by generate_features
     n_axes = max(1, len(args["axes"])) if isinstance(args["axes"], list) else 1
     if not (math.isfinite(rate) and rate > 0):
-        return 1
+        return 1.0
+    ref = DspParams()
     n = n_values / n_axes * dsp.sample_rate / rate
-    return 1 + max(0, math.ceil((n - dsp.patch_samples) / dsp.patch_hop_samples))
+    patches = 1 + max(0, math.ceil((n - dsp.patch_samples) / dsp.patch_hop_samples))
+    frames = max(n, dsp.patch_samples) / dsp.hop_length_samples
+    return max(patches * dsp.patch_frames * dsp.mel_bands / (ref.patch_frames * ref.mel_bands),
+               frames * dsp.fft_length / (ref.patch_hop_frames * ref.fft_length),
+               n / ref.patch_hop_samples)
 
 
 def _budget(sizes: list[int], args: dict[str, Any], limits: Limits) -> None:
-    total = sum(_patches_of(n, args) for n in sizes)
+    total = sum(_work_of(n, args) for n in sizes)
     if total > limits.max_patches:
-        raise RequestError(f"request would produce {total} patches, more than the limit of {limits.max_patches}; "
-                           "send shorter windows or smaller batches")
+        raise RequestError(f"request would need the work of {math.ceil(total)} YAMNet patches, more than the limit "
+                           f"of {limits.max_patches}; send shorter windows, smaller batches or smaller sizes")
 
 
 def handle_run(body: dict[str, Any], limits: Limits = Limits()) -> dict[str, Any]:
@@ -168,8 +178,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     nested too deeply, not an object)."""
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RequestError(f"request body is not valid JSON ({e})") from None
+    except ValueError as e:  # UnicodeDecodeError, JSONDecodeError, a number of more than 4300 digits
+        raise RequestError(f"request body is not valid JSON ({str(e).split(';')[0]})") from None
     except RecursionError:
         raise RequestError("request body is nested too deeply to be a DSP request") from None
     if not isinstance(body, dict):
