@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .options import FiniteFloat
+
 
 def register(group: click.Group) -> None:
     """Add ``build`` and ``emulate`` to the ``cryblock`` group."""
@@ -38,7 +40,7 @@ def register(group: click.Group) -> None:
               help="I2S slot width (default 32 for std/INMP441, 16 for PDM).")
 @click.option("--ram", type=click.Choice(["auto", "internal", "psram"]), default="auto", show_default=True,
               help="Where the tensor arena lives (auto: internal RAM when it fits).")
-@click.option("--arena-margin", type=float, default=0.10, show_default=True,
+@click.option("--arena-margin", type=FiniteFloat(0, 10), default=0.10, show_default=True,
               help="Extra arena as a fraction of the host measurement (on top of the ESP-NN scratch bound).")
 @click.option("--flash-size", type=click.Choice(["4", "8", "16", "32"]), default="8", show_default=True,
               help="Module flash size in MB.")
@@ -110,7 +112,7 @@ def build(model_path, params_path, target, audio, out_dir, i2s, pin_bclk, pin_ws
 @click.option("--qemu", default=None, help="Espressif's qemu-system-xtensa: boot the project's ESP32-S3 build in it.")
 @click.option("--binary", default=None, type=click.Path(dir_okay=False),
               help="Program to run instead of build/<name>.elf (anything speaking the replay protocol).")
-@click.option("--boot-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
+@click.option("--boot-timeout", type=FiniteFloat(1, 3600), default=120.0, show_default=True,
               help="Seconds to wait for the BOOT line.")
 @click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="Write the comparison as JSON.")
 def emulate_cmd(project, audio, qemu, binary, boot_timeout, as_json):

@@ -9,6 +9,8 @@ import click
 from cryblock.blocks.deploy import bench, capture, config, flash
 from cryblock.io import check_output
 
+from .options import FiniteFloat
+
 #: Options of the commands that talk to the running firmware (monitor, bench, config).
 _board_port = click.option("--port", required=True, help="Serial port of the board.")
 _console_baud = click.option("--baud", type=click.IntRange(300, 5_000_000), default=capture.CONSOLE_BAUD,
@@ -56,7 +58,7 @@ def _live_printer(quiet: bool):
               help="Write all records as CSV (one row per record).")
 @click.option("--json", "out_json", type=click.Path(dir_okay=False), default=None,
               help="Write summary + records as JSON.")
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--seconds", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Stop after this many seconds (default: until Ctrl-C or the port goes away).")
 @click.option("--send", multiple=True, metavar="LINE",
               help="Command line to send after opening, e.g. 'set threshold 0.6' (repeatable).")
@@ -87,7 +89,7 @@ def _finish(res: capture.CaptureResult, out_csv, out_json) -> None:
 
 @click.command("bench")
 @_board_port
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), required=True,
+@click.option("--seconds", type=FiniteFloat(min=0, min_open=True), required=True,
               help="Capture duration in seconds.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default="cryblock-bench", show_default=True,
               help="Folder for bench.csv (records) and bench.json (summary + records).")
@@ -103,11 +105,11 @@ def bench_cmd(port: str, seconds: float, out_dir: str, baud: int, reset: bool) -
 
 @click.command("config")
 @_board_port
-@click.option("--threshold", type=float, default=None, help="Score threshold in [0, 1].")
+@click.option("--threshold", type=FiniteFloat(0, 1), default=None, help="Score threshold in [0, 1].")
 @click.option("--vote", default=None, metavar="N/M", help="N-of-M voting, e.g. 2/3.")
 @click.option("--hold-ms", type=int, default=None, help="Hold time after the last vote, ms.")
 @_console_baud
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=3.0,
+@click.option("--timeout", "timeout_s", type=FiniteFloat(min=0, min_open=True), default=3.0,
               show_default=True, help="Seconds to wait for each CFG answer.")
 def config_cmd(port: str, threshold: float | None, vote: str | None, hold_ms: int | None, baud: int,
                timeout_s: float) -> None:

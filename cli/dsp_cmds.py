@@ -30,7 +30,7 @@ import numpy as np
 from cryblock.errors import AudioError, CryblockError, DataError
 from cryblock.params import DspParams
 
-from .options import field_options, params_with
+from .options import FiniteFloat, field_options, params_with
 
 #: File extensions collected from directories (case-insensitive); all are read by libsndfile.
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
@@ -50,16 +50,20 @@ _DSP_FLAGS = [
 ]
 
 
-def collect_audio_files(inputs: list[Path]) -> list[Path]:
+def collect_audio_files(inputs: list[str | Path]) -> list[Path]:
     """Expand files and directories (recursive, :data:`AUDIO_EXTENSIONS`) into a sorted,
     de-duplicated file list. Explicit files are kept whatever their extension.
 
     Raises:
-        AudioError: an input does not exist, or a directory holds no audio file.
+        AudioError: an input is an empty string or does not exist, or a directory holds no
+            audio file.
     """
     out: list[Path] = []
     seen: set[Path] = set()
     for p in inputs:
+        if str(p) == "":
+            raise AudioError("an input is an empty string (an unset shell variable?); name files or folders")
+        p = Path(p)
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
             if not found:
@@ -92,12 +96,12 @@ def _str_array(items) -> np.ndarray:
 
 
 @click.command("features")
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path),
               help="Dataset manifest CSV (path,label,group,...) instead of INPUTS; stores labels and groups.")
 @click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
               help="Output .npz (written atomically).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Worker processes [all CPU cores].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache per-clip patches here [$CRYBLOCK_CACHE if set, else no cache].")
@@ -106,7 +110,7 @@ def _str_array(items) -> np.ndarray:
 @click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path),
               help="params.json whose 'dsp' section is used (flags below override it).")
 @field_options(_DSP_FLAGS)
-def features_cmd(inputs: tuple[Path, ...], manifest: Path | None, out: Path, workers: int | None,
+def features_cmd(inputs: tuple[str, ...], manifest: Path | None, out: Path, workers: int | None,
                  cache_dir: Path | None, no_cache: bool, quiet: bool, params_file: Path | None,
                  **flags) -> None:
     """Compute YAMNet log-mel patches [N, 96, 64] of audio files or directories (INPUTS) or of a
@@ -131,6 +135,8 @@ def features_cmd(inputs: tuple[Path, ...], manifest: Path | None, out: Path, wor
         cache_dir = None
     elif cache_dir is None and os.environ.get("CRYBLOCK_CACHE"):
         cache_dir = Path(os.environ["CRYBLOCK_CACHE"])
+    if cache_dir is not None:
+        check_output(cache_dir, folder=True, what="--cache-dir (or $CRYBLOCK_CACHE)")
 
     if manifest is not None:
         clips = load_manifest(manifest)
@@ -189,9 +195,9 @@ def dsp_group() -> None:
               help="TCP port, 0 = any free one (env PORT; Edge Impulse expects 4446).")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Requests computed at once [CPU count].")
-@click.option("--max-body-mb", type=click.FloatRange(0.01, 1024), default=16.0, show_default=True,
+@click.option("--max-body-mb", type=FiniteFloat(0.01, 1024), default=16.0, show_default=True,
               help="Largest request body, MiB (larger ones get HTTP 413).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+@click.option("--timeout", "timeout_s", type=FiniteFloat(0.1, 3600), default=30.0, show_default=True,
               help="Socket timeout for idle or slow clients, s.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not log requests.")
 def serve_cmd(host: str, port: int, workers: int | None, max_body_mb: float, timeout_s: float, quiet: bool) -> None:

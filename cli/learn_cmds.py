@@ -20,7 +20,7 @@ import click
 
 from cryblock.errors import CryblockError
 
-from .options import field_options, params_with, split_overrides
+from .options import FiniteFloat, field_options, params_with, split_overrides
 
 #: Epochs of ``cryblock demo`` (measured: ≈ 25–45 s per epoch on the full shared manifest on 2
 #: shared CPU cores; validation AUC plateaus after ≈ 10 epochs).
@@ -179,7 +179,7 @@ def register(group: click.Group) -> None:
                   help="epochs per candidate (short: for ranking)")
     @click.option("--final-epochs", type=click.IntRange(1, 10000), default=DEMO_EPOCHS, show_default=True,
                   help="epochs of the winner's retraining")
-    @click.option("--minutes", type=click.FloatRange(1, 100000), default=30.0, show_default=True,
+    @click.option("--minutes", type=FiniteFloat(1, 100000), default=30.0, show_default=True,
                   help="time box for the candidates")
     @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
     @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO", help="rename a manifest label")

@@ -183,6 +183,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CRYBLOCK_CACHE") or Path.home() / ".cache" / "cryblock")
 
 
+def pool_size(workers: int | None, n_jobs: int, chunk: int = 4) -> int:
+    """Worker processes for ``n_jobs`` jobs handed out ``chunk`` at a time: the requested number
+    (default: the CPU count), but never more than the CPUs or the chunks of work (``--workers
+    256`` on 2 cores would fork 256 processes)."""
+    cpus = os.cpu_count() or 1
+    return max(1, min(workers or cpus, cpus, -(-n_jobs // chunk)))
+
+
 def patch_files(clips: Sequence[Clip], params: DspParams, folder: str | os.PathLike, *, cached: bool,
                 workers: int | None = None,
                 progress: Callable[[int], None] | None = None) -> list[tuple[str | None, int, str | None]]:
@@ -191,8 +199,8 @@ def patch_files(clips: Sequence[Clip], params: DspParams, folder: str | os.PathL
     Returns:
         one ``(file or None, number of patches, error or None)`` per clip, in order.
     """
-    workers = workers or os.cpu_count() or 1
     jobs = [(str(c.path), params, str(folder), cached) for c in clips]
+    workers = pool_size(workers, len(jobs))
     results = []
     if workers > 1 and len(jobs) > 8:
         with ProcessPoolExecutor(max_workers=workers) as ex:

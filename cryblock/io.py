@@ -140,21 +140,41 @@ def prepare_waveform(samples: np.ndarray, sample_rate: float, target_rate: float
     return np.ascontiguousarray(x)
 
 
+#: libsndfile's header report of a WAV ``data`` / AIFF ``SSND`` chunk larger than the file.
+_SHORT_CHUNK_RE = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+
+
 def _open_sound_file(p: Path):
+    """Open an audio file for reading after checking it is a non-empty regular file; WAV/AIFF
+    files whose header promises more audio than the file holds (an incomplete copy or download:
+    libsndfile would silently decode the part that is there) are refused. Streaming writers'
+    placeholder sizes (0, ≥ 2³¹ − 4096) are accepted."""
     import soundfile as sf
 
-    if p.is_dir():
-        raise AudioError(f"{p}: is a directory, not an audio file")
-    if not p.exists():
-        raise AudioError(f"{p}: file not found")
     try:
-        if p.stat().st_size == 0:
-            raise AudioError(f"{p}: empty file (0 bytes)")
-        return sf.SoundFile(str(p))
+        st = p.stat()
+    except FileNotFoundError:
+        raise AudioError(f"{p}: file not found") from None
+    except OSError as e:
+        raise AudioError(f"{_short(p)}: cannot read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(f"{p}: is a directory, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(f"{p}: is {_kind(st.st_mode)}, not a regular audio file")
+    if st.st_size == 0:
+        raise AudioError(f"{p}: empty file (0 bytes)")
+    try:
+        f = sf.SoundFile(str(p))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise AudioError(f"{p}: cannot decode audio ({str(e).splitlines()[0]})") from None
     except OSError as e:
         raise AudioError(f"{p}: cannot read ({e.strerror or e})") from None
+    m = _SHORT_CHUNK_RE.search(f.extra_info or "")
+    if m and 0 < int(m.group(2)) < 0x7FFFF000 and int(m.group(3)) < int(m.group(2)):
+        f.close()
+        raise AudioError(f"{p}: truncated {f.format} file: its header promises {int(m.group(2)):,} bytes of audio, "
+                         f"the file holds {int(m.group(3)):,} (an incomplete copy or download?)")
+    return f
 
 
 def audio_blocks(path: str | os.PathLike, target_rate: float = 16000.0,

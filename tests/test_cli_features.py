@@ -66,12 +66,21 @@ def broken(tmp_path, real):
     sf.write(out["inf"], y, sr, subtype="FLOAT")
     out["zeros"] = d / "zeros.wav"
     sf.write(out["zeros"], np.zeros_like(x), sr, subtype="PCM_16")
+    for fmt in ("wav", "aiff"):  # an interrupted copy: libsndfile alone decodes the first half silently
+        whole = d / f"whole.{fmt}"
+        sf.write(whole, x, sr, subtype="PCM_16")
+        out[f"cut_{fmt}"] = d / f"cut.{fmt}"
+        out[f"cut_{fmt}"].write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+        whole.unlink()
+    out["fifo"] = d / "fifo.wav"
+    os.mkfifo(out["fifo"])
     return out
 
 
 EXPECTED = {"empty": "empty file", "truncated": "cannot decode audio", "random": "cannot decode audio",
             "nan": "1 sample(s) are NaN or Inf", "inf": "1 sample(s) are NaN or Inf",
-            "zeros": "all samples are zero"}
+            "zeros": "all samples are zero", "cut_wav": "truncated WAV file", "cut_aiff": "truncated AIFF file",
+            "fifo": "is a FIFO, not a regular audio file"}
 
 
 def _no_leftovers(folder: Path) -> list[str]:
@@ -210,6 +219,14 @@ def test_usage_mistakes(run, real, tmp_path):
     assert r.exit_code == 2 and "--out is a directory" in r.stderr
     r = run("--manifest", man, "--out", tmp_path / "x.npz")
     assert r.exit_code == 2 and "manifest has no rows" in r.stderr
+    r = run("", "--out", tmp_path / "x.npz")  # "$UNSET": would have read the current folder
+    assert r.exit_code == 2 and "empty string" in r.stderr
+    r = run(real[0].path, "--out", tmp_path / "x.npz", "--cache-dir", man / "cache")  # under a file
+    assert r.exit_code == 2 and "--cache-dir" in r.stderr and "is a file, not a folder" in r.stderr
+    for bad in ("nan", "inf"):
+        r = CliRunner().invoke(cli, ["features", str(real[0].path), "--out", str(tmp_path / "x.npz"),
+                                     "--patch-hop-seconds", bad])
+        assert r.exit_code == 2 and "Traceback" not in r.output
     assert not (tmp_path / "x.npz").exists()
 
 

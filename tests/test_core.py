@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -105,3 +106,32 @@ def test_log_line_round_trip_and_corruption():
     # garbage before the magic (e.g. after a reset) is tolerated
     assert logformat.parse_line(b"\x00\xff" + line.encode()).kind == "INF"
     assert logformat.parse_line(line.replace("CRYB/1", "CRYB/2")) is None
+
+
+@pytest.mark.parametrize("args", [
+    ["monitor", "--port", "x", "--seconds", "nan"], ["bench", "--port", "x", "--seconds", "inf"],
+    ["config", "--port", "x", "--timeout", "nan"], ["config", "--port", "x", "--threshold", "nan"],
+    ["dsp", "serve", "--max-body-mb", "nan"], ["dsp", "serve", "--timeout", "nan"],
+    ["build", "--model", "m.tflite", "--arena-margin", "nan"], ["emulate", "--project", ".", "--audio", "a.wav",
+                                                                "--boot-timeout", "nan"],
+    ["tune", "--data", "m.csv", "--out", "t", "--minutes", "nan"], ["features", "a.wav", "--out", "x.npz",
+                                                                  "--workers", "100000"],
+], ids=lambda a: " ".join(a[:1] + a[-2:-1]))
+def test_numeric_options_refuse_nan_inf_and_absurd_values(args, tmp_path, monkeypatch):
+    """``nan`` passes click.FloatRange (every comparison with NaN is false): each such option is
+    refused before the command runs."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and f"Invalid value for '{args[-2]}'" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_pool_size_never_exceeds_cpus_or_work():
+    from cryblock.data import pool_size
+
+    cpus = os.cpu_count() or 1
+    assert pool_size(256, 1000) == cpus and pool_size(256, 3) == 1 and pool_size(None, 9) == min(cpus, 3)
+    assert pool_size(1, 1000) == 1
