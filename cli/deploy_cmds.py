@@ -117,7 +117,8 @@ def build(model_path, params_path, target, audio, out_dir, i2s, pin_bclk, pin_ws
 @click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="Write the comparison as JSON.")
 def emulate_cmd(project, audio, qemu, binary, boot_timeout, as_json):
     """Run the firmware on recordings (linux-target build, or the S3 image in QEMU) and compare its
-    scores and detector events with the Python INT8 run of the same audio."""
+    scores and detector events with the Python INT8 run of the same audio. Exit status 0 when
+    every recording is within one output step with identical decisions, 1 when one differs."""
     import dataclasses
 
     from cryblock.blocks.deploy.emulate import emulate, format_comparison
@@ -132,3 +133,5 @@ def emulate_cmd(project, audio, qemu, binary, boot_timeout, as_json):
         atomic_write_text(as_json, json.dumps(json_safe([dataclasses.asdict(c) | {"ok": c.ok} for c in results]),
                                               indent=1, allow_nan=False) + "\n")
         click.echo(f"wrote {as_json}")
+    if not all(c.ok for c in results):
+        raise SystemExit(1)  # like a failing test: scripts and CI see that the firmware differs

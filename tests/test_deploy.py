@@ -615,6 +615,48 @@ def test_linux_target_project(student, tmp_path):
     assert "default CRY_AUDIO_REPLAY" in (r.project / "main/Kconfig.projbuild").read_text()
 
 
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc missing")
+def test_emulate_cli_exit_status_and_damaged_projects(student, tmp_path):
+    """cryblock emulate on a generated project, with the firmware core compiled by host gcc
+    around tests/c/app_harness.c's stand-in model (so its scores differ from the real model's):
+    DIFFERS → exit status 1 and the JSON written; a binary that is not executable, a damaged
+    model_data.cc or project marker → one line, exit 2."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    fw = gen.generate_project(student[0], tmp_path / "fw", Params(), gen.BuildOptions(audio="replay")).project
+    main = fw / "main"
+    twin = tmp_path / "twin"
+    r = subprocess.run(["gcc", "-std=c99", "-O1", f"-I{main}", str(HARNESS / "app_harness.c"),
+                        *(str(main / f) for f in ("cry_app.c", "frontend.c", "frontend_tables.c", "postproc.c",
+                                                   "cry_log.c", "replay.c")), "-lm", "-o", str(twin)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    info = tfl.inspect_model(Path(student[0]).read_bytes())
+    wrapper = tmp_path / "firmware.sh"
+    wrapper.write_text(f"#!/bin/sh\nexec {twin} 0.5 2 3 1000 {info.input.scale!r} {info.input.zero_point}\n")
+    clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
+    runner = CliRunner()
+    base = ["emulate", "--project", str(fw), "--audio", str(clip), "--boot-timeout", "20"]
+    wrapper.chmod(0o644)
+    r = runner.invoke(cli, [*base, "--binary", str(wrapper)])
+    assert r.exit_code == 2 and "is not executable" in r.output, r.output
+    wrapper.chmod(0o755)
+    r = runner.invoke(cli, [*base, "--binary", str(wrapper), "--json", str(tmp_path / "cmp.json")])
+    assert r.exit_code == 1 and "DIFFERS" in r.output, r.output
+    assert json.loads((tmp_path / "cmp.json").read_text())[0]["ok"] is False
+    (fw / gen.MARKER).write_text("{not json")
+    r = runner.invoke(cli, base)
+    assert r.exit_code == 2 and "damaged project marker" in r.output and "Traceback" not in r.output, r.output
+    src = (main / "model_data.cc").read_text()
+    for damaged, msg in ((src.replace("0x", "0xZ", 1), "is not a byte"),
+                         (src[: len(src) // 2] + "};\n", "corrupt or truncated")):
+        (main / "model_data.cc").write_text(damaged)
+        r = runner.invoke(cli, [*base, "--binary", str(wrapper)])
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
+
+
 def test_emulate_compare_lines_up_firmware_and_python(student, tmp_path):
     """emulate.compare on a firmware log made from the Python INT8 run itself: identical; one raw
     output nudged by one quantisation step: still OK; by two: DIFFERS; a lost patch: DIFFERS."""

@@ -276,6 +276,93 @@ def test_int8_matches_float_in_tflm(quick_run, clips):
     assert m["int8_vs_float"]["decision_agreement"] > 0.9
 
 
+def test_evaluate_on_other_recordings(quick_run, quick_split, clips, teacher_path, tmp_path):
+    """cryblock evaluate: a trained run on a manifest of clips it never saw (cats, speech, cries
+    of other groups), teacher/float/INT8 at the deployed detector, with the night; a one-label
+    manifest gets what is defined; unknown labels and --out = the run are refused."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    run = quick_run[0].out_dir
+    seen = {str(c.path) for c in quick_split[0].clips}  # the run's 80 clips
+    rng = np.random.default_rng(3)
+    fresh = [c for c in clips if str(c.path) not in seen]
+    pick = [fresh[i] for i in rng.choice(len(fresh), 400, replace=False)]
+    rows = [c for c in pick if c.label == "cry"][:8] + [c for c in pick if c.label != "cry"][:24]
+    man = _manifest(tmp_path / "mine.csv", [(c, c.label) for c in rows])
+    runner = CliRunner()
+    base = ["evaluate", "--run", str(run), "--teacher", str(teacher_path), "--workers", "1"]
+    r = runner.invoke(cli, [*base, "--data", str(man), "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["kind"] == "evaluation" and m["data"]["clips"] == len(rows) and m["undefined"] == []
+    assert m["data"]["positive_clips"] == 8 and m["detector"] == Params.load(run / "params.json").to_dict()["detector"]
+    for model in ("teacher", "float", "int8"):
+        lo, hi = m[model]["auc_ci"]["window"]
+        assert 0 <= lo <= m[model]["window"]["auc"] <= hi <= 1
+        assert set(m[model]["night"]["recall"]) == {"0", "10", "20"} and m[model]["categories"]
+    assert m["teacher"]["clip"]["auc"] > 0.85  # YAMNet on cries it has never been tuned on
+    md = (tmp_path / "ev" / "report.md").read_text()
+    assert "| Student INT8 (TFLM) |" in md and "night" in md.lower()
+    assert (tmp_path / "ev" / "report.html").read_text().count("data:image/png;base64,") >= 2
+    # negatives only: false alerts are defined, AUC and recall are not
+    neg = _manifest(tmp_path / "neg.csv", [(c, c.label) for c in rows if c.label != "cry"])
+    r = runner.invoke(cli, [*base, "--data", str(neg), "--out", str(tmp_path / "ev_neg")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "ev_neg" / "metrics.json").read_text())
+    assert any("AUC" in u for u in m["undefined"]) and any("recall" in u for u in m["undefined"])
+    assert m["int8"]["night"]["false_alerts"] >= 0
+    odd = _manifest(tmp_path / "odd.csv", [(c, "Cry" if c.label == "cry" else c.label) for c in rows])
+    r = runner.invoke(cli, [*base, "--data", str(odd)])
+    assert r.exit_code == 2 and "['Cry']" in r.output and "--map-label" in r.output
+    before = sorted(p.name for p in run.iterdir())
+    r = runner.invoke(cli, [*base, "--data", str(man), "--out", str(run)])
+    assert r.exit_code == 2 and "also an input" in r.output
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_detect_alerts_on_a_cry_and_checks_its_inputs(quick_run, clips, tmp_path):
+    """cryblock detect: the deployed detector over real recordings (a cry, a long ambience
+    recording): the real duration, one score per patch, alerts inside the recording, JSON and
+    PNG written; an unreadable file → exit 2, nothing written; a params.json whose patch shape the
+    model cannot take → one line."""
+    import shutil
+
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    run = quick_run[0].out_dir
+    cry = next(c.path for c in clips if c.label == "cry" and c.source.startswith("donateacry"))
+    long_neg = max((c for c in clips if c.label != "cry"), key=lambda c: sf.info(str(c.path)).duration).path
+    runner = CliRunner()
+    out_json, out_png = tmp_path / "d.json", tmp_path / "d.png"
+    r = runner.invoke(cli, ["detect", str(cry), str(long_neg), "--run", str(run), "--json", str(out_json),
+                            "--plot", str(out_png)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out_json.read_text())
+    assert d["detector"] == Params.load(run / "params.json").to_dict()["detector"]
+    for f, path in zip(d["files"], (cry, long_neg)):
+        dur = sf.info(str(path)).duration
+        assert f["seconds"] == pytest.approx(dur) and len(f["scores"]) == f["patches"] >= 1
+        assert all(0 <= a["start_s"] < a["end_s"] <= dur + 1 for a in f["alerts"])
+        assert all(0 <= v <= 1 for v in f["scores"])
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....not audio")
+    r = runner.invoke(cli, ["detect", str(cry), str(bad), "--run", str(run), "--json", str(tmp_path / "x.json")])
+    assert r.exit_code == 2 and str(bad) in r.output and not (tmp_path / "x.json").exists()
+    r = runner.invoke(cli, ["detect", str(cry), "--run", str(run), "--json", str(cry)])
+    assert r.exit_code == 2 and "also an input" in r.output
+    other = tmp_path / "other_run"
+    shutil.copytree(run, other)
+    Params.load(run / "params.json").replace(dsp={"patch_window_seconds": 0.5}).save(other / "params.json")
+    r = runner.invoke(cli, ["detect", str(cry), "--run", str(other)])
+    assert r.exit_code == 2 and "does not hold one" in r.output and "Traceback" not in r.output, r.output
+
+
 def test_teacher_cache_reused(teacher, tmp_path):
     from cryblock.blocks.learn.distill import teacher_outputs
 

@@ -81,6 +81,9 @@ def run_firmware(argv: Sequence[str], pcm: np.ndarray, *, boot_timeout: float = 
         CryblockError: the program cannot be started, exits early, never boots, or stops answering
             (the message quotes its last lines).
     """
+    exe = shutil.which(argv[0]) or argv[0]
+    if os.path.isfile(exe) and not os.access(exe, os.X_OK):
+        raise CryblockError(f"{argv[0]}: is not executable (chmod +x, or give the built program)")
     try:
         proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 cwd=cwd, env=env, bufsize=0)
@@ -150,13 +153,21 @@ def run_firmware(argv: Sequence[str], pcm: np.ndarray, *, boot_timeout: float = 
 
 def project_model(project: Path) -> tuple[bytes, Params]:
     """The INT8 model (from ``main/model_data.cc``) and parameters (``params.json``) of a generated
-    project. Raises CryblockError naming a missing file."""
-    from .model import parse_c_array
+    project, checked against each other. Raises CryblockError naming a missing, damaged or
+    mismatching file."""
+    from .model import check_model_for_params, check_tflite_bytes, inspect_model, parse_c_array
 
     src = Path(project) / "main" / "model_data.cc"
     if not src.is_file():
         raise CryblockError(f"{src}: not found (is {project} a cryblock project?)")
-    return parse_c_array(src.read_text()), Params.load(Path(project) / "params.json")
+    try:
+        model = parse_c_array(src.read_text(errors="replace"))
+    except CryblockError as e:
+        raise CryblockError(f"{src}: {e}") from None
+    check_tflite_bytes(model, src)
+    params = Params.load(Path(project) / "params.json")
+    check_model_for_params(inspect_model(model, str(src)), params, str(src))
+    return model, params
 
 
 def linux_binary(project: Path) -> Path:
@@ -166,7 +177,11 @@ def linux_binary(project: Path) -> Path:
     name = "cry_detector"
     marker = Path(project) / MARKER
     if marker.is_file():
-        name = json.loads(marker.read_text()).get("options", {}).get("project_name", name)
+        try:
+            name = str(json.loads(marker.read_text()).get("options", {}).get("project_name", name))
+        except (OSError, ValueError, AttributeError):
+            raise CryblockError(f"{marker}: damaged project marker (not the JSON object cryblock build writes); "
+                                "regenerate the project with cryblock build") from None
     exe = Path(project) / "build" / f"{name}.elf"
     if not exe.is_file():
         raise CryblockError(f"{exe}: not found; build the project for the linux target first "

@@ -285,12 +285,16 @@ def parse_c_array(source: str) -> bytes:
     if not m:
         raise CryblockError("no array initialiser found in C source")
     vals = [v.strip() for v in m.group(1).split(",") if v.strip()]
-    return bytes(int(v, 0) for v in vals)
+    try:
+        return bytes(int(v, 0) for v in vals)
+    except ValueError:
+        bad = next((v for v in vals if not re.fullmatch(r"0[xX][0-9a-fA-F]{1,2}|\d{1,3}", v) or int(v, 0) > 255), "?")
+        raise CryblockError(f"array value {bad[:20]!r} is not a byte") from None
 
 
 def output_scores(values: np.ndarray, activation: str) -> np.ndarray:
     """Model outputs (dequantised, ``[N, K]``) → scores in [0, 1], by the firmware's rule
-    (``cry_output_score`` in cry_app.c): probabilities pass through; logits get a sigmoid (K = 1)
+    (``cry_app_score`` in cry_app.c): probabilities pass through; logits get a sigmoid (K = 1)
     or a softmax over the K outputs."""
     v = np.asarray(values, dtype=np.float64)
     if activation != "none":
@@ -307,6 +311,28 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     Use the *model's own* input scale/zero-point (:class:`ModelInfo` ``.input``)."""
     q = np.round(np.asarray(x, dtype=np.float32) / np.float32(scale)) + np.float32(zero_point)
     return np.clip(q, -128, 127).astype(np.int8)
+
+
+def check_model_for_params(info: ModelInfo, params: Params, name: str = "model") -> int:
+    """Check that a model can run on the patches and labels of ``params``: int8 input and output
+    (the full-integer export), an input holding one ``params.dsp.patch_shape`` patch, an output
+    of one unit or one per label. Returns :func:`positive_output_index`.
+
+    Raises:
+        CryblockError: naming ``name`` and what does not match.
+    """
+    for what, t in (("input", info.input), ("output", info.output)):
+        if t.dtype != "int8" or t.scale <= 0:
+            raise CryblockError(f"{name}: model {what} must be quantised int8 (got {t.dtype}); use the "
+                                "full-integer export model_quantized_int8_io.tflite")
+    frames, mels = params.dsp.patch_shape
+    if info.input.size != frames * mels:
+        raise CryblockError(f"{name}: model input shape {list(info.input.shape)} does not hold one "
+                            f"{frames}×{mels} log-mel patch of the DSP parameters")
+    try:
+        return positive_output_index(info, params)
+    except CryblockError as e:
+        raise CryblockError(f"{name}: {e}") from None
 
 
 def positive_output_index(info: ModelInfo, params: Params) -> int:

@@ -39,7 +39,8 @@ from cryblock.io import atomic_write_text, check_output, staging_dir
 from cryblock.params import DspParams, Params
 
 from .arena import ArenaPlan, plan_arena
-from .model import ModelInfo, inspect_model, model_c_source, positive_output_index, read_model, resolver_calls
+from .model import (ModelInfo, check_model_for_params, inspect_model, model_c_source, positive_output_index,
+                    read_model, resolver_calls)
 from .size import DEFAULT_APP_PARTITION, size_report
 
 
@@ -459,15 +460,7 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     model = read_model(model_path)
     name = Path(model_path).name
     info = inspect_model(model, name)
-    for what, t in (("input", info.input), ("output", info.output)):
-        if t.dtype != "int8" or t.scale <= 0:
-            raise CryblockError(f"{name}: model {what} must be quantised int8 (got {t.dtype}); use the "
-                                "full-integer export model_quantized_int8_io.tflite")
-    frames, mels = params.dsp.patch_shape
-    if info.input.size != frames * mels:
-        raise CryblockError(f"{name}: model input shape {list(info.input.shape)} does not hold one "
-                            f"{frames}×{mels} log-mel patch of the DSP parameters")
-    positive_output_index(info, params)
+    check_model_for_params(info, params, name)
     arena = plan_arena(model, opts.ram, opts.arena_margin, target=opts.target)
     report = size_report(info, arena, params.dsp)
     ctx = template_context(info, arena, params, opts, report)

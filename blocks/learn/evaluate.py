@@ -445,11 +445,12 @@ def load_run(folder) -> Run:
     (optional), the teacher head (general preset).
 
     Raises:
-        CryblockError: the folder or one of its files is missing or unreadable (names it).
+        CryblockError: the folder or one of its files is missing or unreadable, or the INT8 model
+            does not fit params.json's patch shape and labels (names the file).
     """
     import json
 
-    from cryblock.blocks.deploy.model import read_model
+    from cryblock.blocks.deploy.model import check_model_for_params, inspect_model, read_model
     from cryblock.blocks.learn.distill import TeacherHead
     from cryblock.blocks.learn.export import FLOAT_NAME, INT8_NAME
     from cryblock.params import Params
@@ -459,6 +460,7 @@ def load_run(folder) -> Run:
         raise CryblockError(f"{d}: run folder not found")
     params = Params.load(d / "params.json")
     int8 = read_model(d / INT8_NAME)
+    check_model_for_params(inspect_model(int8, str(d / INT8_NAME)), params, str(d / INT8_NAME))
     if not (d / FLOAT_NAME).is_file():
         raise CryblockError(f"{d / FLOAT_NAME}: not found (a cryblock train run folder holds it)")
     metrics = {}
@@ -483,7 +485,8 @@ def detect_file(path, run: Run, runner: "TflmRunner | None" = None) -> dict:
     apply the deployed detector.
 
     Returns:
-        ``{"file", "seconds", "patches", "hop_seconds", "scores" [T], "states" [T] (0/1),
+        ``{"file", "seconds" (duration of the recording), "patches", "hop_seconds", "scores" [T],
+        "states" [T] (0/1),
         "alerts": [{"start_s", "end_s", "peak"}]}``; an alert runs from the first patch the
         detector is on to the patch it turns off again (or the end of the recording).
 
@@ -507,7 +510,10 @@ def detect_file(path, run: Run, runner: "TflmRunner | None" = None) -> dict:
     on = np.flatnonzero(np.diff(np.r_[0, states, 0]) != 0).reshape(-1, 2)
     for a, b in on:
         alerts.append({"start_s": float(a * hop), "end_s": float(b * hop), "peak": float(s[a:b].max())})
-    return {"file": str(path), "seconds": float(len(s) * hop), "patches": int(len(s)), "hop_seconds": hop,
+    import soundfile as sf
+
+    seconds = float(sf.info(str(path)).duration)  # the recording's length (patches × hop is not)
+    return {"file": str(path), "seconds": seconds, "patches": int(len(s)), "hop_seconds": hop,
             "scores": s, "states": states, "alerts": alerts}
 
 
