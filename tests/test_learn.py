@@ -363,6 +363,42 @@ def test_detect_alerts_on_a_cry_and_checks_its_inputs(quick_run, clips, tmp_path
     assert r.exit_code == 2 and "does not hold one" in r.output and "Traceback" not in r.output, r.output
 
 
+def test_tune_measures_candidates_and_retrains_the_best_within_budget(quick_split, teacher, tmp_path):
+    """cryblock tune on two tiny candidates (one epoch each): each row's cost is what the INT8
+    file and TFLM measure, the budget marks only the candidate that fits, the best within budget
+    is retrained into best/; a budget nothing meets retrains nothing and says so."""
+    from cryblock.blocks.deploy.arena import plan_arena
+    from cryblock.blocks.deploy.model import inspect_model
+    from cryblock.blocks.learn.tune import Budget, tune
+
+    ps = quick_split[0]
+    man = _manifest(tmp_path / "m.csv", [(c, c.label) for c in ps.clips])
+    cands = {"tiny": {"stem_channels": 4, "pool": "max", "blocks": "8/2"},
+             "wider": {"stem_channels": 8, "pool": "none", "blocks": "16/1,32/2"}}
+    p = Params().replace(learn={**QUICK, "patience": 1})
+    lines = []
+    doc = tune(man, tmp_path / "t", p, budget=Budget(max_arena=None, max_macs=2e5), candidates=cands, epochs=1,
+               final_epochs=1, teacher=teacher, workers=1, log=lines.append)
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert set(rows) == {"tiny", "wider"}
+    for name, r in rows.items():
+        model = (tmp_path / "t" / "candidates" / name / "model_quantized_int8_io.tflite").read_bytes()
+        assert r["int8_bytes"] == len(model) and r["macs"] == inspect_model(model).macs
+        assert r["arena_host"] == plan_arena(model).measured_bytes and r["arena_device"] >= r["arena_host"]
+        assert 0 <= r["val_auc"] <= 1 and r["test_auc"] is not None
+    assert rows["tiny"]["macs"] < 2e5 < rows["wider"]["macs"]
+    assert doc["best"] == "tiny" and (tmp_path / "t" / "best" / "model_quantized_int8_io.tflite").is_file()
+    md = (tmp_path / "t" / "tune.md").read_text()
+    assert "| tiny |" in md and "Best within budget: **tiny**" in md
+    assert [ln for ln in md.splitlines() if ln.startswith("| tiny")][0].count("✓") == 1
+    assert "✓" not in [ln for ln in md.splitlines() if ln.startswith("| wider")][0]
+    assert json.loads((tmp_path / "t" / "tune.json").read_text())["best"] == "tiny"
+    none = tune(man, tmp_path / "t2", p, budget=Budget(max_arena=10), candidates={"tiny": cands["tiny"]}, epochs=1,
+                teacher=teacher, workers=1, log=lines.append)
+    assert none["best"] is None and not (tmp_path / "t2" / "best").exists()
+    assert "No candidate within the budget" in (tmp_path / "t2" / "tune.md").read_text()
+
+
 def test_teacher_cache_reused(teacher, tmp_path):
     from cryblock.blocks.learn.distill import teacher_outputs
 

@@ -18,9 +18,12 @@ al., "Hello Edge: Keyword Spotting on Microcontrollers" (2017), DS-CNN. The tens
 dominated by the largest pair of live activations, so the stem stride, early pooling and the
 first blocks' channels decide it; ``cryblock tune`` measures the cost of candidates.
 
-:func:`build_student` returns the inference model (probabilities) and the training model
-(logits, plus the embedding projection and the auxiliary head when requested; it shares the same
-layers). :func:`count_macs` / :func:`count_params` give the cost printed in reports.
+:func:`build_student` returns the inference model (probabilities), the logits model (what the
+firmware's INT8 file computes) and the training model (logits, plus the embedding projection and
+the auxiliary head when requested); all share the same layers. :func:`count_params` gives the
+parameter count of reports; :func:`count_macs` the Keras-side MACs of the convolutions and dense
+layers (reports use the INT8 graph's count, :func:`cryblock.blocks.deploy.model.inspect_model`,
+which adds pools and means).
 """
 from __future__ import annotations
 

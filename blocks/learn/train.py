@@ -248,7 +248,8 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     """
     from cryblock.blocks.learn import augment, distill, evaluate, export, report
     from cryblock.blocks.learn.night import score_night
-    from cryblock.blocks.learn.student import architecture, build_student, count_macs, count_params
+    from cryblock.blocks.deploy.model import inspect_model
+    from cryblock.blocks.learn.student import architecture, build_student, count_params
     from cryblock.blocks.learn.teacher import cry_probability
     from cryblock.io import staging_dir
 
@@ -404,7 +405,9 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
                      "decision_agreement": float(np.mean((window["test"]["int8"] >= thr)
                                                          == (window["test"]["float"] >= thr)))}
         cost = {"int8_bytes": len(exp.int8_tflite), "float_bytes": len(exp.float_tflite),
-                "params": count_params(models.model), "macs": count_macs(models.model),
+                # MACs of the INT8 graph the device runs (convolutions, depthwise, dense, plus one
+                # per element read by pools and means): the figure cryblock build and tune report
+                "params": count_params(models.model), "macs": inspect_model(exp.int8_tflite).macs,
                 "arena_bytes": runner.min_arena_bytes, "architecture": architecture(learn).describe(),
                 "tflm_ms_per_window_host": 1000 * runner.seconds / max(1, runner.invokes)}
         timing["total_seconds"] = time.perf_counter() - t_start

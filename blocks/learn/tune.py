@@ -203,7 +203,8 @@ def estimate_cost(learn_fields: dict, params: Params = Params()) -> dict:
 
     from cryblock.blocks.deploy.arena import plan_arena
     from cryblock.blocks.learn.export import export_all
-    from cryblock.blocks.learn.student import build_student, count_macs, count_params
+    from cryblock.blocks.deploy.model import inspect_model
+    from cryblock.blocks.learn.student import build_student, count_params
 
     p = params.replace(learn=learn_fields)
     m = build_student(p.learn, p.dsp).model
@@ -211,5 +212,5 @@ def estimate_cost(learn_fields: dict, params: Params = Params()) -> dict:
     with tempfile.TemporaryDirectory() as td:
         ex = export_all(m, rep, td)
     plan = plan_arena(ex.int8_tflite)
-    return {"macs": count_macs(m), "params": count_params(m), "int8_bytes": len(ex.int8_tflite),
+    return {"macs": inspect_model(ex.int8_tflite).macs, "params": count_params(m), "int8_bytes": len(ex.int8_tflite),
             "arena_host": plan.measured_bytes, "arena_device": plan.arena_bytes}
