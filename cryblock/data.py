@@ -25,6 +25,8 @@ from .io import npy_shape, write_npy_blocks
 from .params import DspParams
 
 REQUIRED_COLUMNS = ("path", "label", "group")
+#: Columns cryblock reads when present (the shared manifest also has licence and others).
+OPTIONAL_COLUMNS = ("category", "source")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ def load_manifest(path: str | os.PathLike) -> list[Clip]:
         with p.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
+            twice = sorted({c for c in cols if cols.count(c) > 1 and c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)})
+            if twice:  # DictReader would keep the last one silently
+                raise DataError(f"{p}: column(s) {twice} appear more than once in the header")
             missing = [c for c in REQUIRED_COLUMNS if c not in cols]
             if missing:
                 raise DataError(f"{p}: manifest lacks column(s) {missing} (has {cols})")

@@ -52,7 +52,7 @@ def checksum(body: str) -> str:
     return f"{c:02X}"
 
 
-def format_line(kind: str, **fields: object) -> str:
+def format_line(kind: str, /, **fields: object) -> str:
     """Build one log line (without newline). Floats are written with 4 decimals."""
     if kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r}")

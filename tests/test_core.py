@@ -87,6 +87,9 @@ def test_manifest_errors(tmp_path):
         load_manifest(m)
     with pytest.raises(DataError, match="not found"):
         load_manifest(tmp_path / "missing.csv")
+    m.write_text("path,label,group,label\nx.wav,cry,g1,not_cry\n")  # which label is meant?
+    with pytest.raises(DataError, match=r"\['label'\] appear more than once"):
+        load_manifest(m)
 
 
 def test_split_needs_two_labels(clips):

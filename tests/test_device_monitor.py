@@ -270,9 +270,9 @@ def test_line_splitter_reassembles_byte_by_byte() -> None:
 
 # ---- hostile streams and ports -----------------------------------------------------------------
 
-def _line(kind: str, **fields) -> bytes:
+def _line(kind_: str, **fields) -> bytes:
     from cryblock.logformat import format_line
-    return format_line(kind, **fields).encode()
+    return format_line(kind_, **fields).encode()
 
 
 def test_non_finite_fields_never_lose_the_capture(tmp_path: Path) -> None:
@@ -292,6 +292,26 @@ def test_non_finite_fields_never_lose_the_capture(tmp_path: Path) -> None:
     assert any(rec["fields"].get("seq") == "nan" for rec in doc["records"])
     rows = list(csv.DictReader(open(tmp_path / "m.csv", newline="")))
     assert sum(row["seq"] in ("nan", "1e999") for row in rows) == 2
+
+
+def test_device_values_are_shown_not_obeyed_and_csv_columns_stay_unique() -> None:
+    """A checksum-valid line may carry terminal escape sequences in its values (a damaged or
+    hostile device): monitor prints them as '?'; a field named like a capture column (kind,
+    session, host_s) gets its own CSV column."""
+    esc = "\x1b]0;owned\x07\x1b[2J"
+    log = capture.LogCapture()
+    for raw in (_line("BOOT", fw=f"v1{esc}", model_bytes=100, arena_bytes=10, arena_used=9, t_ms=0),
+                _line("ERR", **{"code": "x", "msg": f"bad{esc}", "kind": "mine", "session": 7}),
+                _line("CFG", threshold=0.5, vote="2/3", hold_ms=esc)):
+        log.feed_line(raw)
+    assert len(log.records) == 3
+    shown = [capture.format_record(r) for r in log.records] + [bench.format_summary(log.summary())]
+    assert all("\x1b" not in t and "\x07" not in t for t in shown), shown
+    assert "v1?]0;owned??" in shown[-1]
+    rows = list(csv.reader(capture.records_csv(log.records).splitlines()))
+    assert len(rows[0]) == len(set(rows[0])) and {"field_kind", "field_session"} <= set(rows[0])
+    err = dict(zip(rows[0], rows[2]))
+    assert err["kind"] == "ERR" and err["field_kind"] == "mine" and err["field_session"] == "7"
 
 
 def test_concatenated_and_repeated_lines() -> None:

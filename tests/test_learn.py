@@ -506,6 +506,14 @@ def test_ei_bad_inputs(tmp_path):
     (tmp_path / "corrupt" / "X_split_test.npy").write_bytes(b"not numpy")
     with pytest.raises(DataError, match="X_split_test.npy"):
         load_split(tmp_path / "corrupt")
+    for name, labels, msg in (("strings", np.array(["cry", "noise"] * 5), "must be numbers"),
+                              ("digit_strings", np.array(["1", "2"] * 5), "must be numbers"),
+                              ("huge", np.array([1, 1e9] * 5), "beyond 1024 classes"),
+                              ("many_missing", np.array([1, 2000] * 5), "beyond 1024 classes")):
+        _ei_write(tmp_path / name, x, labels, x, labels)
+        with pytest.raises(DataError, match=msg) as e:
+            load_split(tmp_path / name)
+        assert len(str(e.value)) < 300
 
 
 def test_ei_empty_dir_exits_2_with_one_line(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 
 from cryblock.logformat import KINDS, MAGIC
 
-from .capture import LogRecord, _value
+from .capture import LogRecord, _value, printable
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float] | None:
@@ -114,7 +114,7 @@ def summarize(log, capture_s: float | None = None) -> dict:
 
 
 def format_summary(s: dict) -> str:
-    """Multi-line human-readable rendering of :meth:`LogCapture.summary` output."""
+    """Multi-line human-readable rendering of :meth:`LogCapture.summary` output, terminal-safe."""
     def num(v, fmt="{:.1f}"):
         return "n/a" if v is None else fmt.format(v)
 
@@ -148,4 +148,4 @@ def format_summary(s: dict) -> str:
         lines.append("device error " + " ".join(f"{k}={v}" for k, v in e.items()))
     for n in s.get("notes") or []:
         lines.append(f"note: {n}")
-    return "\n".join(lines)
+    return printable("\n".join(lines))  # device-supplied values (fw, config, errors) are shown, not obeyed

@@ -336,9 +336,13 @@ def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
                          bytes_read=nbytes, notes=notes)
 
 
+_CSV_COLUMNS = ("host_s", "session", "kind")
+
+
 def records_csv(records: Sequence[LogRecord]) -> str:
     """CSV text, one row per record: ``host_s,session,kind`` then every field name seen
-    (first-seen order; empty where a record lacks it). Values are the raw strings from the line."""
+    (first-seen order; empty where a record lacks it; a field named like one of the first three
+    columns is headed ``field_<name>``). Values are the raw strings from the line."""
     keys: list[str] = []
     seen: set[str] = set()
     for r in records:
@@ -348,7 +352,8 @@ def records_csv(records: Sequence[LogRecord]) -> str:
                 keys.append(k)
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["host_s", "session", "kind", *keys])
+    # a device field named like a capture column gets a prefix (two "kind" columns are unreadable)
+    w.writerow(["host_s", "session", "kind", *(f"field_{k}" if k in _CSV_COLUMNS else k for k in keys)])
     for r in records:
         w.writerow([f"{r.host_s:.3f}", r.session, r.kind, *(r.fields.get(k, "") for k in keys)])
     return buf.getvalue()
@@ -382,16 +387,21 @@ _ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def printable(raw: bytes) -> str:
-    """A non-record line made safe for a terminal: UTF-8 decoded (bad bytes → U+FFFD), ESP_LOG
-    colour codes removed, other control characters (which noise could turn into terminal
-    escape sequences) shown as ``?``."""
-    text = _ANSI_SGR.sub("", raw.decode("utf-8", errors="replace"))
-    return _CONTROL.sub("?", text)
+def printable(raw: bytes | str) -> str:
+    """A line made safe for a terminal: UTF-8 decoded (bad bytes → U+FFFD), ESP_LOG colour codes
+    removed, other control characters (which noise — or a field value of a checksum-valid line —
+    could turn into terminal escape sequences) shown as ``?``; newlines and tabs are kept."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    return _CONTROL.sub("?", _ANSI_SGR.sub("", text))
 
 
 def format_record(rec: LogRecord) -> str:
-    """One human-readable line for a record (what ``cryblock monitor`` prints live)."""
+    """One human-readable line for a record (what ``cryblock monitor`` prints live), terminal-safe
+    (:func:`printable`)."""
+    return printable(_format_record(rec)).replace("\n", "?")
+
+
+def _format_record(rec: LogRecord) -> str:
     f = rec.fields
     if rec.kind == "INF":
         def ms(key: str) -> str:

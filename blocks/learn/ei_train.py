@@ -46,6 +46,9 @@ from cryblock.errors import CryblockError, DataError
 from cryblock.params import DspParams, Params
 
 FILES = ("X_split_train.npy", "Y_split_train.npy", "X_split_test.npy", "Y_split_test.npy")
+#: Most classes a label file may name (the student's softmax head and the firmware hold one score
+#: per class; YAMNet itself has 521).
+MAX_CLASSES = 1024
 
 
 def _load(path: Path) -> np.ndarray:
@@ -114,16 +117,24 @@ def load_labels(path: Path) -> tuple[np.ndarray, int | None]:
         (0-based int64 class indices ``[N]``, number of classes K if one-hot else None).
 
     Raises:
-        DataError: missing/corrupt file, no rows, labels < 1 in the legacy layout.
+        DataError: missing/corrupt file, no rows, labels that are not numbers, labels < 1 or
+            beyond :data:`MAX_CLASSES` in the legacy layout.
     """
     y = np.asarray(_load(path))
     if y.ndim == 0 or y.shape[0] == 0:
         raise DataError(f"{path}: no labels")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool) or np.issubdtype(y.dtype, np.complexfloating):
+        raise DataError(f"{path}: labels must be numbers (one-hot or 1-based class indices), got dtype {y.dtype}")
     if y.ndim == 2 and y.shape[1] >= 2 and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
+        if y.shape[1] > MAX_CLASSES:
+            raise DataError(f"{path}: {y.shape[1]} one-hot classes; at most {MAX_CLASSES}")
         return np.argmax(y, axis=1).astype(np.int64), int(y.shape[1])
-    col = y if y.ndim == 1 else y.reshape(len(y), -1)[:, 0]
-    if not np.all(np.isfinite(col.astype(np.float64))) or not np.all(col == np.round(col)) or np.min(col) < 1:
+    col = (y if y.ndim == 1 else y.reshape(len(y), -1)[:, 0]).astype(np.float64)
+    if not np.all(np.isfinite(col)) or not np.all(col == np.round(col)) or np.min(col) < 1:
         raise DataError(f"{path}: labels must be one-hot [N, K] or 1-based integers in column 0")
+    if np.max(col) > MAX_CLASSES:
+        raise DataError(f"{path}: label {np.max(col):.0f} is beyond {MAX_CLASSES} classes (1-based class indices "
+                        "expected)")
     return col.astype(np.int64) - 1, None
 
 
@@ -154,11 +165,16 @@ def load_split(data_dir: str | os.PathLike, dsp: DspParams = DspParams()):
         raise DataError(f"{d / FILES[1]}: only one class in the training data; need ≥ 2")
     missing = sorted(set(range(k)) - set(np.unique(ytr).tolist()))
     if missing:
-        raise DataError(f"{d / FILES[1]}: class(es) {missing} have no training rows")
+        raise DataError(f"{d / FILES[1]}: class(es) {_few(missing)} have no training rows")
     missing = sorted(set(range(k)) - set(np.unique(yte).tolist()))
     if missing:
-        raise DataError(f"{d / FILES[3]}: class(es) {missing} are missing from the test split")
+        raise DataError(f"{d / FILES[3]}: class(es) {_few(missing)} are missing from the test split")
     return xtr, ytr, xte, yte, k
+
+
+def _few(items: list, n: int = 10) -> str:
+    """A list for a message: the first ``n`` items and how many more."""
+    return str(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _val_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
