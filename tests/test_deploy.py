@@ -482,6 +482,8 @@ def test_cli_user_errors(student, tmp_path):
         (["--model", str(student[1]), "--out", str(tmp_path / "b")], "must be quantised int8"),
         (["--model", str(taken / "notes.txt"), "--out", str(tmp_path / "c")], "not a TFLite model"),
         (["--model", str(student[0]), "--out", str(taken)], "not a cryblock project"),
+        (["--model", str(student[0]), "--out", str(tmp_path / "my fw")], "does not support spaces"),
+        (["--model", str(student[0]), "--out", str(tmp_path / "fw\nx")], "does not support spaces"),
         (["--model", str(student[0]), "--out", str(tmp_path / "d"), "--pin-ws", "60"], "pin_ws"),
         (["--model", str(student[0]), "--out", str(tmp_path / "e"), "--pin-ws", "2"], "pins must differ"),
         (["--model", str(student[0]), "--out", str(tmp_path / "f"), "--i2s", "pdm", "--bits", "32"], "bits"),

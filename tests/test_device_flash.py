@@ -113,6 +113,8 @@ def test_flasher_args_parsed(build: Path) -> None:
     ("beyond_flash", "ends beyond the 4 MB flash"),
     ("file_not_str", "is not a file path"),
     ("settings_list", "'flash_settings' is not an object"),
+    ("settings_empty_list", "'flash_settings' is not an object"),
+    ("extra_empty_list", "'extra_esptool_args' is not an object"),
 ])
 def test_flasher_args_errors(build: Path, damage: str, expect: str) -> None:
     fa = build / "flasher_args.json"
@@ -152,6 +154,10 @@ def test_flasher_args_errors(build: Path, damage: str, expect: str) -> None:
         doc["app"]["file"] = 65536
     elif damage == "settings_list":
         doc["flash_settings"] = ["dio"]
+    elif damage == "settings_empty_list":
+        doc["flash_settings"] = []
+    elif damage == "extra_empty_list":  # an empty list used to read as "no extra args"
+        doc["extra_esptool_args"] = []
     elif damage == "not_image":
         (build / "bootloader/bootloader.bin").write_bytes(b"\x00" * 4096)
     if damage not in ("no_json", "bad_json"):

@@ -165,7 +165,7 @@ def load_flasher_args(build_dir: str | Path) -> FlashPlan:
     ff = doc.get("flash_files")
     if not isinstance(ff, dict) or not ff:
         raise CryblockError(f"{fa}: no 'flash_files' map (offset -> file)")
-    settings = doc.get("flash_settings") or {}
+    settings = doc.get("flash_settings", {})
     if not isinstance(settings, dict):
         raise CryblockError(f"{fa}: 'flash_settings' is not an object")
     flash_end = _flash_bytes(settings.get("flash_size"))
@@ -192,7 +192,7 @@ def load_flasher_args(build_dir: str | Path) -> FlashPlan:
             raise CryblockError(f"{fa}: {p1.name} at 0x{o1:x} ({p1.stat().st_size} bytes) overlaps "
                                 f"{p2.name} at 0x{o2:x}")
 
-    extra = doc.get("extra_esptool_args") or {}
+    extra = doc.get("extra_esptool_args", {})  # [] or "" is a damaged file, not "no extra args"
     if not isinstance(extra, dict):
         raise CryblockError(f"{fa}: 'extra_esptool_args' is not an object")
     chip = extra.get("chip")

@@ -457,6 +457,9 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     opts.validate()
     out = Path(out_dir).resolve()
     check_output(out, folder=True)
+    if re.search(r"\s", str(out)):  # "does not support spaces in the paths to ... projects" (ESP-IDF Get Started)
+        raise CryblockError(f"{str(out)!r}: --out contains a space or line break; the ESP-IDF build system does "
+                            "not support spaces in project paths — choose a path without them")
     model = read_model(model_path)
     name = Path(model_path).name
     info = inspect_model(model, name)
