@@ -204,8 +204,8 @@ def test_arena_allocates_and_output_matches_tflite(project, student, patches):
     assert arena >= project.arena.measured_bytes + project.arena.esp_nn_scratch_bytes
     # largest ESP-NN S3 scratch of this student (width 8, depth 2): the 3x3 depthwise convs on
     # 48x32x8 (8 channels, not a multiple of 16 → int16 copies of filter and input):
-    # 2·(3·3·8 + 48·32·8) + 16 bytes
-    assert project.arena.esp_nn_scratch_bytes == 2 * (9 * 8 + 48 * 32 * 8) + 16
+    # 2·(3·3·8 + 48·32·8) + 16 bytes in esp-nn 1.2.0, + 32 in 1.2.3 (the plan takes the larger)
+    assert project.arena.esp_nn_scratch_bytes == 2 * (9 * 8 + 48 * 32 * 8) + 32
     inp = project.info.input
     assert f"#define CRY_INPUT_ZERO_POINT ({inp.zero_point})" in settings
     assert float(re.search(r"#define CRY_INPUT_SCALE (\S+)f", settings).group(1)) == pytest.approx(inp.scale, rel=1e-7)

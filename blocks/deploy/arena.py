@@ -64,8 +64,8 @@ def _same_pad(size: int, out: int, k: int, stride: int) -> int:
     return max(0, (out - 1) * stride + k - size) // 2
 
 
-def _conv_scratch_s3(h, w, cin, kh, kw, cout, ph, pw, sh, sw) -> int:
-    # esp-nn esp_nn_get_conv_scratch_size_esp32s3 (esp-nn v1.x, esp_nn_conv_esp32s3.c)
+def _conv_scratch_s3_v120(h, w, cin, kh, kw, cout, ph, pw, sh, sw) -> int:
+    # esp-nn 1.2.0 esp_nn_get_conv_scratch_size_esp32s3 (esp_nn_conv_esp32s3.c)
     if kh == 1 and kw == 1 and ph == 0 and pw == 0 and sh == 1 and sw == 1:
         nc = (cin + 7) & ~7
         transpose = 0 if w * h < 8 else 2 * 8 * nc
@@ -76,8 +76,37 @@ def _conv_scratch_s3(h, w, cin, kh, kw, cout, ph, pw, sh, sw) -> int:
     return inp + kh * kw * nc * cout + 32 + 4 * cout
 
 
-def _dwconv_scratch_s3(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw) -> int:
-    # esp-nn esp_nn_get_depthwise_conv_scratch_size_esp32s3 (esp_nn_depthwise_conv_s8_esp32s3.c)
+def _conv_scratch_s3_v123(h, w, cin, kh, kw, cout, oh, ow, ph, pw, sh, sw) -> int:
+    # esp-nn 1.2.3: 64 B alignment margin, an im2col path for narrow filter rows, filter-row
+    # alignment and a bottom/right boundary copy (the 1.2.1 padding fix)
+    align = 64
+    if kh == 1 and kw == 1 and ph == 0 and pw == 0 and sh == 1 and sw == 1:
+        nc = (cin + 7) & ~7
+        transpose = 0 if w * h < 8 else 2 * 8 * nc
+        inp = w * h * nc if cin % 8 else 0
+        return inp + nc * cout + transpose + align
+    row, window = kw * cin, kh * kw * cin
+    if row < 16 <= window:
+        wa = (window + 15) & ~15
+        return cout * 4 + 16 + cout * wa + 16 + wa + align
+    nc = (cin + 15) & ~15
+    inp = (w + 2 * pw) * (h + 2 * ph) * cin if (ph or pw) else 0
+    filt = kh * kw * nc * cout
+    filt_align = ((row + 15) // 16) * 16 * kh * cout
+    pad_r, pad_b = max(0, ow * sw + kw - 1 - w), max(0, oh * sh + kh - 1 - h)
+    boundary = (w + pad_r) * (h + pad_b) * cin if (pad_r or pad_b) else 0
+    return inp + filt + filt_align + boundary + align + 4 * cout
+
+
+def _conv_scratch_s3(h, w, cin, kh, kw, cout, oh, ow, ph, pw, sh, sw) -> int:
+    """Scratch of an int8 CONV_2D in ESP-NN's S3 kernel: the larger of the esp-nn 1.2.0 and 1.2.3
+    requests (idf_component.yml admits esp-nn >= 1.2.1; both bound what a build resolves)."""
+    return max(_conv_scratch_s3_v120(h, w, cin, kh, kw, cout, ph, pw, sh, sw),
+               _conv_scratch_s3_v123(h, w, cin, kh, kw, cout, oh, ow, ph, pw, sh, sw))
+
+
+def _dwconv_scratch_s3_v120(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw) -> int:
+    # esp-nn 1.2.0 esp_nn_get_depthwise_conv_scratch_size_esp32s3 (esp_nn_depthwise_conv_s8_esp32s3.c)
     filt = kh * kw * c * mult
     if mult == 1 and c % 8 == 0 and kh == 3 and kw == 3:
         if c % 16 == 0:
@@ -94,13 +123,56 @@ def _dwconv_scratch_s3(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw) -> int:
     return 32
 
 
+def _dwconv_scratch_s3_v123(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw) -> int:
+    # esp-nn 1.2.3: tiled variants above 40 KiB / 48 KiB, channel padding to 16 (≥ 12 channels)
+    # or to 8 (other shapes with more than 3 channels)
+    filt = kh * kw * c * mult
+    if mult == 1 and c % 8 == 0:
+        if kh == 3 and kw == 3:
+            if c % 16 == 0:
+                if ph or pw:
+                    pad_w, pad_h = 2 * pw, 2 * ph
+                else:
+                    pad_w, pad_h = ow * sw + kw - 1 - w, oh * sh + kh - 1 - h
+                if pad_w or pad_h:
+                    full = (w + pad_w) * (h + pad_h) * c
+                    return filt + (full if full <= 40 * 1024 else (w + pad_w) * kh * c) + 16
+                return filt + 16
+            if c >= 12:
+                nc = (c + 15) & ~15
+                tw = 2 * pw + max(0, ow * sw + 2 - w)
+                th = 2 * ph + max(0, oh * sh + 2 - h)
+                return 9 * nc + (w + tw) * (h + th) * nc + ow * oh * nc + 64
+            return 2 * (filt + h * w * c) + 32
+        s16 = 2 * (filt + h * w * c)
+        return s16 + 32 if s16 <= 48 * 1024 else 2 * filt + 2 * w * kh * c + 32
+    if mult == 1 and c > 3:
+        nc = (c + 7) & ~7
+        up = lambda n: (n + 15) & ~15  # noqa: E731 - 16-byte alignment of each region
+        in_start = up(2 * kh * kw * nc)
+        out_start = up(in_start + 2 * h * w * nc)
+        bias_start = up(out_start + ow * oh * nc)
+        return bias_start + 3 * 4 * nc + 16
+    if mult % 4 == 0:
+        return 2 * (filt + h * w * c) + 32
+    return 32
+
+
+def _dwconv_scratch_s3(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw) -> int:
+    """Scratch of an int8 DEPTHWISE_CONV_2D in ESP-NN's S3 kernel: the larger of the esp-nn 1.2.0
+    and 1.2.3 requests."""
+    return max(_dwconv_scratch_s3_v120(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw),
+               _dwconv_scratch_s3_v123(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw))
+
+
 def esp_nn_scratch_bound(model: bytes) -> int:
     """Largest ESP-NN scratch buffer (bytes) any conv / depthwise op of ``model`` requests on the
     ESP32-S3.
 
     Mirrors esp-nn's ``esp_nn_get_conv_scratch_size_esp32s3`` and
-    ``esp_nn_get_depthwise_conv_scratch_size_esp32s3`` (esp-nn v1.x: aligned/padded int8 copies
-    of filter and input, int16 copies for some depthwise shapes), with TFLM's SAME-padding rule.
+    ``esp_nn_get_depthwise_conv_scratch_size_esp32s3`` of esp-nn 1.2.0 and 1.2.3 and takes the
+    larger (aligned/padded int8 copies of filter and input, int16 copies for some depthwise
+    shapes, boundary copies), with TFLM's SAME-padding rule.
     The host TFLM interpreter uses reference kernels that request none of this; TFLM plans
     scratch buffers like tensors living for one op, so the device arena grows by at most the
     largest one (plus alignment, covered by the margin of :func:`plan_arena`).
@@ -129,7 +201,7 @@ def esp_nn_scratch_bound(model: bytes) -> int:
         ph = _same_pad(h, oh, kh, sh) if same else 0
         pw = _same_pad(w, ow, kw, sw) if same else 0
         if op == "CONV_2D":
-            need = _conv_scratch_s3(h, w, cin, kh, kw, cout, ph, pw, sh, sw)
+            need = _conv_scratch_s3(h, w, cin, kh, kw, cout, oh, ow, ph, pw, sh, sw)
         else:
             need = _dwconv_scratch_s3(h, w, cin, kh, kw, max(1, cout // max(cin, 1)), oh, ow, ph, pw, sh, sw)
         best = max(best, need)
