@@ -3,7 +3,7 @@
 Usage::
 
     CRYBLOCK_TEACHER=/work/shared/models/yamnet.tflite CRYBLOCK_DATA=/work/shared/data \\
-    CRYBLOCK_CACHE=/tmp/cbcache .venv/bin/python bench/train.py [--width 32] [--depth 4] [--epochs 1]
+    CRYBLOCK_CACHE=/tmp/cbcache .venv/bin/python bench/train.py [--blocks 24/2,48/2,96/2,96/1] [--epochs 1]
 
 Prints: feature time (with the feature cache), teacher inference on **all** patches without the
 teacher-output cache (patches/s), seconds per training epoch of the student (teacher-filtered,
@@ -25,8 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.environ.get("CRYBLOCK_DATA"), help="folder with manifest.csv")
     ap.add_argument("--teacher", default=None, help="teacher file (default $CRYBLOCK_TEACHER)")
-    ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--blocks", default=None, help="student DS blocks (default: the LearnParams default)")
     ap.add_argument("--epochs", type=int, default=1)
     args = ap.parse_args()
 
@@ -45,7 +44,7 @@ def main() -> None:
     dt = time.perf_counter() - t0
     print(f"teacher: {len(ps.patches)} patches in {dt:.1f} s ({len(ps.patches) / dt:.0f} patches/s, no cache)")
 
-    learn = LearnParams(width=args.width, depth=args.depth, epochs=args.epochs)
+    learn = LearnParams(epochs=args.epochs, **({"blocks": args.blocks} if args.blocks else {}))
     tr, va, _ = split_by_group(ps.clips, learn.test_fraction, learn.validation_fraction, learn.seed)
     sub_tr, sub_va = ps.subset_clips(tr), ps.subset_clips(va)
     p = cry_probability(scores[np.isin(ps.clip_index, tr)])  # subset_clips keeps the patch order
@@ -57,7 +56,9 @@ def main() -> None:
     t0 = time.perf_counter()
     fit = distill.fit_student(models, data, sub_va.patches, (sub_va.labels() == "cry").astype(int), learn, log=print)
     dt = time.perf_counter() - t0
-    print(f"training: {dt / len(fit.history):.1f} s per epoch (width {args.width}, depth {args.depth})")
+    from cryblock.blocks.learn.student import architecture
+
+    print(f"training: {dt / len(fit.history):.1f} s per epoch ({architecture(learn).describe()})")
 
     import tempfile
 

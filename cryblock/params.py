@@ -216,11 +216,13 @@ class LearnParams:
     # --- student architecture (see cryblock.blocks.learn.student) ---
     width: int = 32  #: channels of the first DS block (and of the stem when stem_channels = 0)
     depth: int = 4  #: number of DS blocks when ``blocks`` is empty (odd blocks stride 2, ×2 channels)
-    stem_channels: int = 0  #: channels of the first 3×3 convolution; 0 = ``width``
+    stem_channels: int = 8  #: channels of the first 3×3 convolution; 0 = ``width``
     stem_stride: int = 2  #: stride of the stem convolution (both axes)
     pool: str = "none"  #: 2×2 pooling after the stem: "none", "max" or "avg"
     kernel: str = "3x3"  #: depthwise kernel, time × mel ("3x3", "5x3", …)
-    blocks: str = ""  #: DS blocks as CHANNELS/STRIDE items ("16/1,32/2,64/2,128/2"); "" = width/depth plan
+    #: DS blocks as CHANNELS/STRIDE items; "" = the width/depth plan. Default: the best candidate of
+    #: ``cryblock tune`` within 1.2 M MACs, 40 KB arena and 64 KB INT8 (README, "Choosing the student").
+    blocks: str = "24/2,48/2,96/2,96/1"
     head: int = 0  #: hidden units of a dense layer before the output; 0 = linear head
     epochs: int = 30
     learning_rate: float = 0.003

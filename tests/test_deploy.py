@@ -56,7 +56,7 @@ def student(patches, tmp_path_factory):
     from cryblock.params import LearnParams
 
     x, y = patches
-    sm = build_student(LearnParams(width=8, depth=2), seed=0)
+    sm = build_student(LearnParams(width=8, depth=2, stem_channels=0, blocks=""), seed=0)
     sm.model.compile(optimizer="adam", loss="binary_crossentropy")
     sm.model.fit(x[..., None], y[:, None], epochs=2, batch_size=32, verbose=0)
     out = tmp_path_factory.mktemp("student")

@@ -123,10 +123,23 @@ def test_detector_votes_and_hold():
 def test_count_macs_by_hand():
     from cryblock.blocks.learn.student import build_student, count_macs
 
-    m = build_student(LearnParams(width=8, depth=2)).model
+    m = build_student(LearnParams(width=8, depth=2, stem_channels=0, blocks="")).model
     # conv0 48·32·9·1·8; ds0 dw 48·32·9·8 + pw 48·32·8·8; ds1 dw 24·16·9·8 + pw 24·16·8·16; dense 16·1
     want = 48 * 32 * 9 * 8 + 48 * 32 * 9 * 8 + 48 * 32 * 64 + 24 * 16 * 9 * 8 + 24 * 16 * 128 + 16
     assert count_macs(m) == want
+
+
+def test_width_and_depth_flags_select_the_width_depth_plan():
+    """The default student is a block list; --width/--depth alone used to be ignored silently."""
+    from cryblock.blocks.learn.flags import overrides
+    from cryblock.blocks.learn.student import architecture
+
+    p = Params().replace(**overrides({"learn__width": 16, "learn__depth": 2}))
+    assert architecture(p.learn).describe() == architecture(LearnParams(width=16, depth=2, stem_channels=0,
+                                                                        blocks="")).describe()
+    assert "stem 16/2" in architecture(p.learn).describe()
+    kept = overrides({"learn__width": 16, "learn__blocks": "8/1", "learn__stem_channels": 4})["learn"]
+    assert kept["blocks"] == "8/1" and kept["stem_channels"] == 4
 
 
 def test_default_student_fits_64k_int8(tmp_path):

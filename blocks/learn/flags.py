@@ -53,7 +53,11 @@ LEARN_FLAGS: list[tuple[str, str, type, tuple | None, str, bool]] = [
 
 def overrides(values: dict) -> dict[str, dict]:
     """``{"learn.epochs": 5, "augment.p_mix": None}`` (or ``learn__epochs`` keys) → the given
-    values per Params section: ``{"learn": {"epochs": 5}}``."""
+    values per Params section: ``{"learn": {"epochs": 5}}``.
+
+    ``--width``/``--depth`` without ``--blocks`` ask for the width/depth plan: ``blocks`` becomes
+    "" (and ``stem_channels`` 0 = width unless given), so the flags are not silently overridden
+    by the default block list."""
     out: dict[str, dict] = {}
     for key, v in values.items():
         if v is None:
@@ -61,4 +65,8 @@ def overrides(values: dict) -> dict[str, dict]:
         section, _, name = key.replace("__", ".").partition(".")
         if name:
             out.setdefault(section, {})[name] = v
+    learn = out.get("learn", {})
+    if ({"width", "depth"} & set(learn)) and "blocks" not in learn:
+        learn["blocks"] = ""
+        learn.setdefault("stem_channels", 0)
     return out
