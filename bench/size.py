@@ -6,8 +6,9 @@
 
 Architectures: the first cryblock default (width 32, depth 4), the published prior system's
 trunk (stem 3×3/2 with 8 channels, DS 16/1 32/2 64/2 128/2, one-unit head) and the current
-default (cryblock.params.LearnParams). Their cost needs no training: an untrained model is
-converted to INT8 (the flatbuffer size, MACs and arena do not depend on the weights' values) —
+default (cryblock.params.LearnParams). Their cost needs no training: a model with random weights
+is converted to INT8 (MACs and arena do not depend on the weights' values; random values keep the
+converter from storing equal buffers once, so the size is a trained model's) —
 parameters, MACs per patch, INT8 bytes, the TFLite Micro arena measured on the host, the planned
 device arena (ESP-NN S3 scratch + 10 %) and the MAC-based latency estimate (±2×). With
 ``--tune`` the quality columns come from the tune run (validation AUC, test window AUC, test

@@ -196,21 +196,26 @@ def tune(manifest, out_dir, params: Params = Params(), *, budget: Budget = Budge
 
 
 def estimate_cost(learn_fields: dict, params: Params = Params()) -> dict:
-    """Cost of an architecture without training (untrained weights, INT8-converted with random
-    log-mel-like calibration patches): the flatbuffer size, arena and MACs do not depend on the
-    weights' values. Returns ``{"macs", "params", "int8_bytes", "arena_host", "arena_device"}``."""
+    """Cost of an architecture without training: random weights (so that no two constant buffers
+    are equal — the converter stores equal ones once, which makes untrained models look smaller),
+    the firmware's logits export, INT8-converted with random log-mel-like calibration patches.
+    Returns ``{"macs", "params", "int8_bytes", "arena_host", "arena_device"}``."""
     import tempfile
 
     from cryblock.blocks.deploy.arena import plan_arena
-    from cryblock.blocks.learn.export import export_all
     from cryblock.blocks.deploy.model import inspect_model
+    from cryblock.blocks.learn.export import export_all
     from cryblock.blocks.learn.student import build_student, count_params
 
     p = params.replace(learn=learn_fields)
-    m = build_student(p.learn, p.dsp).model
-    rep = np.random.default_rng(0).normal(-4, 2, (20, *p.dsp.patch_shape)).astype(np.float32)
+    sm = build_student(p.learn, p.dsp)
+    rng = np.random.default_rng(0)
+    for w in sm.model.weights:
+        v = rng.normal(0.0, 0.1, tuple(w.shape)).astype(np.float32)
+        w.assign(np.abs(v) + 0.5 if "variance" in w.name or "gamma" in w.name else v)
+    rep = rng.normal(-4, 2, (20, *p.dsp.patch_shape)).astype(np.float32)
     with tempfile.TemporaryDirectory() as td:
-        ex = export_all(m, rep, td)
+        ex = export_all(sm.model, rep, td, logits_model=sm.logits_model)
     plan = plan_arena(ex.int8_tflite)
-    return {"macs": inspect_model(ex.int8_tflite).macs, "params": count_params(m), "int8_bytes": len(ex.int8_tflite),
-            "arena_host": plan.measured_bytes, "arena_device": plan.arena_bytes}
+    return {"macs": inspect_model(ex.int8_tflite).macs, "params": count_params(sm.model),
+            "int8_bytes": len(ex.int8_tflite), "arena_host": plan.measured_bytes, "arena_device": plan.arena_bytes}
