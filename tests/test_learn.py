@@ -382,7 +382,7 @@ def test_tune_measures_candidates_and_retrains_the_best_within_budget(quick_spli
     is retrained into best/; a budget nothing meets retrains nothing and says so."""
     from cryblock.blocks.deploy.arena import plan_arena
     from cryblock.blocks.deploy.model import inspect_model
-    from cryblock.blocks.learn.tune import Budget, tune
+    from cryblock.blocks.learn.tune import Budget, estimate_cost, tune
 
     ps = quick_split[0]
     man = _manifest(tmp_path / "m.csv", [(c, c.label) for c in ps.clips])
@@ -400,6 +400,10 @@ def test_tune_measures_candidates_and_retrains_the_best_within_budget(quick_spli
         assert r["arena_host"] == plan_arena(model).measured_bytes and r["arena_device"] >= r["arena_host"]
         assert 0 <= r["val_auc"] <= 1 and r["test_auc"] is not None
     assert rows["tiny"]["macs"] < 2e5 < rows["wider"]["macs"]
+    # the cost of an untrained candidate (bench/size.py) is the trained one's
+    est = estimate_cost({**QUICK, **cands["wider"]})
+    assert {k: est[k] for k in ("macs", "int8_bytes", "arena_host")} == {
+        k: rows["wider"][k] for k in ("macs", "int8_bytes", "arena_host")}
     assert doc["best"] == "tiny" and (tmp_path / "t" / "best" / "model_quantized_int8_io.tflite").is_file()
     md = (tmp_path / "t" / "tune.md").read_text()
     assert "| tiny |" in md and "Best within budget: **tiny**" in md

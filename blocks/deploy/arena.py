@@ -105,15 +105,19 @@ def _conv_scratch_s3(h, w, cin, kh, kw, cout, oh, ow, ph, pw, sh, sw) -> int:
                _conv_scratch_s3_v123(h, w, cin, kh, kw, cout, oh, ow, ph, pw, sh, sw))
 
 
+def _dw_pads(h, w, kh, kw, oh, ow, ph, pw, sh, sw) -> tuple[int, int]:
+    # the S3 3x3 depthwise kernels copy the input padded on both sides, or up to the output's reach
+    if ph or pw:
+        return 2 * pw, 2 * ph
+    return ow * sw + kw - 1 - w, oh * sh + kh - 1 - h
+
+
 def _dwconv_scratch_s3_v120(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw) -> int:
     # esp-nn 1.2.0 esp_nn_get_depthwise_conv_scratch_size_esp32s3 (esp_nn_depthwise_conv_s8_esp32s3.c)
     filt = kh * kw * c * mult
     if mult == 1 and c % 8 == 0 and kh == 3 and kw == 3:
         if c % 16 == 0:
-            if ph or pw:
-                pad_w, pad_h = 2 * pw, 2 * ph
-            else:
-                pad_w, pad_h = ow * sw + kw - 1 - w, oh * sh + kh - 1 - h
+            pad_w, pad_h = _dw_pads(h, w, kh, kw, oh, ow, ph, pw, sh, sw)
             if pad_w or pad_h:
                 return (w + pad_w) * (h + pad_h) * c + filt + 16
             return filt + 16
@@ -130,10 +134,7 @@ def _dwconv_scratch_s3_v123(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw) -> in
     if mult == 1 and c % 8 == 0:
         if kh == 3 and kw == 3:
             if c % 16 == 0:
-                if ph or pw:
-                    pad_w, pad_h = 2 * pw, 2 * ph
-                else:
-                    pad_w, pad_h = ow * sw + kw - 1 - w, oh * sh + kh - 1 - h
+                pad_w, pad_h = _dw_pads(h, w, kh, kw, oh, ow, ph, pw, sh, sw)
                 if pad_w or pad_h:
                     full = (w + pad_w) * (h + pad_h) * c
                     return filt + (full if full <= 40 * 1024 else (w + pad_w) * kh * c) + 16
