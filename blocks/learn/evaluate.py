@@ -15,7 +15,14 @@
   (``tflite_micro`` Python package), one patch per invoke as on the device, quantising the input
   with the model's own input scale/zero-point by the firmware's rule
   (:func:`cryblock.blocks.deploy.model.quantize_input`); its arena comes from
-  :func:`cryblock.blocks.deploy.arena.measure_arena`.
+  :func:`cryblock.blocks.deploy.arena.measure_arena`. A logits model gets the sigmoid/softmax
+  in float afterwards, as in the firmware.
+* :func:`bootstrap_auc` — 95 % intervals of window and clip AUC, resampling *groups* (a baby,
+  a cat, a speaker), not windows; :func:`category_table` — which negative sounds alert.
+* :func:`evaluate_split` — all of the above plus the nursery night (:mod:`.night`) for one
+  model at its detector setting; :func:`calibrate_on` picks that setting on the validation night.
+* :func:`evaluate_run` (``cryblock evaluate``) — a trained run (:func:`load_run`) on any
+  manifest; :func:`detect_file` (``cryblock detect``) — one recording's scores and alerts.
 """
 from __future__ import annotations
 
