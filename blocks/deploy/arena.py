@@ -255,8 +255,9 @@ def plan_arena(model: bytes, ram: str = "auto", margin: float = 0.10,
     meas = measure_arena(model) if measured is None else int(measured)
     scratch = esp_nn_scratch_bound(model) if target == "esp32s3" else 0
     arena = int(math.ceil((meas + scratch + margin * meas) / 16.0) * 16)
-    basis = ("host TFLM RecordingMicroAllocator total + largest ESP-NN S3 scratch buffer (esp-nn "
-             f"esp_nn_get_*conv_scratch_size_esp32s3) + {margin:.0%} margin, "
+    scratch_basis = ("largest ESP-NN S3 scratch buffer (esp-nn esp_nn_get_*conv_scratch_size_esp32s3)"
+                     if target == "esp32s3" else "no scratch (ESP-NN's portable C kernels on linux)")
+    basis = (f"host TFLM RecordingMicroAllocator total + {scratch_basis} + {margin:.0%} margin, "
              "rounded up to 16 B; the device's interpreter->arena_used_bytes() (BOOT line) is ground truth")
     if ram == "auto":
         region = "internal" if arena <= RAM_BUDGETS["internal"] else "psram"
