@@ -1,7 +1,7 @@
 """Augmentation and auxiliary-head ablation: the same seed, split and recipe, one change at a time.
 
     CRYBLOCK_TEACHER=../shared/models/yamnet.tflite .venv/bin/python bench/ablation.py \
-        --data ../shared/data/manifest.csv --out runs/ablation [--epochs 15] [--only none,mix]
+        --data ../shared/data/manifest.csv --out runs/ablation [--epochs 15] [--only none,mix] [--seed 0]
 
 Each configuration is a full ``cryblock train`` run (``<out>/<name>/``; a finished run is reused,
 so an interrupted ablation resumes) of the current default student. Rows: everything off
@@ -37,13 +37,13 @@ CONFIGS: dict[str, dict] = {
 }
 
 
-def _run(data: str, out: Path, overrides: dict, epochs: int, teacher) -> dict:
+def _run(data: str, out: Path, overrides: dict, epochs: int, seed: int, teacher) -> dict:
     from cryblock.blocks.learn.train import train_from_manifest
 
     metrics = out / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text())
-    p = Params().replace(learn={"epochs": epochs, **overrides.get("learn", {})})
+    p = Params().replace(learn={"epochs": epochs, "seed": seed, **overrides.get("learn", {})})
     if "augment" in overrides:
         p = p.replace(augment=overrides["augment"])
     t0 = time.perf_counter()
@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--only", default=None, help="comma-separated configuration names")
     ap.add_argument("--teacher", default=None)
+    ap.add_argument("--seed", type=int, default=Params().learn.seed,
+                    help="split, sampling, initialisation, augmentation and night seed")
     args = ap.parse_args(argv)
     from cryblock.blocks.learn.teacher import load_teacher
 
@@ -85,11 +87,11 @@ def main(argv=None) -> int:
     lines = [f"| configuration | INT8 window AUC [95 % CI] | {' | '.join(f'night recall {s}' for s in snrs)} | "
              "false alerts / 8 h | best / run epochs | s / epoch |", "|" + "---|" * (5 + len(snrs))]
     for name in names:
-        m = _run(args.data, out / name.replace(" ", "_"), CONFIGS[name], args.epochs, teacher)
+        m = _run(args.data, out / name.replace(" ", "_"), CONFIGS[name], args.epochs, args.seed, teacher)
         lines.append(row(name, m))
     table = "\n".join(lines)
     print(table)
-    (out / "ablation.md").write_text(f"# Ablation ({args.epochs} epochs, seed {Params().learn.seed})\n\n{table}\n")
+    (out / "ablation.md").write_text(f"# Ablation ({args.epochs} epochs, seed {args.seed})\n\n{table}\n")
     return 0
 
 
