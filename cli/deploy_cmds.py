@@ -29,7 +29,8 @@ def register(group: click.Group) -> None:
                    "also on the S3, for QEMU and bench boards), or file ($CRY_AUDIO_FILE, linux).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Project folder to write. In an earlier cryblock project only generated files are replaced "
-                   "(sdkconfig, build/ and your own files are kept).")
+                   "(build/ and your own files are kept; sdkconfig is kept with its CONFIG_CRY_* options set to "
+                   "the new values).")
 @click.option("--i2s", type=click.Choice(["std", "pdm"]), default="std", show_default=True,
               help="Microphone interface: I2S standard (INMP441) or PDM.")
 @click.option("--pin-bclk", type=int, default=41, show_default=True, help="I2S BCLK GPIO (std only).")
