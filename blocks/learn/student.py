@@ -1,8 +1,8 @@
 """The student: a small depthwise-separable CNN (DS-CNN) on one YAMNet log-mel patch.
 
-The family (all ops run in TFLite Micro; all but MEAN, the global average pool, and RESHAPE
-have ESP-NN kernels: CONV_2D, DEPTHWISE_CONV_2D, MAX/AVERAGE_POOL_2D, FULLY_CONNECTED,
-LOGISTIC/SOFTMAX)::
+The family (all ops run in TFLite Micro; CONV_2D, DEPTHWISE_CONV_2D, MAX/AVERAGE_POOL_2D,
+FULLY_CONNECTED and SOFTMAX have ESP-NN kernels, while MEAN (the global average pool), RESHAPE
+and LOGISTIC use TFLM's reference kernels)::
 
     input [96, 64, 1] (or flat [6144] → Reshape, for Edge Impulse)
     stem: Conv 3×3, stride ``stem_stride``, ``stem_channels`` ch, BN, ReLU
