@@ -24,9 +24,9 @@ class _Group(click.Group):
         except OSError as e:
             if not e.filename:
                 raise
-            name = str(e.filename)
-            name = name if len(name) <= 120 else name[:60] + "…" + name[-60:]
-            click.echo(f"error: {name}: {e.strerror or e}", err=True)
+            from cryblock.io import short_path  # here: cryblock.io imports NumPy, start-up need not
+
+            click.echo(f"error: {short_path(e.filename)}: {e.strerror or e}", err=True)
             sys.exit(2)
 
 

@@ -156,7 +156,7 @@ def _open_sound_file(p: Path):
     except FileNotFoundError:
         raise AudioError(f"{p}: file not found") from None
     except OSError as e:
-        raise AudioError(f"{_short(p)}: cannot read ({e.strerror or e})") from None
+        raise AudioError(f"{short_path(p)}: cannot read ({e.strerror or e})") from None
     if stat.S_ISDIR(st.st_mode):
         raise AudioError(f"{p}: is a directory, not an audio file")
     if not stat.S_ISREG(st.st_mode):
@@ -455,11 +455,11 @@ def check_output(path: str | os.PathLike, *, folder: bool, what: str = "--out",
         if len(p.absolute().name.encode()) > 255:
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
     except OSError as e:
-        raise CryblockError(f"{_short(p)}: {what}: cannot write in {_short(base)} ({e.strerror or e})") from None
+        raise CryblockError(f"{short_path(p)}: {what}: cannot write in {short_path(base)} ({e.strerror or e})") from None
     return p
 
 
-def _short(p: Path, n: int = 120) -> str:
+def short_path(p: str | os.PathLike, n: int = 120) -> str:
     """A path for a message, shortened in the middle when longer than ``n`` characters."""
     s = str(p)
     return s if len(s) <= n else s[: n // 2] + "…" + s[-n // 2:]

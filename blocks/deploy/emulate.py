@@ -240,15 +240,14 @@ def python_reference(pcm: np.ndarray, model: bytes, params: Params) -> tuple[np.
     from cryblock.blocks.learn.evaluate import TflmRunner
     from cryblock.detector import run_detector
 
-    from .model import inspect_model, output_scores, positive_output_index
+    from .model import inspect_model, positive_output_index
 
     x = pcm.astype(np.float32) / 32768.0
     patches = frames_to_patches(log_mel_spectrogram(x, params.dsp), params.dsp)
     runner = TflmRunner(model)
     q = runner.predict_raw(patches)
-    info = inspect_model(model)
-    pos = positive_output_index(info, params)
-    s = output_scores((q.astype(np.float32) - runner.out_zp) * runner.out_scale, info.output_activation)[:, pos]
+    pos = positive_output_index(inspect_model(model), params)
+    s = runner.scores(q)[:, pos]
     det = run_detector(s, params.detector, hop_ms=int(round(params.dsp.patch_hop_seconds * 1000)))
     return q[:, pos].astype(np.int64), s, det.det
 

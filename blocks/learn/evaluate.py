@@ -223,10 +223,13 @@ class TflmRunner:
         """Scores ``[N, n_out]`` in [0, 1] of float32 patches, by the firmware's rule: the int8
         output dequantised (``(q − zero_point) · scale``), then the sigmoid/softmax when the model
         outputs logits (:func:`cryblock.blocks.deploy.model.output_scores`)."""
+        return self.scores(self.predict_raw(x))
+
+    def scores(self, q: np.ndarray) -> np.ndarray:
+        """Scores ``[N, n_out]`` in [0, 1] of raw int8 outputs ``q`` (:meth:`predict_raw`)."""
         from cryblock.blocks.deploy.model import output_scores
 
-        q = self.predict_raw(x).astype(np.float32)
-        return output_scores((q - self.out_zp) * self.out_scale, self.activation)
+        return output_scores((q.astype(np.float32) - self.out_zp) * self.out_scale, self.activation)
 
 
 def _qparams(det: dict) -> tuple[float, int]:

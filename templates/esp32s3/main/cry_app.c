@@ -39,17 +39,21 @@ void cry_app_log_config(cry_app_t *a)
                 a->det.cfg.vote_n, a->det.cfg.vote_m, a->det.cfg.hold_ms);
 }
 
+static float dequant(const cry_app_t *a, int k)
+{
+    return (float)((int)a->output[k] - a->out_zero_point) * a->out_scale;
+}
+
 float cry_app_score(const cry_app_t *a)
 {
-    const float v = (float)((int)a->output[a->pos_index] - a->out_zero_point) * a->out_scale;
+    const float v = dequant(a, a->pos_index);
     if (a->activation == CRY_ACT_SIGMOID) return 1.0f / (1.0f + expf(-v));
     if (a->activation == CRY_ACT_SOFTMAX) {
         float vmax = v, sum = 0.0f;
         for (int k = 0; k < a->n_out; k++) {
-            const float z = (float)((int)a->output[k] - a->out_zero_point) * a->out_scale;
-            if (z > vmax) vmax = z;
+            if (dequant(a, k) > vmax) vmax = dequant(a, k);
         }
-        for (int k = 0; k < a->n_out; k++) sum += expf((float)((int)a->output[k] - a->out_zero_point) * a->out_scale - vmax);
+        for (int k = 0; k < a->n_out; k++) sum += expf(dequant(a, k) - vmax);
         return expf(v - vmax) / sum;
     }
     return v;
