@@ -303,9 +303,14 @@ def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validatio
         k = max(2, int(round(1 / frac)))
         k = min(k, len(set(groups[idx])))
         cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=rs)
+        # scikit-learn refuses strata that are all smaller than the folds (a small manifest):
+        # stratify by label alone then, or by nothing
+        s = strata[idx] if np.unique(strata[idx], return_counts=True)[1].max() >= k else labels[idx]
+        if np.unique(s, return_counts=True)[1].max() < k:
+            s = np.zeros(len(idx), dtype=int)
         with warnings.catch_warnings():  # strata with fewer groups than folds are spread as far as they go
             warnings.simplefilter("ignore", UserWarning)
-            rest, held = next(cv.split(np.zeros(len(idx)), strata[idx], groups[idx]))
+            rest, held = next(cv.split(np.zeros(len(idx)), s, groups[idx]))
         return idx[rest], idx[held]
 
     all_idx = np.arange(len(clips))
@@ -314,5 +319,7 @@ def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validatio
     for name, part in (("test", test), ("validation", val), ("train", train)):
         missing = set(labels) - set(labels[part])
         if missing:
-            raise DataError(f"label(s) {sorted(missing)} have too few groups to appear in the {name} split")
+            counts = ", ".join(f"{str(lab)!r} {len(set(groups[labels == lab]))}" for lab in sorted(set(labels)))
+            raise DataError(f"label(s) {sorted(str(m) for m in missing)} have too few groups to appear in the {name} split "
+                            f"(groups per label: {counts}; each label needs groups in train, validation and test)")
     return np.sort(train), np.sort(val), np.sort(test)

@@ -138,3 +138,34 @@ def test_pool_size_never_exceeds_cpus_or_work():
     cpus = os.cpu_count() or 1
     assert pool_size(256, 1000) == cpus and pool_size(256, 3) == 1 and pool_size(None, 9) == min(cpus, 3)
     assert pool_size(1, 1000) == 1
+
+
+def test_quick_subset_is_stratified_by_label_and_group(clips):
+    """--max-clips on the negative-heavy shared manifest (13:1) keeps both labels in every split:
+    equal label shares, spread over groups and sources (a proportional draw gave 6 cries from
+    a handful of groups, and the split failed)."""
+    from collections import Counter
+
+    from cryblock.blocks.learn.train import sample_clips
+    from cryblock.errors import CryblockError
+
+    for n in (12, 60, 80):
+        sub = sample_clips(clips, n, seed=0)
+        assert len(sub) == n and Counter(c.label for c in sub) == {"cry": n // 2, "not_cry": n // 2}
+        for lab in ("cry", "not_cry"):  # one clip per group before a group's second clip
+            assert len({c.group for c in sub if c.label == lab}) >= min(n // 2, 10)
+        tr, va, te = split_by_group(sub, seed=0)
+        for part in (tr, va, te):
+            assert {sub[i].label for i in part} == {"cry", "not_cry"}
+    negs = {c.source for c in sample_clips(clips, 80, seed=0) if c.label == "not_cry"}
+    assert len(negs) >= 10  # cats, ESC, speech, music … not 40 speech clips
+    assert sample_clips(clips, 80, seed=1) != sample_clips(clips, 80, seed=0)
+    with pytest.raises(CryblockError, match="≥ 6"):
+        sample_clips(clips, 5)
+
+
+def test_split_error_says_how_many_groups_each_label_has(clips):
+    few = [c for c in clips if c.label == "not_cry" or c.group in sorted({c.group for c in clips
+                                                                       if c.label == "cry"})[:2]]
+    with pytest.raises(DataError, match=r"groups per label: 'cry' 2, 'not_cry' \d+"):
+        split_by_group(few, seed=0)

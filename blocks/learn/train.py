@@ -76,19 +76,71 @@ def _positive_score(probs: np.ndarray, pos_index: int) -> np.ndarray:
 
 
 def sample_clips(clips, max_clips: int, seed: int = 0):
-    """At most ``max_clips`` clips, drawn at random per label in proportion to the label counts
-    (fixed seed), in manifest order. Used for quick runs (``--max-clips``)."""
+    """At most ``max_clips`` clips for a quick run (``--max-clips``), stratified by label and group.
+
+    Each label gets an equal share of ``max_clips`` (a share a label cannot fill goes to the
+    others), so a negative-heavy manifest still yields a learnable subset. Within a label, clips
+    are drawn round-robin over its sources (the manifest's ``source`` column) and, within a
+    source, over its groups, in a seeded random order: the subset spans as many groups, and as
+    many kinds of recording, as its size allows, so the group split of the subset finds every
+    label in train, validation and test wherever the full manifest could.
+
+    Returns:
+        the chosen clips, in manifest order.
+
+    Raises:
+        CryblockError: ``max_clips`` < 3 per label.
+    """
     if max_clips is None or max_clips >= len(clips):
         return list(clips)
-    if max_clips < 6:
-        raise CryblockError(f"--max-clips must be ≥ 6 (train/validation/test need both labels), got {max_clips}")
+    labels = sorted({c.label for c in clips})
+    if max_clips < 3 * len(labels):
+        raise CryblockError(f"--max-clips must be ≥ {3 * len(labels)} (3 per label: train, validation and test "
+                            f"each need every label), got {max_clips}")
     rng = np.random.default_rng(seed)
-    labels = np.array([c.label for c in clips])
-    keep = []
-    for lab in sorted(set(labels)):
-        idx = np.flatnonzero(labels == lab)
-        k = max(3, int(round(max_clips * len(idx) / len(clips))))
-        keep.extend(rng.choice(idx, size=min(k, len(idx)), replace=False).tolist())
+    # label -> source -> group -> clip indices, each level in a seeded random order
+    tree: dict[str, dict[str, dict[str, list[int]]]] = {}
+    for i, c in enumerate(clips):
+        tree.setdefault(c.label, {}).setdefault(c.source, {}).setdefault(c.group, []).append(i)
+
+    def shuffled(items):
+        items = list(items)
+        return [items[k] for k in rng.permutation(len(items))]
+
+    def round_robin(label: str):
+        """The label's clip indices in draw order: one clip per group per round, groups taken
+        round-robin over the sources."""
+        per_source = []
+        for src in sorted(tree[label]):
+            groups = [shuffled(tree[label][src][g]) for g in sorted(tree[label][src])]
+            groups = shuffled(groups)
+            order, depth = [], 0
+            while any(depth < len(g) for g in groups):
+                order += [g[depth] for g in groups if depth < len(g)]
+                depth += 1
+            per_source.append(order)
+        per_source = shuffled(per_source)
+        out, depth = [], 0
+        while any(depth < len(s) for s in per_source):
+            out += [s[depth] for s in per_source if depth < len(s)]
+            depth += 1
+        return out
+
+    orders = {lab: round_robin(lab) for lab in labels}
+    share = {lab: 0 for lab in labels}
+    left = max_clips
+    while left > 0:  # equal shares; what a small label cannot take goes to the others
+        open_ = [lab for lab in labels if share[lab] < len(orders[lab])]
+        if not open_:
+            break
+        each = max(1, left // len(open_))
+        for lab in open_:
+            take = min(each, len(orders[lab]) - share[lab], left)
+            share[lab] += take
+            left -= take
+            if left == 0:
+                break
+    keep = [i for lab in labels for i in orders[lab][:share[lab]]]
     return [clips[i] for i in sorted(keep)]
 
 
