@@ -244,20 +244,20 @@ def make_patch_shard(job: dict) -> dict:
             "skipped": skipped, "seconds": time.perf_counter() - t0}
 
 
-_TEACHERS: dict[str, object] = {}
+_TEACHERS: dict[tuple[str, str], object] = {}
 
 
 def _worker_teacher(path: str, digest: str):
     """The teacher of this worker process, loaded once (checked against the run's digest)."""
-    if path not in _TEACHERS:
+    if (path, digest) not in _TEACHERS:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from cryblock.blocks.learn.teacher import load_teacher
 
         got = teacher_digest(Path(path))
         if got != digest:
             raise CryblockError(f"{path}: the teacher file changed while preparing (sha256 {got}, expected {digest})")
-        _TEACHERS[path] = load_teacher(path)
-    return _TEACHERS[path]
+        _TEACHERS[(path, digest)] = load_teacher(path)
+    return _TEACHERS[(path, digest)]
 
 
 def make_teacher_shard(job: dict) -> dict:

@@ -15,7 +15,10 @@ killed worker loses and duplicates nothing. Teacher outputs on a GPU differ from
 the last bits, so shards equal the local runner's byte for byte on CPU clusters.
 
 Without an address (``--ray-address`` or ``$RAY_ADDRESS``) a private local Ray instance is
-started for the run and stopped after it (``workers`` CPUs, loopback only, no dashboard).
+started for the run and stopped after it (``workers`` CPUs, no dashboard, Ray's token
+authentication). Attaching to a cluster started with ``ray start --head`` (token authentication
+by default since Ray 2.5x) needs ``RAY_AUTH_MODE=token`` and the cluster's token, as Ray's own
+clients do.
 """
 from __future__ import annotations
 
@@ -111,7 +114,14 @@ class RayRunner:
         try:
             ray.init(address=address or "local", **kw)
         except Exception as e:  # ConnectionError, RuntimeError, version mismatch …
-            raise CryblockError(f"--ray-address {address}: cannot attach to a Ray cluster ({one_line(e)[:200]})") from None
+            hint = ""
+            if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                # Ray (≥ 2.5x) starts clusters with token authentication but never sends the
+                # token to an explicit address unless told so
+                hint = ("; a cluster started with token authentication (Ray's default) needs RAY_AUTH_MODE=token "
+                        "and its token (~/.ray/auth_token or $RAY_AUTH_TOKEN)")
+            raise CryblockError(f"--ray-address {address}: cannot attach to a Ray cluster "
+                                f"({one_line(e)[:200]}){hint}") from None
         import ray.data
 
         ray.data.DataContext.get_current().enable_progress_bars = False
