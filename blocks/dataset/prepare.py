@@ -48,6 +48,8 @@ DEFAULT_SHARD_CLIPS = 512
 #: Rows of one clip kept in memory before they spill to a temporary file (≈ 50 MB of float16):
 #: a clip's rows are written only once the whole clip has been read.
 CLIP_SPOOL_ROWS = 4096
+#: Seconds between rewrites of ``dataset.json`` while shards finish.
+RECORD_SECONDS = 5.0
 
 
 @dataclass
@@ -465,12 +467,20 @@ def prepare_dataset(source: Source, out: str | os.PathLike, *, dsp: DspParams = 
                     entry[j["name"]][k] = prev[k]
             else:
                 todo.append(j)
-        S.write_meta(out, meta)
-        features = _phase(runner.features, todo, len(jobs), "features", log,
-                          lambda r: (entry[r["name"]].update(
-                              rows=r["rows"], audio_seconds=r["audio_seconds"], skipped=r["skipped"],
-                              patches={"file": f"{S.PATCH_DIR}/{r['name']}.parquet", "key": _key(jobs, r["name"]),
-                                       "sha256": r["sha256"], "bytes": r["bytes"]}), S.write_meta(out, meta)))
+        record = _Recorder(out, meta)
+        record.now()
+        pkeys = {j["name"]: j["key"] for j in jobs}
+
+        def features_done(r: dict) -> None:
+            entry[r["name"]].update(rows=r["rows"], audio_seconds=r["audio_seconds"], skipped=r["skipped"],
+                                    patches={"file": f"{S.PATCH_DIR}/{r['name']}.parquet", "key": pkeys[r["name"]],
+                                             "sha256": r["sha256"], "bytes": r["bytes"]})
+            record.soon()
+
+        try:
+            features = _phase(runner.features, todo, len(jobs), "features", log, features_done)
+        finally:
+            record.now()  # what finished is kept, whatever stopped the phase
         rows = sum(entry[j["name"]]["rows"] for j in jobs)
         if rows == 0:
             skipped = [s for j in jobs for s in entry[j["name"]]["skipped"]]
@@ -492,7 +502,7 @@ def prepare_dataset(source: Source, out: str | os.PathLike, *, dsp: DspParams = 
                           "teacher": str(tpath), "teacher_sha256": tdigest, "classes": list(cls),
                           "embedding": bool(embedding), "format": patch_format, "patch_shape": list(dsp.patch_shape),
                           "int8_global": meta.get("int8_global")})
-        S.write_meta(out, meta)
+        record.now()
         tkeys = {t["name"]: t["key"] for t in tjobs}
 
         def teacher_done(r: dict) -> None:
@@ -501,9 +511,12 @@ def prepare_dataset(source: Source, out: str | os.PathLike, *, dsp: DspParams = 
                                 f"{entry[r['name']]['rows']} patches")
             entry[r["name"]]["teacher"] = {"file": f"{S.TEACHER_DIR}/{r['name']}.parquet", "key": tkeys[r["name"]],
                                            "rows": r["rows"], "sha256": r["sha256"], "bytes": r["bytes"]}
-            S.write_meta(out, meta)
+            record.soon()
 
-        teacher_phase = _phase(runner.teacher, tjobs, len(jobs), "teacher", log, teacher_done)
+        try:
+            teacher_phase = _phase(runner.teacher, tjobs, len(jobs), "teacher", log, teacher_done)
+        finally:
+            record.now()
 
         # --- done: drop shard files of earlier plans and staging files of killed workers
         keep = {f"{j['name']}.parquet" for j in jobs}
@@ -522,8 +535,21 @@ def prepare_dataset(source: Source, out: str | os.PathLike, *, dsp: DspParams = 
     return PrepareResult(meta, features, teacher_phase)
 
 
-def _key(jobs: Sequence[dict], name: str) -> str:
-    return next(j["key"] for j in jobs if j["name"] == name)
+class _Recorder:
+    """Writes ``dataset.json`` now, or soon: at most every :data:`RECORD_SECONDS` while shards
+    finish (rewriting it after each of thousands of shards would write gigabytes); a shard that
+    finished but was not recorded when a run is killed is computed again, to the same bytes."""
+
+    def __init__(self, out: Path, meta: dict) -> None:
+        self.out, self.meta, self.last = out, meta, 0.0
+
+    def now(self) -> None:
+        S.write_meta(self.out, self.meta)
+        self.last = time.monotonic()
+
+    def soon(self) -> None:
+        if time.monotonic() - self.last >= RECORD_SECONDS:
+            self.now()
 
 
 def _phase(run: Callable, todo: Sequence[dict], total: int, what: str, log: Log,

@@ -406,6 +406,31 @@ class DatasetIndex:
         return out
 
 
+class _Shard:
+    """A Parquet shard read by row group; a damaged file raises DataError naming it."""
+
+    def __init__(self, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = path
+        self._pf = self._guard(lambda: pq.ParquetFile(path))
+
+    def _guard(self, fn):
+        import pyarrow as pa
+
+        try:
+            return fn()
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{self.path}: damaged shard ({str(e).splitlines()[0][:120]}); run cryblock prepare "
+                            "again") from None
+
+    def read(self, columns: Sequence[str], row_group: int | None = None):
+        """The given columns of the whole file, or of one row group (a ``pyarrow.Table``)."""
+        if row_group is None:
+            return self._guard(lambda: self._pf.read(columns=list(columns)))
+        return self._guard(lambda: self._pf.read_row_group(row_group, columns=list(columns)))
+
+
 class Dataset:
     """An opened, verified dataset (use :func:`open_dataset`).
 
@@ -424,6 +449,7 @@ class Dataset:
         self.classes = tuple(int(c) for c in meta["teacher"]["classes"])
         self.embedding = bool(meta["teacher"]["embedding"])
         self.shards = meta["shards"]
+        self.row_group_rows = int(meta["row_group_rows"])
         counts = np.array([s["rows"] for s in self.shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.rows = int(self.offsets[-1])
@@ -434,18 +460,9 @@ class Dataset:
     def _file(self, shard: int, part: str) -> Path:
         return self.path / self.shards[shard][part]["file"]
 
-    def _read(self, shard: int, part: str, columns: Sequence[str], row_groups: Sequence[int] | None = None):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        f = self._file(shard, part)
-        try:
-            pf = pq.ParquetFile(f)
-            if row_groups is None:
-                return pf.read(columns=list(columns))
-            return pf.read_row_groups(list(row_groups), columns=list(columns))
-        except (OSError, pa.ArrowException) as e:
-            raise DataError(f"{f}: damaged shard ({str(e).splitlines()[0][:120]}); run cryblock prepare again") from None
+    def _parquet(self, shard: int, part: str):
+        """The shard file opened for reading (``_Shard``: errors name the file)."""
+        return _Shard(self._file(shard, part))
 
     def index(self, positive_classes: Sequence[int] = CRY_CLASSES) -> DatasetIndex:
         """The in-memory index (:class:`DatasetIndex`), read shard by shard from the small
@@ -457,7 +474,7 @@ class Dataset:
                                                               *vocab)}
         clip_files: dict[int, tuple[str, str]] = {}
         for s in range(len(self.shards)):
-            t = self._read(s, "patches", ("clip_id", "offset_s", "path", "sha1", *vocab))
+            t = self._parquet(s, "patches").read(("clip_id", "offset_s", "path", "sha1", *vocab))
             n = t.num_rows
             cid = t.column("clip_id").to_numpy().astype(np.int32)
             parts["clip_id"].append(cid)
@@ -469,7 +486,7 @@ class Dataset:
             paths, sha1 = t.column("path").take(first).to_pylist(), t.column("sha1").take(first).to_pylist()
             clip_files.update({int(cid[i]): (p, h) for i, p, h in zip(first, paths, sha1)})
             if pos:
-                sc = self._read(s, "teacher", ("scores",)).column("scores").combine_chunks()
+                sc = self._parquet(s, "teacher").read(("scores",)).column("scores").combine_chunks()
                 sc = sc.flatten().to_numpy().reshape(n, -1)
                 parts["teacher_score"].append(sc[:, pos].max(axis=1).astype(np.float32))
             else:
@@ -511,11 +528,12 @@ class Dataset:
         tcols = ["clip_id", "scores"] + (["embedding"] if embedding else [])
         for s in np.unique(shard_of):
             local = want[shard_of == s] - self.offsets[s]
-            groups = local // ROW_GROUP_ROWS
+            groups = local // self.row_group_rows
+            pshard, tshard = self._parquet(int(s), "patches"), self._parquet(int(s), "teacher")
             for g in np.unique(groups):
-                sel = local[groups == g] - g * ROW_GROUP_ROWS
-                pt = self._read(int(s), "patches", pcols, [int(g)]).take(sel)
-                tt = self._read(int(s), "teacher", tcols, [int(g)]).take(sel)
+                sel = local[groups == g] - g * self.row_group_rows
+                pt = pshard.read(pcols, int(g)).take(sel)
+                tt = tshard.read(tcols, int(g)).take(sel)
                 cid = pt.column("clip_id").to_numpy().astype(np.int32)
                 if not np.array_equal(cid, tt.column("clip_id").to_numpy()):
                     raise DataError(f"{self._file(int(s), 'teacher')}: rows do not match "
