@@ -36,7 +36,7 @@ def main() -> None:
     from cryblock.blocks.dsp.features import pad_waveform
     from cryblock.blocks.learn.teacher import TfliteWaveformYamnet, load_teacher
     from cryblock.data import compute_patches, default_cache_dir, load_manifest
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
     from cryblock.params import DspParams
 
     dsp = DspParams()

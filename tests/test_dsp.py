@@ -15,7 +15,7 @@ import soundfile as sf
 
 from cryblock.blocks.dsp import features as F
 from cryblock.errors import AudioError
-from cryblock.io import load_audio
+from cryblock.audio import load_audio
 from cryblock.params import DspParams
 
 P = DspParams()

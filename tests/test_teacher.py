@@ -23,7 +23,7 @@ from cryblock.blocks.learn.teacher import (EMBEDDING_SIZE, NUM_CLASSES, TeacherS
                                            TfliteWaveformYamnet, cry_probability, load_teacher,
                                            resolve_teacher_path, verify_sha256)
 from cryblock.errors import CryblockError
-from cryblock.io import load_audio
+from cryblock.audio import load_audio
 from cryblock.params import DspParams
 
 DSP = DspParams()

@@ -548,7 +548,7 @@ def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | 
     from cryblock.blocks.learn.train import Split
     from cryblock.data import compute_patches, deduplicate, default_cache_dir, load_manifest
     from cryblock.errors import DataError
-    from cryblock.io import check_output, staging_dir
+    from cryblock.output import check_output, staging_dir
 
     run = load_run(run_dir)
     params = run.params
