@@ -34,7 +34,8 @@ def main() -> None:
     import tensorflow as tf
 
     from cryblock.blocks.dsp.features import pad_waveform
-    from cryblock.blocks.learn.teacher import TfliteWaveformYamnet, load_teacher
+    from cryblock.blocks.learn.teacher import load_teacher
+    from cryblock.blocks.learn.tflite import TfliteWaveformYamnet
     from cryblock.data import compute_patches, default_cache_dir, load_manifest
     from cryblock.audio import load_audio
     from cryblock.params import DspParams

@@ -399,7 +399,7 @@ class FloatRunner:
     probabilities ``[N, n_out]`` of float32 patches."""
 
     def __init__(self, path) -> None:
-        from cryblock.blocks.learn.teacher import tflite_interpreter
+        from cryblock.blocks.learn.tflite import tflite_interpreter
 
         self.path = path
         self.interp = tflite_interpreter(path)
