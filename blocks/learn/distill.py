@@ -37,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from cryblock import console
 from cryblock.errors import CryblockError, DataError
 from cryblock.params import LearnParams
 
@@ -120,7 +121,8 @@ def teacher_cache_key(patches: np.ndarray, teacher) -> str:
 
 
 def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike | None = None,
-                    batch_size: int = 256, log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 256, log: Callable[[str], None] | None = None,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Teacher scores and embeddings of every patch, cached.
 
     Args:
@@ -131,6 +133,7 @@ def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike |
             :func:`teacher_cache_key`) and reused by later runs on the same patches.
         batch_size: teacher batch size.
         log: progress messages.
+        progress: show the scoring's progress (:func:`cryblock.console.progress`).
 
     Returns:
         (scores float32 ``[N, 521]``, embeddings float32 ``[N, 1024]``; embeddings are cached as
@@ -155,7 +158,12 @@ def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike |
             except (OSError, ValueError, KeyError):
                 pass  # corrupt cache → recompute
     t0 = time.perf_counter()
-    scores, emb = teacher.predict(np.asarray(patches, dtype=np.float32), batch_size=batch_size)
+    x = np.asarray(patches, dtype=np.float32)
+    if progress:
+        with console.progress("teacher", len(x), "patch") as update:
+            scores, emb = teacher.predict(x, batch_size=batch_size, progress=update)
+    else:  # any object with predict(patches, batch_size)
+        scores, emb = teacher.predict(x, batch_size=batch_size)
     scores = np.asarray(scores, dtype=np.float32)
     emb = np.asarray(emb, dtype=np.float32)
     if log:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cryblock.console import native_log_filter
 from cryblock.errors import CryblockError
 from cryblock.output import atomic_write_bytes
 
@@ -81,7 +82,8 @@ def convert_float(saved_model_dir: Path) -> bytes:
     import tensorflow as tf
 
     conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
-    return conv.convert()
+    with native_log_filter():
+        return conv.convert()
 
 
 def convert_int8(saved_model_dir: Path, rep_patches: np.ndarray, input_shape: tuple[int, ...]) -> bytes:
@@ -108,7 +110,8 @@ def convert_int8(saved_model_dir: Path, rep_patches: np.ndarray, input_shape: tu
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    return conv.convert()
+    with native_log_filter():  # the converter prints its quantiser parameters natively
+        return conv.convert()
 
 
 def export_all(model, rep_patches: np.ndarray, out_dir: str | os.PathLike, logits_model=None) -> ExportedModels:
