@@ -808,3 +808,51 @@ def test_ei_features_of_another_layout_or_scale_are_refused(ei_data, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     assert main(["--data-directory", str(ei_data), "--out-directory", str(f / "o")]) == 2
+
+
+# ----------------------------------------------------------------------------- outputs never replace a run
+def _tree(d: Path) -> dict:
+    return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() else None) for p in sorted(d.rglob("*"))}
+
+
+def test_commands_never_replace_a_run_they_did_not_create(quick_run, clips, tmp_path):
+    """evaluate --out into another run, train/demo into an existing run, detect --plot/--json onto a
+    run's files, train --params DIR/params.json --out DIR, an `evaluation` symlink: each is one
+    error line before any work, and the run is unchanged (they used to replace it)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_run[0].out_dir, run)
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    cry = next(c for c in clips if c.label == "cry")
+    man = _manifest(tmp_path / "m.csv", [(cry, "cry")])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    before = _tree(tmp_path)
+    cases = [
+        (["evaluate", "--run", str(run), "--data", str(man), "--out", str(other)], "holds a run"),
+        (["evaluate", "--run", str(run), "--data", str(man), "--out", str(other), "--force"], "not an evaluation"),
+        (["train", "--data", str(man), "--out", str(run)], "holds a run"),
+        (["train", "--data", str(man), "--out", str(run), "--params", str(run / "params.json"), "--force"],
+         "inside --out"),
+        (["demo", "--data", str(man), "--out", str(run)], "holds a run"),
+        (["tune", "--data", str(man), "--out", str(run)], "holds a run"),
+        (["detect", str(cry.path), "--run", str(run), "--plot", str(run / "model.tflite")],
+         "would replace a file of the run"),
+        (["detect", str(cry.path), "--run", str(run), "--json", str(run / "metrics.json")],
+         "would replace a file of the run"),
+    ]
+    for args, msg in cases:
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (args, r.output)
+        assert msg in r.stderr and r.stdout == "", (args, r.output)
+    (run / "evaluation").symlink_to(elsewhere)
+    r = CliRunner().invoke(cli, ["evaluate", "--run", str(run), "--data", str(man)])
+    assert r.exit_code == 2 and "symlink inside the run folder" in r.stderr, r.output
+    (run / "evaluation").unlink()
+    assert _tree(tmp_path) == before

@@ -528,7 +528,7 @@ def detect_file(path, run: Run, runner: "TflmRunner | None" = None) -> dict:
 
 
 def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | None = None,
-                 workers: int | None = None, cache_dir=None, log=print) -> dict:
+                 workers: int | None = None, cache_dir=None, log=print, force: bool = False) -> dict:
     """``cryblock evaluate``: a trained run on any manifest (all its clips, no split) — teacher,
     float and INT8 at the run's detector settings: window/clip AUC with group-bootstrap intervals,
     per-category alerting clips, and the nursery night built from the manifest's clips. Writes
@@ -540,7 +540,8 @@ def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | 
 
     Raises:
         CryblockError: run folder or files missing, labels the run does not know (listed),
-            unreadable manifest, ``out_dir`` not writable, no readable clip.
+            unreadable manifest, ``out_dir`` not writable or holding another output (unless ``force`` for an
+            earlier evaluation), no readable clip.
     """
     from cryblock.blocks.learn import distill, report
     from cryblock.blocks.learn.night import build_night, score_night
@@ -548,12 +549,12 @@ def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | 
     from cryblock.blocks.learn.train import Split
     from cryblock.data import compute_patches, deduplicate, default_cache_dir, load_manifest
     from cryblock.errors import DataError
-    from cryblock.output import check_output, staging_dir
+    from cryblock.output import check_run_output, staging_dir
 
+    check_run_output(out_dir, "evaluation", force=force, inputs=(run_dir, manifest, teacher))
     run = load_run(run_dir)
     params = run.params
     learn = params.learn
-    check_output(out_dir, folder=True, inputs=(run_dir, manifest))
     mp = Path(manifest)
     mp = mp / "manifest.csv" if mp.is_dir() else mp
     clips = load_manifest(mp)

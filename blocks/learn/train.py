@@ -211,12 +211,13 @@ def prepare_clips(manifest: str | os.PathLike, params: Params, *, label_map: dic
 def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, params: Params = Params(), *,
                         teacher=None, max_clips: int | None = None, cache_dir: str | os.PathLike | None = None,
                         workers: int | None = None, label_map: dict[str, str] | None = None,
-                        log: Log = print) -> RunResult:
+                        log: Log = print, force: bool = False, progress: bool = False) -> RunResult:
     """Train, export, evaluate and report one run from a manifest CSV.
 
     Args:
         manifest: manifest CSV (``path,label,group`` …) or a folder holding ``manifest.csv``.
-        out_dir: run folder (created; existing outputs of the same names are replaced).
+        out_dir: run folder (created). An existing non-empty one is refused unless ``force``
+            (:func:`cryblock.output.check_run_output`).
         params: all parameters; ``learn`` drives the split and training, ``detector`` the
             false-alert evaluation. For preset "general" the labels are the manifest's.
         teacher: a loaded teacher, a path to one, or None (``$CRYBLOCK_TEACHER``/cache/download).
@@ -226,27 +227,33 @@ def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike,
         workers: feature-extraction processes.
         label_map: manifest label → training label (see :func:`prepare_clips`).
         log: progress lines.
+        force: replace an earlier run in ``out_dir``.
+        progress: show the progress of feature extraction and teacher scoring on stderr
+            (:func:`cryblock.console.progress`).
 
     Returns:
         :class:`RunResult`.
 
     Raises:
-        CryblockError: bad manifest or labels, ``out_dir`` not writable, too few groups, one class
+        CryblockError: bad manifest or labels, ``out_dir`` not writable or holding another run, too few groups, one class
             only, a label missing from a split, missing/corrupt teacher, … (checked before the long
             work where possible; nothing is written to ``out_dir`` then).
     """
+    from cryblock import console
     from cryblock.data import compute_patches, default_cache_dir, split_by_group
-    from cryblock.output import check_output
+    from cryblock.output import check_run_output
 
     t_start = time.perf_counter()
-    check_output(out_dir, folder=True)
+    check_run_output(out_dir, "run", force=force,
+                     inputs=(manifest, teacher if isinstance(teacher, (str, os.PathLike)) else None))
     mp, clips, params = prepare_clips(manifest, params, label_map=label_map, max_clips=max_clips, log=log)
     learn = params.learn
     found = sorted({c.label for c in clips})
     teacher = _teacher(teacher)  # fail fast on a missing/corrupt teacher, before feature extraction
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     t0 = time.perf_counter()
-    ps = compute_patches(clips, params.dsp, workers=workers, cache_dir=cache)
+    with console.progress("features", len(clips), "clip", enabled=progress) as update:
+        ps = compute_patches(clips, params.dsp, workers=workers, cache_dir=cache, progress=update)
     t_feat = time.perf_counter() - t0
     log(f"features: {len(ps.patches)} patches of {len(ps.clips)} clips in {t_feat:.1f} s"
         + (f" ({len(ps.skipped)} clip(s) skipped, first: {ps.skipped[0][1]})" if ps.skipped else ""))
@@ -263,7 +270,7 @@ def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike,
                           "positive_clips": int(np.sum(s.clip_y == 1)) if learn.preset == "cry" else None}
                       for k, s in splits.items()}}
     return train_arrays(splits["train"], splits["val"], splits["test"], out_dir, params, teacher=teacher,
-                        cache_dir=cache / "teacher", log=log, data_info=info, t_start=t_start)
+                        cache_dir=cache / "teacher", log=log, data_info=info, t_start=t_start, progress=progress)
 
 
 def _teacher(teacher):
@@ -277,7 +284,7 @@ def _teacher(teacher):
 def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLike, params: Params = Params(), *,
                  teacher=None, cache_dir: str | os.PathLike | None = None, log: Log = print,
                  data_info: dict | None = None, flat_input: bool = False, t_start: float | None = None,
-                 write_report: bool = True) -> RunResult:
+                 write_report: bool = True, progress: bool = False) -> RunResult:
     """Distil, export, calibrate, evaluate and report from split window arrays.
 
     Args:
@@ -294,6 +301,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
         data_info: dataset description stored in metrics.json.
         flat_input: student takes flat ``[6144]`` input (Edge Impulse).
         write_report: also write report.md/report.html (metrics.json and params.json always).
+        progress: show the teacher scoring's progress on stderr.
 
     Returns:
         :class:`RunResult`.
@@ -326,7 +334,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     # --- teacher outputs (cached) on all windows
     t0 = time.perf_counter()
     all_x = np.concatenate([train.x, val.x, test.x]).reshape(-1, *params.dsp.patch_shape)
-    t_scores, emb = distill.teacher_outputs(teacher, all_x, cache_dir, log=log)
+    t_scores, emb = distill.teacher_outputs(teacher, all_x, cache_dir, log=log, progress=progress)
     timing["teacher_seconds"] = time.perf_counter() - t0
     n_tr, n_va = len(train.x), len(val.x)
     sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}
