@@ -856,3 +856,31 @@ def test_commands_never_replace_a_run_they_did_not_create(quick_run, clips, tmp_
     assert r.exit_code == 2 and "symlink inside the run folder" in r.stderr, r.output
     (run / "evaluation").unlink()
     assert _tree(tmp_path) == before
+
+
+def test_text_from_data_is_drawn_and_written_literally(quick_run, clips, tmp_path):
+    """A `$…$` in a file name used to crash matplotlib's mathtext in the report drawing (detect
+    --plot after scoring, evaluate and train after all their work); a U+2028 in a category split
+    the HTML table row."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from cryblock.blocks.learn import report
+    from cryblock.cli.main import cli
+
+    cry = next(c.path for c in clips if c.label == "cry")
+    odd = tmp_path / f"baby$_$cry $\\foo$ {cry.name}"
+    shutil.copy(cry, odd)
+    r = CliRunner().invoke(cli, ["detect", str(odd), "--run", str(quick_run[0].out_dir), "--plot",
+                                 str(tmp_path / "d.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+    tl = {"name": str(odd), "hop_seconds": 0.48, "label": 1, **{k: np.array([0.1, 0.8]) for k in ("teacher", "float", "int8")}}
+    assert report.timeline_figure([tl], 0.5)
+    cat = "cat\u2028meow<b>|x\u2029"
+    md = report.category_tables({"int8": {"categories": {cat: {"clips": 3, "alerting": 1}}}})
+    page = report._md_to_html(md)
+    rows = [ln for ln in page.split("\n") if ln.startswith("<tr>")]
+    assert len(rows) == 2 and rows[1].startswith("<tr><td>cat meow&lt;b&gt;|x</td><td>3</td>"), rows
+    assert "\u2028" not in page and "\u2029" not in page
