@@ -90,22 +90,27 @@ def import_tensorflow():
 
 
 class _Lines:
-    """tqdm's ``update``/``close`` for a file that is not a terminal: a line at every tenth."""
+    """tqdm's ``update``/``close`` for a file that is not a terminal: a line at every tenth of the
+    work and one when it is done."""
 
     def __init__(self, total: int, desc: str, unit: str, file: TextIO) -> None:
-        self.total, self.desc, self.unit, self.file = max(0, int(total)), desc, unit, file
+        self.total, self.desc, self.unit, self.file = int(total), desc, unit, file
         self.n, self.shown, self.t0 = 0, 0, time.perf_counter()
+
+    def _line(self) -> None:
+        print(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}s ({100 * self.n // self.total} %), "
+              f"{time.perf_counter() - self.t0:.0f} s", file=self.file, flush=True)
 
     def update(self, k: int = 1) -> None:
         self.n += int(k)
-        tenth = 10 * self.n // self.total if self.total else 10
+        tenth = 10 * self.n // self.total
         if tenth > self.shown and self.n < self.total:
             self.shown = tenth
-            print(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}s ({100 * self.n // self.total} %), "
-                  f"{time.perf_counter() - self.t0:.0f} s", file=self.file, flush=True)
+            self._line()
 
     def close(self) -> None:
-        pass
+        if self.n:
+            self._line()
 
 
 @contextlib.contextmanager

@@ -124,6 +124,12 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
     return Path(path)
 
 
+#: zlib level of :class:`NpzWriter`: 1, the fastest (``np.savez_compressed`` uses zlib's default 6);
+#: log-mel patches are float noise to deflate, so the higher levels cost time and save almost
+#: nothing (bench/features.py prints both).
+NPZ_LEVEL = 1
+
+
 class NpzWriter:
     """Write a compressed ``.npz`` (the ``np.savez_compressed`` format: a zip of ``NAME.npy``
     members, readable by ``np.load``) atomically, with arrays that can be streamed in blocks so
@@ -144,7 +150,8 @@ class NpzWriter:
 
     def __enter__(self) -> "NpzWriter":
         f = self._ctx.__enter__()
-        self._zip = zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+        self._zip = zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=NPZ_LEVEL,
+                                    allowZip64=True)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -33,8 +33,8 @@ def real(clips):
 
 
 @pytest.fixture
-def run(monkeypatch):
-    monkeypatch.delenv("CRYBLOCK_CACHE", raising=False)
+def run(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("CRYBLOCK_CACHE", str(tmp_path_factory.mktemp("cache")))  # the default cache, not the user's
 
     def _run(*args):
         return CliRunner().invoke(cli, ["features", *map(str, args), "--workers", "1"])
@@ -230,8 +230,8 @@ def test_usage_mistakes(run, real, tmp_path):
     assert not (tmp_path / "x.npz").exists()
 
 
-def test_real_process_exit_code_and_progress(real, broken, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "CRYBLOCK_CACHE"}
+def test_real_process_exit_code_and_progress(real, broken, tmp_path, tmp_path_factory):
+    env = {**os.environ, "CRYBLOCK_CACHE": str(tmp_path_factory.mktemp("cache"))}
     out = tmp_path / "proc.npz"
     p = subprocess.run([sys.executable, "-m", "cryblock.cli", "features", str(broken["nan"]), "--out", str(out)],
                        capture_output=True, text=True, env=env, timeout=120)
@@ -240,5 +240,6 @@ def test_real_process_exit_code_and_progress(real, broken, tmp_path):
     p = subprocess.run([sys.executable, "-m", "cryblock.cli", "features", *[str(c.path) for c in real[:3]],
                         "--out", str(out), "--workers", "2"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "3/3" in p.stderr and "wrote" in p.stderr  # tqdm progress + summary on stderr
+    assert "features: 3/3 files (100 %)" in p.stderr and "wrote" in p.stderr  # progress lines (not a terminal)
+    assert "\r" not in p.stderr
     assert len(np.load(out)["paths"]) == 3
