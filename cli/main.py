@@ -11,10 +11,33 @@ import sys
 import click
 
 from cryblock import __version__
-from cryblock.errors import CryblockError, short_path
+from cryblock.errors import CryblockError, one_line, short_path
 
 
 class _Group(click.Group):
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """click's entry, with every usage mistake (a value out of range, an unknown option or
+        command, a missing argument) as one ``error: …`` line and exit status 2 instead of click's
+        usage block; ``--help``, ``--version`` and the commands' own exits are click's."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:  # plain `cryblock`: the help, as click shows it
+            click.echo(e.format_message(), err=True)
+            sys.exit(2)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"error: {one_line(e.format_message())}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"error: {one_line(e.format_message())}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # an int is click's exit code (--help, --version, ctx.exit)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
