@@ -1,17 +1,23 @@
 """``cryblock`` command line: one click group; each stage registers its commands.
 
-User mistakes (:class:`cryblock.errors.CryblockError`) print one ``error: …`` line and exit 2,
-never a traceback; so does an operating-system error on a named path that slipped past the
-checks (a name too long, permission denied, …): it is about the user's file, not a bug.
+User mistakes (:class:`cryblock.errors.CryblockError`, click's usage errors) print one ``error: …``
+line and exit 2, never a traceback; so does an operating-system error on a named path that
+slipped past the checks (a name too long, permission denied, …) and a full disk: they are about
+the user's files, not a bug.
 """
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
 
 from cryblock import __version__
 from cryblock.errors import CryblockError, one_line, short_path
+
+
+#: errno values of a write that found no room: a full disk, a quota, a file-size limit.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class _Group(click.Group):
@@ -45,9 +51,12 @@ class _Group(click.Group):
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except OSError as e:
-            if not e.filename:
+            if e.filename:
+                click.echo(f"error: {short_path(e.filename)}: {e.strerror or e}", err=True)
+            elif e.errno in _FULL:  # a write that ran out of room: the outputs are written atomically
+                click.echo(f"error: cannot write the output ({e.strerror}); nothing was replaced", err=True)
+            else:
                 raise
-            click.echo(f"error: {short_path(e.filename)}: {e.strerror or e}", err=True)
             sys.exit(2)
 
 

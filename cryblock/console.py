@@ -28,7 +28,7 @@ from typing import Callable, Iterator, TextIO
 #: parameter dump, and LiteRT's XNNPACK delegate notice. Warnings and errors pass.
 NATIVE_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] .*"
+    r"|I\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
     r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\."
     r"|fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+"
     r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)\s*$")
@@ -89,22 +89,28 @@ def import_tensorflow():
     return sys.modules["tensorflow"]
 
 
+#: Least seconds between two progress lines (a log keeps a line per tenth of a long step only).
+LINE_SECONDS = 3.0
+
+
 class _Lines:
     """tqdm's ``update``/``close`` for a file that is not a terminal: a line at every tenth of the
-    work and one when it is done."""
+    work (at most one per :data:`LINE_SECONDS`) and one when it is done."""
 
     def __init__(self, total: int, desc: str, unit: str, file: TextIO) -> None:
         self.total, self.desc, self.unit, self.file = int(total), desc, unit, file
         self.n, self.shown, self.t0 = 0, 0, time.perf_counter()
+        self.last = self.t0
 
     def _line(self) -> None:
+        self.last = time.perf_counter()
         print(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}s ({100 * self.n // self.total} %), "
               f"{time.perf_counter() - self.t0:.0f} s", file=self.file, flush=True)
 
     def update(self, k: int = 1) -> None:
         self.n += int(k)
         tenth = 10 * self.n // self.total
-        if tenth > self.shown and self.n < self.total:
+        if tenth > self.shown and self.n < self.total and time.perf_counter() - self.last >= LINE_SECONDS:
             self.shown = tenth
             self._line()
 

@@ -884,3 +884,39 @@ def test_text_from_data_is_drawn_and_written_literally(quick_run, clips, tmp_pat
     rows = [ln for ln in page.split("\n") if ln.startswith("<tr>")]
     assert len(rows) == 2 and rows[1].startswith("<tr><td>cat meow&lt;b&gt;|x</td><td>3</td>"), rows
     assert "\u2028" not in page and "\u2029" not in page
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 100 KiB tmpfs (root only): the outputs do not fit."""
+    d = tmp_path / "small"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'not root'})")
+    yield d
+    subprocess.run(["umount", str(d)], check=False)
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_nothing(quick_run, clips, full_disk, tmp_path):
+    """train (the export), build and features on a full disk used to end in a traceback (nothing
+    half-written, but no one line)."""
+    from click.testing import CliRunner
+
+    from cryblock.blocks.learn.export import export_all
+    from cryblock.blocks.learn.student import build_student
+    from cryblock.cli.main import cli
+
+    run = quick_run[0].out_dir
+    r = CliRunner().invoke(cli, ["build", "--model", str(run / "model_quantized_int8_io.tflite"), "--out",
+                                 str(full_disk / "fw"), "--no-idf"])
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.exit_code == 2 and last.startswith("error: ") and "No space left on device" in last, r.output
+    assert "Traceback" not in r.output
+    long = max((c for c in clips if c.source == "ESC-10"), key=lambda c: c.path.stat().st_size).path
+    r = CliRunner().invoke(cli, ["features", str(long), "--out", str(full_disk / "p.npz"), "-q", "--no-cache"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "No space left on device" in r.stderr, r.output
+    m = build_student(Params().learn, Params().dsp)
+    with pytest.raises(CryblockError, match=r"cannot write the exported models \(No space left on device"):
+        export_all(m.model, np.zeros((4, 96, 64), np.float32), full_disk / "run")
+    assert not [p for p in full_disk.rglob("*") if p.is_file()]

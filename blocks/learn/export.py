@@ -128,15 +128,26 @@ def export_all(model, rep_patches: np.ndarray, out_dir: str | os.PathLike, logit
 
     Returns:
         :class:`ExportedModels`.
+
+    Raises:
+        CryblockError: ``out_dir`` cannot be written (a full disk, permissions); nothing of the
+            export is left behind.
     """
+    import tensorflow as tf
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as td:
-        sm = export_saved_model(model, Path(td))
-        f32 = convert_float(sm)
-        sm8 = sm if logits_model is None else export_saved_model(logits_model, Path(td) / "logits")
-        i8 = convert_int8(sm8, rep_patches, _input_shape(model))
-        zip_path = zip_saved_model(sm, out / SAVED_MODEL_ZIP)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as td:
+            sm = export_saved_model(model, Path(td))
+            f32 = convert_float(sm)
+            sm8 = sm if logits_model is None else export_saved_model(logits_model, Path(td) / "logits")
+            i8 = convert_int8(sm8, rep_patches, _input_shape(model))
+            zip_path = zip_saved_model(sm, out / SAVED_MODEL_ZIP)
+    except (OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
+        # TensorFlow's own file writer reports a full disk as ResourceExhaustedError
+        why = getattr(e, "strerror", None) or str(getattr(e, "message", e)).rsplit(";", 1)[-1].strip()
+        raise CryblockError(f"{out}: cannot write the exported models ({why})") from None
     fp = atomic_write_bytes(out / FLOAT_NAME, f32)
     ip = atomic_write_bytes(out / INT8_NAME, i8)
     return ExportedModels(f32, i8, zip_path, fp, ip)
