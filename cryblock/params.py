@@ -437,9 +437,11 @@ class Params:
     @classmethod
     def load(cls, path: str | Path) -> "Params":
         """Read ``params.json``; a missing or malformed file raises ParameterError naming it."""
+        from .inputs import read_regular_text
+
         p = Path(path)
         try:
-            d = json.loads(p.read_text())
+            d = json.loads(read_regular_text(p))  # a FIFO or /dev/zero is refused, not read forever
         except FileNotFoundError:
             raise ParameterError(f"{p}: parameters file not found") from None
         except IsADirectoryError:

@@ -920,3 +920,42 @@ def test_a_full_disk_is_one_error_line_and_leaves_nothing(quick_run, clips, full
     with pytest.raises(CryblockError, match=r"cannot write the exported models \(No space left on device"):
         export_all(m.model, np.zeros((4, 96, 64), np.float32), full_disk / "run")
     assert not [p for p in full_disk.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("tamper,msg", [
+    ("float_model_swapped", "not this run's float model"),
+    ("metrics_a_list", "not a run's metrics"),
+    ("setting_malformed", "float's detector setting is malformed"),
+    ("metrics_fifo", "is a FIFO, not a regular file"),
+    ("params_fifo", "is a FIFO, not a regular file"),
+    ("int8_dev_zero", "is a character device, not a regular file"),
+])
+def test_a_tampered_run_is_refused_before_any_work(quick_run, clips, tmp_path, tamper, msg):
+    """evaluate used to end in a traceback after minutes of work on a run whose float model was
+    swapped or whose metrics.json was malformed, and hung on a FIFO or /dev/zero in the run."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_run[0].out_dir, run)
+    if tamper == "float_model_swapped":
+        shutil.copy(run / "model_quantized_int8_io.tflite", run / "model.tflite")
+    elif tamper == "metrics_a_list":
+        (run / "metrics.json").write_text("[1, 2]")
+    elif tamper == "setting_malformed":
+        m = json.loads((run / "metrics.json").read_text())
+        m["float"]["detector_setting"] = {"threshold": "high"}
+        (run / "metrics.json").write_text(json.dumps(m))
+    elif tamper in ("metrics_fifo", "params_fifo"):
+        f = run / ("metrics.json" if tamper == "metrics_fifo" else "params.json")
+        f.unlink()
+        os.mkfifo(f)
+    else:
+        (run / "model_quantized_int8_io.tflite").unlink()
+        (run / "model_quantized_int8_io.tflite").symlink_to("/dev/zero")
+    cry = next(c for c in clips if c.label == "cry")
+    man = _manifest(tmp_path / "m.csv", [(cry, "cry")])
+    r = subprocess.run([sys.executable, "-m", "cryblock.cli", "evaluate", "--run", str(run), "--data", str(man),
+                        "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr[-3000:]
+    assert msg in r.stderr and "Traceback" not in r.stderr and "features" not in r.stdout, r.stderr[-3000:]
+    assert not (tmp_path / "ev").exists()

@@ -210,8 +210,10 @@ class TeacherHead:
         """The head :meth:`save` wrote. Raises DataError naming the file when it is unreadable."""
         from sklearn.linear_model import LogisticRegression
 
+        from cryblock.inputs import open_regular
+
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
                 clf = LogisticRegression()
                 clf.coef_, clf.intercept_, clf.classes_ = z["coef"], z["intercept"], z["classes"]
                 labels = tuple(str(v) for v in z["labels"])

@@ -407,6 +407,17 @@ class FloatRunner:
         self.out = self.interp.get_output_details()[0]
         self._batch = None
 
+    def check(self, patch_shape: tuple[int, ...]) -> None:
+        """Raise CryblockError (naming the file) unless the model takes float32 patches of
+        ``patch_shape`` (or their flat form) and gives float32 scores."""
+        shape = tuple(int(v) for v in self.inp["shape"][1:])
+        flat = int(np.prod(patch_shape))
+        if (self.inp["dtype"] != np.float32 or self.out["dtype"] != np.float32
+                or int(np.prod(shape)) != flat or shape not in (tuple(patch_shape), (*patch_shape, 1), (flat,))):
+            raise CryblockError(f"{self.path}: not this run's float model (input {self.inp['dtype'].__name__} "
+                                f"{list(shape)}, output {self.out['dtype'].__name__}; expected float32 patches "
+                                f"{list(patch_shape)})")
+
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         shape = tuple(int(d) for d in self.inp["shape"][1:])
@@ -463,6 +474,7 @@ def load_run(folder) -> Run:
     from cryblock.blocks.deploy.model import check_model_for_params, inspect_model, read_model
     from cryblock.blocks.learn.distill import TeacherHead
     from cryblock.blocks.learn.export import FLOAT_NAME, INT8_NAME
+    from cryblock.inputs import read_regular_text
     from cryblock.params import Params
 
     d = Path(folder)
@@ -474,11 +486,15 @@ def load_run(folder) -> Run:
     if not (d / FLOAT_NAME).is_file():
         raise CryblockError(f"{d / FLOAT_NAME}: not found (a cryblock train run folder holds it)")
     metrics = {}
-    if (d / "metrics.json").is_file():
+    if (d / "metrics.json").exists():
         try:
-            metrics = json.loads((d / "metrics.json").read_text())
+            metrics = json.loads(read_regular_text(d / "metrics.json"))
         except (OSError, ValueError) as e:
-            raise CryblockError(f"{d / 'metrics.json'}: not readable JSON ({e})") from None
+            raise CryblockError(f"{d / 'metrics.json'}: not readable JSON ({getattr(e, 'strerror', None) or e})") from None
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("cost", {}), dict):
+            raise CryblockError(f"{d / 'metrics.json'}: not a run's metrics (expected a JSON object with a "
+                                "'cost' object)")
+    FloatRunner(d / FLOAT_NAME).check(params.dsp.patch_shape)  # a swapped model fails now, not after the features
     head = None
     if params.learn.preset == "general":
         from cryblock.blocks.learn.train import TEACHER_HEAD_NAME
@@ -487,7 +503,14 @@ def load_run(folder) -> Run:
             raise CryblockError(f"{d / TEACHER_HEAD_NAME}: not found (needed to score the teacher of a "
                                 "general-preset run)")
         head = TeacherHead.load(d / TEACHER_HEAD_NAME)
-    return Run(d, params, metrics, int8, d / FLOAT_NAME, head)
+    run = Run(d, params, metrics, int8, d / FLOAT_NAME, head)
+    for model in ("teacher", "float", "int8"):  # the detector settings evaluate uses, checked now
+        try:
+            run.setting(model)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CryblockError(f"{d / 'metrics.json'}: {model}'s detector setting is malformed "
+                                f"({type(e).__name__}: {e})") from None
+    return run
 
 
 def detect_file(path, run: Run, runner: "TflmRunner | None" = None) -> dict:
