@@ -959,3 +959,21 @@ def test_a_tampered_run_is_refused_before_any_work(quick_run, clips, tmp_path, t
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr[-3000:]
     assert msg in r.stderr and "Traceback" not in r.stderr and "features" not in r.stdout, r.stderr[-3000:]
     assert not (tmp_path / "ev").exists()
+
+
+def test_shift_with_a_one_frame_hop_is_refused_before_any_work(data_dir, tmp_path):
+    """`train --shift` with a 1-frame patch hop used to end in a traceback inside the first epoch
+    (no shift of 1 … hop/2 frames exists)."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    pfile = tmp_path / "p.json"
+    Params().replace(dsp={"patch_hop_seconds": 0.01}).save(pfile)
+    r = CliRunner().invoke(cli, ["train", "--data", str(data_dir / "manifest.csv"), "--out", str(tmp_path / "o"),
+                                 "--params", str(pfile), "--shift", "0.5"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: parameter 'p_shift': a time shift needs a patch hop "
+                                                    "of at least 2 frames"), r.output
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+    with pytest.raises(CryblockError, match="p_shift"):
+        Params().replace(dsp={"patch_hop_seconds": 0.01}, augment={"p_shift": 0.1})
