@@ -11,6 +11,7 @@ place only when everything succeeded, so a failed run leaves no half-written out
     model.tflite                     float32 student
     model_quantized_int8_io.tflite   INT8 student (int8 in/out), the one deployed
     saved_model.zip                  saved_model/ (Edge Impulse layout)
+    hub_model.npz                    the hub's second-opinion classifier on teacher embeddings
     metrics.json, report.md, report.html, params.json
 """
 from __future__ import annotations
@@ -395,6 +396,15 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
         timing["export_seconds"] = time.perf_counter() - t0
         if head is not None:
             head.save(staging / TEACHER_HEAD_NAME)
+        # --- the hub's second-opinion model on the embeddings of the kept training windows (hub.opinion)
+        from cryblock.blocks.hub.opinion import HUB_MODEL_NAME, fit_hub_model
+
+        hub = fit_hub_model(emb[sl["train"]][keep], (y_tr == pos_index)[keep], emb[sl["val"]],
+                            np.asarray(val.y) == pos_index,
+                            val.clip_index, label=learn.positive_label, seed=learn.seed)
+        hub.save(staging / HUB_MODEL_NAME)
+        log(f"hub model: {hub.kind} (validation AUC " + ", ".join(f"{k} {v:.3f}" for k, v in hub.val_auc.items())
+            + f"), threshold {hub.threshold:.3f}")
 
         # --- the three models as scorers of any patches
         t0 = time.perf_counter()
