@@ -180,7 +180,8 @@ def open_db(db: str | os.PathLike = DEFAULT_DB, *, migrate: bool = True) -> Engi
     url = database_url(db)
     shown = make_url(url).render_as_string(hide_password=True)
     u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") \
+            and not u.database.startswith("file:"):  # (SQLite URI filenames are left to SQLite)
         p = Path(u.database)
         if p.is_dir():
             raise CryblockError(f"--db: {p} is a folder, not a database file")
@@ -223,7 +224,7 @@ def _check_writable(engine: Engine) -> None:
     with engine.connect() as conn:
         tx = conn.begin()
         try:
-            conn.execute(Device.__table__.insert().values(id="\x00probe", first_seen=0.0, last_seen=0.0))
+            conn.execute(Device.__table__.insert().values(id="", first_seen=0.0, last_seen=0.0))
         finally:
             tx.rollback()
 

@@ -166,6 +166,12 @@ class Fleet:
             self._pump(0.05)
 
     def close(self) -> None:
+        """Shut every device down cleanly: retained ``offline`` (a clean DISCONNECT sends no will),
+        then DISCONNECT."""
+        for d in self.devices:
+            if d.connected:
+                d._pub(*mf.availability(d.device, online=False), qos=1, retain=True)
+        self.run(timeout=10)
         for d in self.devices:
             d.client.disconnect()
         self.pump_for(0.2)
