@@ -198,12 +198,20 @@ class Collector:
 
     # --- second opinion thread
     def _confirmer(self) -> None:
+        failed: set[int] = set()
         while not self._stop.wait(0.3):
             try:
                 with Session(self.engine) as s:
-                    todo = [(r.id, r.device, r.boot, r.seq, r.pcm, r.sr) for r in db.unscored_snippets(s)]
+                    todo = [(r.id, r.device, r.boot, r.seq, r.pcm, r.sr)
+                            for r in db.unscored_snippets(s, exclude=failed)]
                 for row_id, device, boot, seq, pcm, sr in todo:  # scored outside any transaction
-                    op = self.opinion.score_pcm(pcm, sr)
+                    try:
+                        op = self.opinion.score_pcm(pcm, sr)
+                    except Exception as e:  # noqa: BLE001 - one bad snippet must not stop the others
+                        failed.add(row_id)
+                        self.counts["opinion_errors"] += 1
+                        self.log(f"collect: cannot score the snippet of {device} boot {boot} seq {seq}: {e}")
+                        continue
                     with Session(self.engine) as s, s.begin():
                         row = s.get(db.SnippetRow, row_id)
                         row.teacher_score, row.hub_score, row.verdict = op.teacher_score, op.hub_score, op.verdict

@@ -298,10 +298,12 @@ def store(session: Session, messages: Iterable[tuple[mf.Message, float]]) -> dic
     return {"stored": stored, "duplicates": n - stored}
 
 
-def unscored_snippets(session: Session, limit: int = 20) -> list[SnippetRow]:
-    """Snippets without a second opinion yet (oldest first)."""
-    return list(session.scalars(select(SnippetRow).where(SnippetRow.verdict.is_(None))
-                                .order_by(SnippetRow.id).limit(limit)))
+def unscored_snippets(session: Session, limit: int = 20, exclude: Iterable[int] = ()) -> list[SnippetRow]:
+    """Snippets without a second opinion yet (oldest first), but those with ids in ``exclude``."""
+    q = select(SnippetRow).where(SnippetRow.verdict.is_(None))
+    if exclude:
+        q = q.where(SnippetRow.id.not_in(list(exclude)))
+    return list(session.scalars(q.order_by(SnippetRow.id).limit(limit)))
 
 
 def now() -> float:
