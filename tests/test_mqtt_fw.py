@@ -1,0 +1,97 @@
+"""The firmware's MQTT side (``cryblock build --mqtt``) on the host: the portable C payload
+formatter, outbox, latency percentiles, snippet recorder and console-command parser compiled with
+host gcc and checked against the Python spec (cryblock/mqttformat.py); the generated project with
+and without ``--mqtt``."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryblock import mqttformat as mf
+
+HARNESS = Path(__file__).parent / "c"
+SRC = Path(__file__).parents[1] / "templates" / "esp32s3" / "main"
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc not installed")
+
+
+@pytest.fixture(scope="module")
+def msg(tmp_path_factory):
+    exe = tmp_path_factory.mktemp("msg") / "msg"
+    cmd = ["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", f"-I{SRC}",
+           str(HARNESS / "msg_harness.c"), str(SRC / "cry_msg.c"), "-o", str(exe)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
+def _run(exe, *args) -> list[str]:
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True, check=True)
+    return r.stdout.splitlines()
+
+
+def test_c_payloads_parse_with_the_python_spec(msg):
+    out = _run(msg, "messages", "nursery-2")
+    pairs = [(out[i], out[i + 1].encode()) for i in range(0, 10, 2)]
+    (t_on, on), (t_off, off), (t_st, st), (t_disc, disc), (t_sn, sn) = pairs
+    assert mf.parse(t_on, on) == mf.parse(*mf.example_event("nursery-2"))  # the spec's example is the firmware's
+    e = mf.parse(t_off, off)
+    assert (e.state, e.seq, e.time, e.votes, e.vote) == ("off", 18, None, 0, "2/2")
+    assert mf.parse(t_st, st) == mf.Status("nursery-2", 3, 5, 61000, 61, 4.7, 5.1, 9.0, 25104, 0, 3, -61, None,
+                                           "cryblock-0.1.0")
+    assert (t_disc, json.loads(disc)) == (mf.discovery("nursery-2", fw="cryblock-0.1.0")[0],
+                                         json.loads(mf.discovery("nursery-2", fw="cryblock-0.1.0")[1]))
+    s = mf.parse(t_sn, sn)
+    want = ((np.arange(48001, dtype=np.int64) * 7919) % 65536 - 32768).astype(np.int16)
+    np.testing.assert_array_equal(s.pcm, want)  # odd byte counts: base64 padding
+    assert base64.b64encode(want.astype("<i2").tobytes()).decode() == json.loads(sn)["pcm"]
+    assert (s.sr, s.pre_ms, s.seq) == (16000, 2000, 17)
+    assert out[10] == "-1"  # a payload that does not fit is refused, never truncated
+
+
+def test_c_device_id_check_matches_python(msg, tmp_path):
+    for dev in ("a", "A-b_9", "x" * 32, "x" * 33, "a/b", "a+b", "a#", "with space", "é", ""):
+        r = subprocess.run([str(msg), "messages", dev], capture_output=True, text=True)
+        assert (r.returncode == 0) == mf.valid_device_id(dev), dev
+
+
+def test_outbox_drops_the_oldest_and_counts(msg):
+    out = _run(msg, "outbox", "20")
+    # 20 alerts into 16 slots: e0..e3 dropped; e4..e6 sent (100..102), e5 acknowledged, the
+    # connection drops (all unacknowledged back to -1), the oldest is sent again (200)
+    assert out[0] == "dropped=4 count=15"
+    assert out[1:4] == ["e4 200", "e6 -1", "e7 -1"] and out[-1] == "e19 -1"
+
+
+def test_latency_percentiles_match_numpy(msg):
+    rng = np.random.default_rng(3)
+    for n in (1, 5, 64, 100):
+        v = np.round(rng.gamma(4, 1.2, n), 3).astype(np.float32)
+        got = [float(x) for x in _run(msg, "lat", *map(str, v))[0].split()]
+        last = v[-mf.LATENCY_WINDOW:]
+        want = [np.percentile(last, p, method="inverted_cdf") for p in (50, 95, 100)]
+        np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_snippet_recorder_keeps_pre_and_post_samples(msg):
+    assert _run(msg, "snip", "800", "400", "5000", "7000") == ["seq=42 n=1200 first=4200 last=5399"]
+    assert _run(msg, "snip", "800", "400", "300", "2000") == ["seq=42 n=700 first=0 last=699"]  # early onset
+    assert _run(msg, "snip", "800", "400", "6900", "7000") == []  # not complete yet
+
+
+def test_network_console_commands(msg):
+    lines = ['set wifi "My Home Net" "secret pass 1"', "set wifi Open", "set wifi net short", "set wifi " + "x" * 33,
+             "set mqtt mqtts://hub.local:8883", "set mqtt http://x", "set device nursery", "set device a/b",
+             "set prefix homeassistant", "set prefix a#", "get net", "set threshold 0.5", "set wifi", 'set wifi "open',
+             "set mqtt mqtt://a:1 extra"]
+    got = [ln.split("|") for ln in _run(msg, "cmd", *lines)]
+    WIFI, MQTT, DEVICE, PREFIX, GET, BAD = 1, 2, 3, 4, 5, 6
+    assert got[0][:3] == [str(WIFI), "My Home Net", "secret pass 1"]
+    assert got[1][:3] == [str(WIFI), "Open", ""]
+    assert [int(g[0]) for g in got[2:]] == [BAD, BAD, MQTT, BAD, DEVICE, BAD, PREFIX, BAD, GET, 0, BAD, BAD, BAD]
+    assert all(g[3] and " " not in g[3] for g in got if g[0] == str(BAD))
