@@ -95,3 +95,98 @@ def test_network_console_commands(msg):
     assert got[1][:3] == [str(WIFI), "Open", ""]
     assert [int(g[0]) for g in got[2:]] == [BAD, BAD, MQTT, BAD, DEVICE, BAD, PREFIX, BAD, GET, 0, BAD, BAD, BAD]
     assert all(g[3] and " " not in g[3] for g in got if g[0] == str(BAD))
+
+
+# ----------------------------------------------------------------------------------- the project
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory):
+    """A small untrained student exported to INT8 (the project generator needs a real model)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cryblock.blocks.learn.export import export_all, representative_patches
+    from cryblock.blocks.learn.student import build_student
+    from cryblock.params import LearnParams
+
+    sm = build_student(LearnParams(width=8, depth=2, stem_channels=0, blocks=""), seed=0)
+    x = np.random.default_rng(0).normal(-4, 2, (40, 96, 64, 1)).astype(np.float32)
+    return export_all(sm.model, representative_patches(x, 40), tmp_path_factory.mktemp("model")).int8_path
+
+
+def _serial_only_templates(dest: Path) -> Path:
+    """The templates with every --mqtt part removed: the MQTT-only files, ``{% if mqtt %}`` blocks
+    and ``{{ a if mqtt else b }}`` choices (→ b) — i.e. the firmware as it was before --mqtt."""
+    import re
+
+    from cryblock.blocks.deploy import project as gen
+
+    root = dest / "esp32s3"
+    shutil.copytree(gen.templates_dir(), root)
+    for rel in gen.MQTT_FILES:
+        (root / rel).unlink()
+    for f in root.rglob("*.j2"):
+        text = f.read_text()
+        text = re.sub(r"\{% if mqtt[^%]*%\}\n.*?\{% endif %\}\n", "", text, flags=re.S)
+        text = re.sub(r"\{\{ \S+ if mqtt else (\S+) \}\}", r"\1", text)
+        assert "mqtt" not in text, f
+        f.write_text(text)
+    return root
+
+
+def test_without_mqtt_the_project_is_byte_for_byte_the_serial_firmware(int8_model, tmp_path, monkeypatch):
+    from cryblock.blocks.deploy import project as gen
+    from cryblock.params import Params
+
+    plain = gen.generate_project(int8_model, tmp_path / "plain", Params(), gen.BuildOptions())
+    stripped = _serial_only_templates(tmp_path / "tpl")
+    monkeypatch.setattr(gen, "templates_dir", lambda: stripped)
+    before = gen.generate_project(int8_model, tmp_path / "before", Params(), gen.BuildOptions())
+    files = sorted(p.relative_to(plain.project) for p in plain.project.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(before.project) for p in before.project.rglob("*") if p.is_file())
+    for rel in files:
+        assert (plain.project / rel).read_bytes() == (before.project / rel).read_bytes(), rel
+    assert not any(("cry_net" in (plain.project / r).read_text() or "mqtt" in (plain.project / r).read_text().lower())
+                   for r in files if r.suffix != ".cc" or r.name == "main.cc")
+
+
+def test_mqtt_project(int8_model, tmp_path):
+    """--mqtt adds the network sources (portable ones compile with -Wpedantic), the snippet option,
+    the CA file, and main.cc with its hooks compiles against the ESP-IDF stubs; no credential is in
+    any generated file; the Wi-Fi-less linux target and a bad CA are refused."""
+    from cryblock.blocks.deploy import project as gen
+    from cryblock.errors import ParameterError
+    from cryblock.params import Params
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    res = gen.generate_project(int8_model, tmp_path / "fw", Params(), gen.BuildOptions(),
+                               mqtt=gen.MqttOptions(snippets=True, ca=str(ca)))
+    main = res.project / "main"
+    for f in ("cry_msg.c", "cry_msg.h", "cry_net.c", "cry_net.h", "cry_net_config.h", "mqtt_ca.pem"):
+        assert (main / f).is_file(), f
+    cm = (main / "CMakeLists.txt").read_text()
+    assert "cry_net.c" in cm and "EMBED_TXTFILES mqtt_ca.pem" in cm and " mqtt " in cm
+    assert "config CRY_MQTT_SNIPPETS" in (main / "Kconfig.projbuild").read_text()
+    assert "default y" in (main / "Kconfig.projbuild").read_text().split("CRY_MQTT_SNIPPETS")[1][:200]
+    assert '#define CRY_NET_HAS_CA 1' in (main / "cry_net_config.h").read_text()
+    marker = json.loads((res.project / gen.MARKER).read_text())
+    assert marker["mqtt"]["snippets"] is True
+    r = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-c", str(main / "cry_msg.c"),
+                        "-o", str(tmp_path / "m.o")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    if shutil.which("g++"):
+        from test_deploy import STUBS, _stub_dir
+
+        gen_stubs = _stub_dir(tmp_path, (main / "Kconfig.projbuild").read_text())
+        r = subprocess.run(["g++", "-std=gnu++2b", "-O2", "-Wall", "-Wextra", "-Werror", "-c", f"-I{gen_stubs}",
+                            f"-I{STUBS}", f"-I{main}", str(main / "main.cc"), "-o", str(tmp_path / "main.o")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    with pytest.raises(ParameterError, match="linux"):
+        gen.generate_project(int8_model, tmp_path / "fw2", Params(), gen.BuildOptions(target="linux"),
+                             mqtt=gen.MqttOptions())
+    (tmp_path / "junk.pem").write_text("hello")
+    with pytest.raises(ParameterError, match="--mqtt-ca"):
+        gen.generate_project(int8_model, tmp_path / "fw3", Params(), gen.BuildOptions(),
+                             mqtt=gen.MqttOptions(ca=str(tmp_path / "junk.pem")))
+    assert not (tmp_path / "fw2").exists() and not (tmp_path / "fw3").exists()
