@@ -26,7 +26,7 @@ def make_long_file(path: Path, clips, seconds: float, sr: int = 16000) -> None:
     """Write ``seconds`` of real audio (clips end to end, repeated as needed) as 16 kHz FLAC."""
     import soundfile as sf
 
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
 
     need = int(seconds * sr)
     with sf.SoundFile(str(path), "w", samplerate=sr, channels=1, format="FLAC", subtype="PCM_16") as f:
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
             print(f"| {minutes:g} min | {src.stat().st_size / 1e6:.0f} MB FLAC | {n:,} | {mb:.0f} MB | {wall:.0f} s |")
             if minutes == min(a.minutes):
                 from cryblock.blocks.dsp.features import waveform_to_patches
-                from cryblock.io import load_audio
+                from cryblock.audio import load_audio
 
                 ref = waveform_to_patches(load_audio(src))
                 got = np.load(out)["patches"]

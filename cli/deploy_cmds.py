@@ -140,7 +140,7 @@ def emulate_cmd(project, audio, qemu, binary, boot_timeout, as_json):
     import dataclasses
 
     from cryblock.blocks.deploy.emulate import emulate, format_comparison
-    from cryblock.io import atomic_write_text, check_output, json_safe
+    from cryblock.output import atomic_write_text, check_output, json_safe
 
     if as_json:
         check_output(as_json, folder=False, what="--json", inputs=(*audio, project))

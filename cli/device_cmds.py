@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cryblock.blocks.deploy import bench, capture, config, flash
-from cryblock.io import check_output
+from cryblock.output import check_output
 
 from .options import FiniteFloat
 

@@ -109,7 +109,7 @@ def detect_cmd_impl(files, run: str, plot: str | None, as_json: str | None) -> N
     _quiet_tf()
     from cryblock.blocks.learn.evaluate import TflmRunner, detect_file, load_run
     from cryblock.errors import AudioError
-    from cryblock.io import atomic_write_bytes, atomic_write_text, check_output, json_safe
+    from cryblock.output import atomic_write_bytes, atomic_write_text, check_output, json_safe
 
     reads = (*files, run, *(Path(run) / n for n in ("params.json", "model_quantized_int8_io.tflite")))
     if plot is not None:

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import AudioError, DataError
-from .io import npy_shape, write_npy_blocks
+from .output import npy_shape, write_npy_blocks
 from .params import DspParams
 
 REQUIRED_COLUMNS = ("path", "label", "group")

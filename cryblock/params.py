@@ -430,7 +430,7 @@ class Params:
 
     def save(self, path: str | Path) -> None:
         """Write JSON to ``path`` atomically (temp file + rename)."""
-        from .io import atomic_write_text
+        from .output import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 

@@ -265,7 +265,7 @@ def test_int8_matches_float_in_tflm(quick_run, clips):
     """The INT8 model in TFLite Micro agrees with the float model on real test patches."""
     from cryblock.blocks.deploy.model import inspect_model
     from cryblock.blocks.learn.evaluate import TflmRunner
-    from cryblock.blocks.learn.teacher import tflite_interpreter
+    from cryblock.blocks.learn.tflite import tflite_interpreter
     from cryblock.data import compute_patches
 
     out = quick_run[0].out_dir

@@ -39,7 +39,7 @@ def test_detector_states_equals_the_streaming_twin(clips):
 
 
 def test_background_is_the_negatives_longest_first(split_clips, night):
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
 
     neg, _ = split_clips
     lengths = sorted((len(load_audio(c.path)) for c in neg), reverse=True)
@@ -54,7 +54,7 @@ def test_background_is_the_negatives_longest_first(split_clips, night):
 
 def test_cries_are_inserted_at_their_snr(split_clips, night):
     """Rebuild each 10 dB stream from the waveforms and check the power ratio really is 10 dB."""
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
 
     bg = np.concatenate([load_audio(p) for _, _, _, p in night.segments]).astype(np.float64)
     eps = night.episodes[10.0]
@@ -159,7 +159,7 @@ def test_night_without_cries_counts_false_alerts_only(split_clips):
 def test_loud_backgrounds_are_turned_down_not_clipped(split_clips):
     """A cry 20 dB above a loud background would pass full scale: the mix is lowered over the
     cry instead, so the SNR holds and no sample clips."""
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
 
     neg, cry = split_clips
     bg = max((load_audio(c.path) for c in neg), key=lambda x: np.mean(x ** 2))[: 16000 * 5].copy()

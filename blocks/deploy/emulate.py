@@ -53,7 +53,7 @@ def audio_pcm(path, params: Params) -> np.ndarray:
     YAMNet's ``pad_waveform`` (:func:`cryblock.blocks.dsp.features.padded_length`) so the
     firmware's streaming front-end yields exactly the patches of the Python block."""
     from cryblock.blocks.dsp.features import padded_length
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
 
     x = load_audio(path, params.dsp.sample_rate)
     q = np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
@@ -281,7 +281,7 @@ def emulate(project, audio: Sequence, *, binary: str | None = None, qemu: str | 
 
     Args:
         project: generated project folder (its params.json and main/model_data.cc are the truth).
-        audio: recordings (any format :func:`cryblock.io.load_audio` reads).
+        audio: recordings (any format :func:`cryblock.audio.load_audio` reads).
         binary: program to run instead of ``build/<name>.elf`` (linux target).
         qemu: path of Espressif's ``qemu-system-xtensa``: boot the ESP32-S3 build instead.
 

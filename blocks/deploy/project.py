@@ -36,7 +36,7 @@ from cryblock import __version__
 from cryblock import mqttformat as mf
 from cryblock.errors import CryblockError, ParameterError
 from cryblock.escape import c_comment, md_cell
-from cryblock.io import atomic_write_text, check_output, staging_dir
+from cryblock.output import atomic_write_text, check_output, staging_dir
 from cryblock.params import DspParams, Params
 
 from .arena import ArenaPlan, plan_arena

@@ -139,7 +139,7 @@ def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike |
     The cache file is an uncompressed npz (``np.savez``, written atomically): compressing
     ≈ 70 MB of float noise for the full manifest costs seconds and saves little.
     """
-    from cryblock.io import atomic_write_bytes
+    from cryblock.output import atomic_write_bytes
 
     cache_file = None
     if cache_dir is not None:
@@ -192,7 +192,7 @@ class TeacherHead:
 
     def save(self, path: str | os.PathLike) -> None:
         """Store the fitted coefficients (``.npz``: coef ``[K', 1024]``, intercept, classes, labels)."""
-        from cryblock.io import atomic_save_npz
+        from cryblock.output import atomic_save_npz
 
         atomic_save_npz(path, coef=self.clf.coef_, intercept=self.clf.intercept_, classes=self.clf.classes_,
                         labels=np.array(self.labels))

@@ -399,7 +399,7 @@ class FloatRunner:
     probabilities ``[N, n_out]`` of float32 patches."""
 
     def __init__(self, path) -> None:
-        from cryblock.blocks.learn.teacher import tflite_interpreter
+        from cryblock.blocks.learn.tflite import tflite_interpreter
 
         self.path = path
         self.interp = tflite_interpreter(path)
@@ -548,7 +548,7 @@ def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | 
     from cryblock.blocks.learn.train import Split
     from cryblock.data import compute_patches, deduplicate, default_cache_dir, load_manifest
     from cryblock.errors import DataError
-    from cryblock.io import check_output, staging_dir
+    from cryblock.output import check_output, staging_dir
 
     run = load_run(run_dir)
     params = run.params

@@ -15,7 +15,7 @@ File names and layout follow Edge Impulse's custom learning blocks
   the negatives is lost; int8 logits keep it. The Edge Impulse block exports probabilities
   (``logits_model=None``), as Edge Impulse deployments expect.
 
-Every file is written atomically (temp file + rename, :mod:`cryblock.io`).
+Every file is written atomically (temp file + rename, :mod:`cryblock.output`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cryblock.errors import CryblockError
-from cryblock.io import atomic_write_bytes
+from cryblock.output import atomic_write_bytes
 
 FLOAT_NAME = "model.tflite"
 INT8_NAME = "model_quantized_int8_io.tflite"

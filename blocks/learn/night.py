@@ -88,7 +88,7 @@ def build_night(negatives: Sequence, cries: Sequence, dsp: DspParams, night: Nig
         dsp: front-end parameters.
         night: SNRs, gap, longest cry.
         seed: insertion offsets and cry order.
-        load: ``path → float32 waveform at dsp.sample_rate`` (default :func:`cryblock.io.load_audio`);
+        load: ``path → float32 waveform at dsp.sample_rate`` (default :func:`cryblock.audio.load_audio`);
             unreadable clips are left out.
 
     Raises:
@@ -97,7 +97,7 @@ def build_night(negatives: Sequence, cries: Sequence, dsp: DspParams, night: Nig
     """
     from cryblock.blocks.dsp.features import waveform_to_patches
     from cryblock.errors import AudioError, CryblockError
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
 
     load = load or (lambda p: load_audio(p, dsp.sample_rate))
     sr = dsp.sample_rate

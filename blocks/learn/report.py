@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cryblock.escape import md_cell
-from cryblock.io import atomic_write_text, json_safe
+from cryblock.output import atomic_write_text, json_safe
 
 MODELS = (("teacher", "Teacher (YAMNet)"), ("float", "Student float32"), ("int8", "Student INT8 (TFLM)"))
 

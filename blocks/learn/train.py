@@ -237,7 +237,7 @@ def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike,
             work where possible; nothing is written to ``out_dir`` then).
     """
     from cryblock.data import compute_patches, default_cache_dir, split_by_group
-    from cryblock.io import check_output
+    from cryblock.output import check_output
 
     t_start = time.perf_counter()
     check_output(out_dir, folder=True)
@@ -304,7 +304,7 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
     from cryblock.blocks.deploy.model import inspect_model
     from cryblock.blocks.learn.student import architecture, build_student, count_params
     from cryblock.blocks.learn.teacher import cry_probability
-    from cryblock.io import staging_dir
+    from cryblock.output import staging_dir
 
     t_start = t_start or time.perf_counter()
     learn = params.learn
