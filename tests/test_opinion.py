@@ -79,7 +79,7 @@ def _val_clips(hub_data, cry: bool):
 def test_verdicts_on_real_validation_clips(hub, teacher, hub_data):
     """Real held-out recordings: cries mostly confirmed, other sounds mostly doubtful; a 4 s
     snippet resampled from 8 kHz int16 gives the verdict of its 16 kHz float twin."""
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
     from cryblock.params import Params
 
     op = SecondOpinion(teacher, hub, Params())
@@ -132,7 +132,7 @@ def test_collect_confirm_live(hub, hub_data, tmp_path, teacher_path):
 
     from cryblock.blocks.hub.broker import connect, make_client, parse_broker
     from cryblock.blocks.hub.simulate import Fleet, SimDevice
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
     from cryblock.params import Params
 
     run = tmp_path / "run"

@@ -77,7 +77,7 @@ class HubModel:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``hub_model.npz`` (no pickled objects)."""
-        from cryblock.io import atomic_save_npz
+        from cryblock.output import atomic_save_npz
 
         arrays = {f"w{k}": w for k, w in enumerate(self.weights)} | {f"b{k}": b for k, b in enumerate(self.biases)}
         atomic_save_npz(path, kind=np.array(self.kind), mean=self.mean, scale=self.scale,
