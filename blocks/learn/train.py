@@ -11,6 +11,7 @@ place only when everything succeeded, so a failed run leaves no half-written out
     model.tflite                     float32 student
     model_quantized_int8_io.tflite   INT8 student (int8 in/out), the one deployed
     saved_model.zip                  saved_model/ (Edge Impulse layout)
+    hub_model.npz                    the hub's second-opinion classifier on teacher embeddings
     metrics.json, report.md, report.html, params.json
 """
 from __future__ import annotations
@@ -487,7 +488,7 @@ def train_arrays(train: Split, val: Split, test: Split | None, out_dir: str | os
     t0 = time.perf_counter()
     fitted = fit_split(train, val, params, teacher, t_scores, emb, flat_input=flat_input, log=log)
     timing["train_seconds"] = time.perf_counter() - t0
-    del t_scores, emb
+    del t_scores
     models, pos_index = fitted.models, fitted.pos_index
 
     staging = staging_dir(out)
@@ -501,6 +502,16 @@ def train_arrays(train: Split, val: Split, test: Split | None, out_dir: str | os
         timing["export_seconds"] = time.perf_counter() - t0
         if fitted.head is not None:
             fitted.head.save(staging / TEACHER_HEAD_NAME)
+        # --- the hub's second-opinion model on the embeddings of the kept training windows (hub.opinion)
+        from cryblock.blocks.hub.opinion import HUB_MODEL_NAME, fit_hub_model
+
+        _, emb_val = distill.teacher_outputs(teacher, val.x, None if cache is None else cache / "teacher")
+        hub = fit_hub_model(emb[fitted.keep], (np.asarray(train.y) == pos_index)[fitted.keep], emb_val,
+                            np.asarray(val.y) == pos_index, val.clip_index, label=learn.positive_label, seed=learn.seed)
+        hub.save(staging / HUB_MODEL_NAME)
+        log(f"hub model: {hub.kind} (validation AUC " + ", ".join(f"{k} {v:.3f}" for k, v in hub.val_auc.items())
+            + f"), threshold {hub.threshold:.3f}")
+        del emb, emb_val
         t_score = teacher_scorer(teacher, params, fitted.head, cache)
         scorers, runner = model_scorers(fitted, exp.int8_tflite, t_score)
 
