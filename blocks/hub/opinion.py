@@ -15,7 +15,8 @@ is calibrated on the run's *validation* clips: the highest value that keeps :dat
 the positive clips (clip score = maximum over its windows), so confirmation costs at most
 5 % of real cries on validation data; ``threshold=`` overrides it.
 
-:func:`cascade` measures device alone vs device + hub on a night stream (``bench/cascade.py``).
+:func:`confirmer` makes the hub a second stage of the night's detector: the cross-validated
+nights report device alone vs device + hub (``cryblock demo``, ``cryblock evaluate --cv``).
 """
 from __future__ import annotations
 
@@ -272,67 +273,21 @@ def _confirmed_states(states: np.ndarray, hub: np.ndarray, threshold: float, hop
     return out, len(runs), kept
 
 
-def cascade(night, device, hub, det, threshold: float) -> dict:
-    """Device alone vs device + hub confirmation on a night stream.
+#: The hub's verdict comes once the snippet is complete: this long after the device's alert, s.
+CONFIRM_DELAY_S = mf.SNIPPET_POST_S
+
+
+def confirmer(night, hub, threshold: float):
+    """The hub as a second stage of the night's detector (``confirm`` of
+    :func:`cryblock.blocks.learn.night.judge`): every alert whose snippet's hub score is below
+    ``threshold`` is switched off.
 
     Args:
-        night: :class:`~cryblock.blocks.learn.night.NightStream`.
-        device: the device model's :class:`~cryblock.blocks.learn.night.NightScores` (its alerts).
-        hub: the hub's per-patch scores of the same night (NightScores).
-        det: the device's detector setting.
+        night: the :class:`~cryblock.blocks.learn.night.Night`.
+        hub: the hub's per-patch scores of it (:class:`~cryblock.blocks.learn.night.NightScores`).
         threshold: hub threshold of the verdict.
-
-    Returns:
-        ``{"device": {...}, "cascade": {...}}``, each with ``recall`` per SNR, ``mean_recall``,
-        ``false_alerts``, ``fa_per_8h``, ``fa_per_8h_ci``, ``alerts`` (background alerts seen);
-        the cascade's are the alerts whose snippet the hub confirmed. An episode counts as
-        detected as in :func:`~cryblock.blocks.learn.night.judge` (detector on within its window).
     """
-    from cryblock.blocks.learn.night import LATENCY_S, poisson_interval
-    from cryblock.detector import detector_states
-
-    hop_s, patch_s = night.hop_s, night.patch_s
-    hop_ms = int(round(hop_s * 1000))
-    hours = night.duration_s / 3600.0
-    out = {}
-    for name, confirm in (("device", False), ("cascade", True)):
-        recall = {}
-        for snr, s in device.streams.items():
-            st = detector_states(s, det, hop_ms).astype(np.int64)
-            if confirm:
-                st, _, _ = _confirmed_states(st, hub.streams[snr], threshold, hop_s, patch_s)
-            on = np.r_[0, np.cumsum(st)]
-            eps, n = night.episodes[snr], len(st)
-            i0 = np.clip(np.floor(np.array([e.start_s - patch_s for e in eps]) / hop_s).astype(int) + 1, 0, n)
-            i1 = np.clip(np.floor(np.array([e.end_s + LATENCY_S for e in eps]) / hop_s).astype(int) + 1, 0, n)
-            hits = (on[i1] - on[i0]) > 0 if eps else np.zeros(0, bool)
-            recall[snr] = float(np.mean(hits)) if len(hits) else float("nan")
-        bg = detector_states(device.background, det, hop_ms).astype(np.int64)
-        n_alerts = int(np.sum(np.diff(np.r_[0, bg]) == 1))
-        k = n_alerts
-        if confirm:
-            _, n_alerts, k = _confirmed_states(bg, hub.background, threshold, hop_s, patch_s)
-        lo, hi = poisson_interval(k)
-        vals = [r for r in recall.values() if r == r]
-        out[name] = {"recall": recall, "mean_recall": float(np.mean(vals)) if vals else float("nan"),
-                     "false_alerts": k, "alerts": n_alerts, "hours": hours,
-                     "fa_per_8h": k / hours * 8 if hours else float("nan"),
-                     "fa_per_8h_ci": (lo / hours * 8, hi / hours * 8) if hours else (float("nan"),) * 2}
-    return out
-
-
-def night_opinion_scores(night, opinion: SecondOpinion):
-    """The teacher's and the hub's per-patch scores of a night: two NightScores."""
-    from cryblock.blocks.learn.night import NightScores
-
-    tb, hb = opinion.patch_scores(night.background)
-    t_streams, h_streams = {}, {}
-    for snr, (changed, patches) in night.mixed.items():
-        t, h = tb.astype(np.float64), hb.astype(np.float64)
-        if len(changed):
-            tc, hc = opinion.patch_scores(patches)
-            t, h = t.copy(), h.copy()
-            t[changed], h[changed] = tc, hc
-        t_streams[snr], h_streams[snr] = t, h
-    return NightScores(tb.astype(np.float64), t_streams), NightScores(hb.astype(np.float64), h_streams)
-
+    def confirm(key, states):
+        h = hub.backgrounds[key] if isinstance(key, str) else hub.streams[key]
+        return _confirmed_states(np.asarray(states), h, threshold, night.hop_s, night.patch_s)[0]
+    return confirm

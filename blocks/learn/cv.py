@@ -84,7 +84,7 @@ def fold_clips(clips, k: int, seed: int) -> list[np.ndarray]:
 
 def cross_validate(ps, params: Params, teacher, label_index: dict[str, int], *, k: int | None = None, cache=None,
                    train_filter: Callable | None = None, models: tuple[str, ...] = ("teacher", "float", "int8"),
-                   log: Log = print) -> CrossValidation:
+                   hub: bool = True, log: Log = print) -> CrossValidation:
     """K-fold cross-validation of the recipe ``params`` on the clips of ``ps`` (see the module
     docstring).
 
@@ -98,6 +98,9 @@ def cross_validate(ps, params: Params, teacher, label_index: dict[str, int], *, 
             still validated and tested) — for ablations such as "without the new negatives".
         models: which of teacher / float / int8 to judge (ablations compare recipes on the float
             student; without int8 no INT8 model is exported).
+        hub: also fit each fold's hub model (:func:`cryblock.blocks.hub.opinion.fit_hub_model`, on
+            the teacher embeddings of its training windows) and judge the INT8 device with the hub's
+            confirmation on the test nights (the cascade).
         log: progress lines.
 
     Raises:
@@ -140,9 +143,17 @@ def cross_validate(ps, params: Params, teacher, label_index: dict[str, int], *, 
         if "int8" in models:
             rep = export.representative_patches(train.x[fitted.keep], 300, learn.seed)
             int8 = export.int8_only(fitted.models.model, rep, fitted.models.logits_model)
+        hub_model = None
+        if hub and int8 is not None:
+            from cryblock.blocks.hub.opinion import fit_hub_model
+
+            va_mask = np.isin(ps.clip_index, va_idx)
+            hub_model = fit_hub_model(emb[tr_mask][fitted.keep], (np.asarray(train.y) == pos_index)[fitted.keep],
+                                      emb[va_mask], np.asarray(val.y) == pos_index, val.clip_index,
+                                      label=learn.positive_label, seed=learn.seed)
         del train
-        t_score = teacher_scorer(teacher, params, fitted.head, cache)
-        scorers, runner = model_scorers(fitted, int8, t_score)
+        t_scorers = teacher_scorer(teacher, params, fitted.head, cache, hub_model)
+        scorers, runner = model_scorers(fitted, int8, t_scorers["teacher"])
         scorers = {m: scorers[m] for m in models}
         try:
             te_mask = np.isin(ps.clip_index, test_idx)
@@ -150,7 +161,9 @@ def cross_validate(ps, params: Params, teacher, label_index: dict[str, int], *, 
                           (cry_probability(t_scores[te_mask]) if cry
                            else fitted.head.proba(emb[te_mask])[:, pos_index]).astype(np.float64)) for m in models}
             fold = evaluate.evaluate_fold(scorers, val, test, params, pos_index, cache=cache, seed=[learn.seed, f],
-                                          test_window=window, log=log)
+                                          test_window=window, log=log,
+                                          test_extra={"hub": t_scorers["hub"]} if hub_model is not None else None)
+            fold.hub_threshold = hub_model.threshold if hub_model is not None else None
             if not cost and int8 is not None:
                 from cryblock.blocks.deploy.model import inspect_model
                 from cryblock.blocks.learn.student import architecture, count_params

@@ -403,6 +403,8 @@ class Fold:
         val, val_window: the validation split and its window scores (for the best-F1 fallback
             when there is no night), or None.
         val_night, val_scores: the validation night (episodes only) and its scores, or None.
+        hub_threshold: the verdict threshold of the hub model whose scores ``test_scores["hub"]``
+            hold (the cascade), or None.
     """
 
     test: object | None
@@ -413,6 +415,7 @@ class Fold:
     val_window: dict | None = None
     val_night: object | None = None
     val_scores: dict | None = None
+    hub_threshold: float | None = None
 
 
 def waves_for(params, cache) -> "object":
@@ -447,7 +450,7 @@ def _score_night(night, scorers: dict, what: str, log):
 
 
 def evaluate_fold(scorers: dict, val, test, params, pos_index: int, *, cache=None, seed: int | None = None,
-                  test_window: dict | None = None, log=print) -> Fold:
+                  test_window: dict | None = None, test_extra: dict | None = None, log=print) -> Fold:
     """Score one fold: the test windows, the validation night (episodes only; when the
     validation split carries clips) and the test night (single cries and episodes), each patch
     once for all ``scorers``.
@@ -459,6 +462,7 @@ def evaluate_fold(scorers: dict, val, test, params, pos_index: int, *, cache=Non
         cache: cache folder (decoded audio for the nights) or None.
         seed: night seed, an int or a list of ints (default ``params.learn.seed``).
         test_window: the test windows' scores when already computed (then ``test.x`` is unused).
+        test_extra: scorers of the test night only (``hub``: the second opinion, for the cascade).
     """
     seed = [int(v) for v in np.atleast_1d(params.learn.seed if seed is None else seed)]
     waves = waves_for(params, cache)
@@ -472,7 +476,7 @@ def evaluate_fold(scorers: dict, val, test, params, pos_index: int, *, cache=Non
         fold.val_window = {k: np.asarray(f(val.x), dtype=np.float64).reshape(-1) for k, f in scorers.items()}
     if test is not None and test.clips is not None:
         fold.test_night = split_night(test, pos_index, params, [*seed, 2], waves, singles=True)
-        fold.test_scores = _score_night(fold.test_night, scorers, "test night", log)
+        fold.test_scores = _score_night(fold.test_night, {**scorers, **(test_extra or {})}, "test night", log)
     return fold
 
 
@@ -510,7 +514,8 @@ def choose_settings(folds: list[Fold], params, *, log=print) -> tuple[dict, dict
     from cryblock.blocks.learn.night import calibrate
 
     with_night = [f for f in folds if f.val_night is not None]
-    models = list((with_night[0].val_scores if with_night else folds[0].window or {}).keys()) or ["teacher", "float", "int8"]
+    models = [k for k in (with_night[0].val_scores if with_night else folds[0].window or {})] or ["teacher", "float",
+                                                                                                  "int8"]
     settings = {k: params.detector for k in models}
     if with_night:
         calibration = {}
@@ -620,6 +625,13 @@ def summarise(folds: list[Fold], params, pos_index: int, settings: dict, calibra
             res["det"] = det_curve(pairs, det)
         if calibration and k in calibration:
             res["calibration"] = calibration[k]
+        if k == "int8" and nights and all("hub" in f.test_scores and f.hub_threshold is not None for f in nights):
+            from cryblock.blocks.hub.opinion import CONFIRM_DELAY_S, confirmer
+
+            v = pool([judge(f.test_night, f.test_scores[k], det, confirm_delay_s=CONFIRM_DELAY_S,
+                            confirm=confirmer(f.test_night, f.test_scores["hub"], f.hub_threshold)) for f in nights])
+            res["cascade"] = verdict_summary(v, params.night.snrs_db)
+            res["cascade"]["hub_thresholds"] = [f.hub_threshold for f in nights]
         out[k] = res
     if "int8" in out and "float" in out and tests:
         a = np.concatenate([f.window["int8"] for f in tests])

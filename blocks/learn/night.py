@@ -754,14 +754,21 @@ class Verdict:
         return float(np.mean(vals)) if vals else float("nan")
 
 
-def _fa_of(night: Night, scores: NightScores, det: DetectorParams, hop_ms: int, details: bool) -> tuple[list, dict]:
+#: ``(key, detector states [T]) → states``: a second stage that may switch alerts off (the hub's
+#: confirmation, :func:`cryblock.blocks.hub.opinion.confirmer`); key = background name or stream index.
+Confirm = Callable[[object, np.ndarray], np.ndarray]
+
+
+def _fa_of(night: Night, scores: NightScores, det: DetectorParams, hop_ms: int, details: bool,
+           confirm: Confirm | None) -> tuple[list, dict]:
     alerts, hours = [], {}
     for name, bg in night.backgrounds.items():
         hours[name] = night.hours(name)
         s = scores.backgrounds.get(name)
         if s is None or not len(s):
             continue
-        on = detector_states(s, det, hop_ms).astype(bool)
+        on = detector_states(s, det, hop_ms)
+        on = (on if confirm is None else confirm(name, on)).astype(bool)
         starts = np.flatnonzero(on & ~np.r_[False, on[:-1]])
         if not details:
             alerts += [{"background": name}] * len(starts)
@@ -776,19 +783,22 @@ def _fa_of(night: Night, scores: NightScores, det: DetectorParams, hop_ms: int, 
     return alerts, hours
 
 
-def judge(night: Night, scores: NightScores, det: DetectorParams, *, details: bool = True) -> Verdict:
+def judge(night: Night, scores: NightScores, det: DetectorParams, *, details: bool = True,
+          confirm: Confirm | None = None, confirm_delay_s: float = 0.0) -> Verdict:
     """Every insertion's outcome and every false alert of one detector setting (see the module
-    docstring)."""
+    docstring). With ``confirm`` a second stage filters the detector's states (alerts it does not
+    confirm are gone) and every alert comes ``confirm_delay_s`` later (the audio it waits for)."""
     hop = night.dsp.patch_hop_samples
     size = night.dsp.patch_samples
     sr = night.sample_rate
     hop_ms = int(round(night.hop_s * 1000))
     lat = int(LATENCY_S * sr)
     records = []
-    for s, sc in zip(night.streams, scores.streams):
+    for si, (s, sc) in enumerate(zip(night.streams, scores.streams)):
         if not s.insertions:
             continue
-        on_idx = np.flatnonzero(detector_states(sc, det, hop_ms))
+        states = detector_states(sc, det, hop_ms)
+        on_idx = np.flatnonzero(states if confirm is None else confirm(si, states))
         starts = np.array([i.start for i in s.insertions], np.int64)
         ends = np.array([i.end for i in s.insertions], np.int64)
         i0 = np.maximum(0, (starts - size) // hop + 1)
@@ -796,7 +806,7 @@ def judge(night: Night, scores: NightScores, det: DetectorParams, *, details: bo
         k = np.searchsorted(on_idx, i0)
         first = np.where(k < len(on_idx), on_idx[np.minimum(k, len(on_idx) - 1)] if len(on_idx) else 0, -1)
         hit = (first >= 0) & (first < i1)
-        tta = np.where(hit, (first * hop + size - starts) / sr, np.inf)
+        tta = np.where(hit, (first * hop + size - starts) / sr + confirm_delay_s, np.inf)
         for ins, h, t in zip(s.insertions, hit, tta):
             rec = {"kind": ins.kind, "background": s.background, "snr": s.snr_db, "detected": bool(h),
                    "time_to_alert": float(max(0.0, t))}
@@ -804,7 +814,7 @@ def judge(night: Night, scores: NightScores, det: DetectorParams, *, details: bo
                 rec.update(group=ins.group, clip=ins.clip, seconds=(ins.end - ins.start) / sr,
                            start_s=ins.start / sr)
             records.append(rec)
-    alerts, hours = _fa_of(night, scores, det, hop_ms, details)
+    alerts, hours = _fa_of(night, scores, det, hop_ms, details, confirm)
     return Verdict(records, alerts, hours)
 
 

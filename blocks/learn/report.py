@@ -224,6 +224,22 @@ def group_table(metrics: dict, key: str = "int8", limit: int = 12) -> str:
     return "\n".join(rows)
 
 
+def cascade_table(metrics: dict) -> str:
+    """Markdown: the INT8 device alone vs the device with the hub's confirmation (YAMNet and the
+    hub model on the snippet around each alert): false alerts per 8 h and crying episodes alerted
+    within 10 s (for the hub, its 2 s wait for audio after the onset included)."""
+    m = metrics.get("int8") or {}
+    cas = m.get("cascade")
+    if not cas or not m.get("night"):
+        return ""
+    rows = ["| | false alerts / 8 h (household) | nursery beds | episodes alerted within 10 s (mean) | single cries |",
+            "|---|---|---|---|---|"]
+    for name, v in (("INT8 device alone", m["night"]), ("device + hub confirmation", cas)):
+        rows.append(f"| {name} | {_fa(v)} | {_fa(v, 'nursery')} | {_pct(v['headline_recall'])} | "
+                    f"{_pct(v['single_recall'])} |")
+    return "\n".join(rows)
+
+
 def pareto_table(calibration: dict | None, key: str = "int8", limit: int = 15) -> str:
     """Markdown Pareto front (false alerts per 8 h vs episodes alerted within 10 s) of the
     detector candidates tried on the validation nights, the chosen one marked."""
@@ -447,6 +463,14 @@ def parent_summary(metrics: dict, params) -> list[str]:
             lines += [f"- A single short cry (one clip, ≤ {params.night.max_cry_seconds:g} s) at {mid} dB is caught in "
                       f"{_pct(s_h['recall'])}{_ci_pct(s_h.get('ci'))}: read the episode figures against it — the detector "
                       "waits for sustained crying, which is what a parent needs to hear."]
+        cas = m.get("cascade")
+        cfa = ((cas or {}).get("false_alerts") or {}).get("household")
+        if cfa:
+            lines += [f"- With a home hub confirming each alert (YAMNet and the run's hub model on the 4 s around it, "
+                      "`cryblock collect --confirm`): **" + f"{cfa['per_8h']:.1f} false alerts per night** "
+                      f"[{cfa['per_8h_ci'][0]:.1f}, {cfa['per_8h_ci'][1]:.1f}], with {_pct(cas['headline_recall'])} of crying "
+                      "episodes still alerted within 10 s (the hub's 2 s wait for audio after the onset included; "
+                      f"device alone: {_pct(night.get('headline_recall'))}, both the mean over SNRs and backgrounds)."]
         fn = (night.get("false_alerts") or {}).get("nursery")
         if fn:
             lines += [f"- Over {fn['hours']:.1f} h of nursery noise beds alone: {fn['count']} false alert(s)."]
@@ -510,6 +534,7 @@ def _results_md(metrics: dict, params, title: str) -> list[str]:
     for title2, text in (("Crying episodes: time to alert (INT8)", episode_table(metrics)),
                          ("Single cries detected", single_table(metrics)),
                          ("DET: missed episodes against false alerts", det_table(metrics)),
+                         ("Second opinion: a home hub confirms each alert", cascade_table(metrics)),
                          ("Which sounds alert", category_tables(metrics)),
                          ("Cry groups caught least (INT8)", group_table(metrics))):
         if text:

@@ -17,6 +17,7 @@ place only when everything succeeded, so a failed run leaves no half-written out
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import time
@@ -388,25 +389,37 @@ def fit_split(train: Split, val: Split, params: Params, teacher, t_scores: np.nd
     return Fitted(models, fit, filt, keep, head, pos_index)
 
 
-def teacher_scorer(teacher, params: Params, head, cache_dir: str | os.PathLike | None):
+def teacher_scorer(teacher, params: Params, head, cache_dir: str | os.PathLike | None, hub=None) -> dict:
     """The teacher's positive score of any patches ``[n, 96, 64]`` → ``[n]`` (cry preset: the
-    max of YAMNet's two cry classes; general: the teacher head), cached by the patches' bytes."""
+    max of YAMNet's two cry classes; general: the teacher head), cached by the patches' bytes:
+    ``{"teacher": scorer}``. With a hub model (:class:`cryblock.blocks.hub.opinion.HubModel`) also
+    ``"hub"``: its score of the teacher's embeddings, from the same teacher pass (not cached)."""
     from cryblock.blocks.learn import distill
     from cryblock.blocks.learn.night import teacher_score_cache
     from cryblock.blocks.learn.teacher import cry_probability
 
     learn = params.learn
-    if learn.preset == "cry":
-        def score(x):
-            return cry_probability(teacher.predict(np.asarray(x, np.float32), batch_size=256)[0])
-    else:
-        pos = learn.labels.index(learn.positive_label)
+    pos = 1 if learn.preset == "cry" else learn.labels.index(learn.positive_label)
 
-        def score(x):
-            return head.proba(distill.teacher_outputs(teacher, x, None)[1])[:, pos]
+    def positive(sc, em):
+        return cry_probability(sc) if learn.preset == "cry" else head.proba(em)[:, pos]
+
+    if hub is not None:
+        last: dict = {}
+
+        def outputs(x):
+            if last.get("x") is not x:  # the night scorer hands every model the same batch
+                sc, em = teacher.predict(np.asarray(x, np.float32), batch_size=256)
+                last.update(x=x, teacher=positive(sc, em), hub=hub.proba(em))
+            return last
+        return {"teacher": lambda x: outputs(x)["teacher"], "hub": lambda x: outputs(x)["hub"]}
+
+    def score(x):
+        return positive(*distill.teacher_outputs(teacher, np.asarray(x, np.float32), None))
     ident = f"{getattr(teacher, 'sha256', None) or getattr(teacher, 'path', '')}|{learn.preset}|" + (
-        "" if head is None else str(np.asarray(head.clf.coef_).tobytes().__hash__()))
-    return teacher_score_cache(score, None if cache_dir is None else Path(cache_dir) / "teacher-night", ident)
+        "" if head is None else hashlib.sha1(np.asarray(head.clf.coef_).tobytes()).hexdigest())
+    return {"teacher": teacher_score_cache(score, None if cache_dir is None else Path(cache_dir) / "teacher-night",
+                                           ident)}
 
 
 def model_scorers(fitted: Fitted, int8: bytes | None, teacher_score, *, workers: int | None = None):
@@ -512,14 +525,16 @@ def train_arrays(train: Split, val: Split, test: Split | None, out_dir: str | os
         log(f"hub model: {hub.kind} (validation AUC " + ", ".join(f"{k} {v:.3f}" for k, v in hub.val_auc.items())
             + f"), threshold {hub.threshold:.3f}")
         del emb, emb_val
-        t_score = teacher_scorer(teacher, params, fitted.head, cache)
-        scorers, runner = model_scorers(fitted, exp.int8_tflite, t_score)
+        t_scorers = teacher_scorer(teacher, params, fitted.head, cache, hub)
+        scorers, runner = model_scorers(fitted, exp.int8_tflite, t_scorers["teacher"])
 
         t0 = time.perf_counter()
         if cv is not None:  # the cross-validated recipe's setting, calibrated on its pooled validation nights
             settings, results, calibration, folds = cv.settings, cv.models, None, cv.folds
         else:
-            fold = evaluate.evaluate_fold(scorers, val, test, params, pos_index, cache=cache, log=log)
+            fold = evaluate.evaluate_fold(scorers, val, test, params, pos_index, cache=cache, log=log,
+                                          test_extra={"hub": t_scorers["hub"]})
+            fold.hub_threshold = hub.threshold
             settings, calibration = evaluate.choose_settings([fold], params, log=log)
             results = evaluate.summarise([fold], params, pos_index, settings, calibration) if test is not None else {}
             folds = [fold]
