@@ -117,8 +117,8 @@ def features_cmd(inputs: tuple[str, ...], manifest: Path | None, out: Path, work
     are streamed: memory does not grow with their length."""
     import tempfile
 
-    from cryblock import console
     from cryblock.data import Clip, default_cache_dir, load_manifest, patch_files
+    from cryblock.progress import Progress
     from cryblock.output import NpzWriter, check_output, npy_row_blocks
 
     if manifest is not None and inputs:
@@ -144,9 +144,10 @@ def features_cmd(inputs: tuple[str, ...], manifest: Path | None, out: Path, work
     with tempfile.TemporaryDirectory(prefix="cryblock-features-") as work:
         folder = cache_dir if cache_dir is not None else Path(work)
         Path(folder).mkdir(parents=True, exist_ok=True)
-        with console.progress("features", len(clips), "file", enabled=not quiet) as update:
+        say = None if quiet else (lambda s: click.echo(s, err=True))
+        with Progress(len(clips), f"features of {len(clips)} files", say) as prog:
             results = patch_files(clips, dsp, folder, cached=cache_dir is not None, workers=workers,
-                                  progress=update)
+                                  progress=prog.update)
         skipped = [err for _, _, err in results if err is not None]
         done = [(c, f, n) for c, (f, n, err) in zip(clips, results) if err is None and n]
         if len(clips) == 1 and manifest is None and skipped:

@@ -268,7 +268,7 @@ def run_kind(folder: str | os.PathLike) -> str | None:
         return "tune"
     if (d / "metrics.json").is_file():
         try:
-            if json.loads(read_regular_text(d / "metrics.json")).get("kind") == "evaluation":
+            if json.loads(read_regular_text(d / "metrics.json")).get("kind") in ("evaluation", "cross-validation"):
                 return "evaluation"
         except (OSError, ValueError, AttributeError):
             pass

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryblock.console import native_log_filter
+from cryblock.tflogs import native_log_filter
 from cryblock.errors import CryblockError
 from cryblock.output import atomic_write_bytes
 
@@ -151,3 +151,11 @@ def export_all(model, rep_patches: np.ndarray, out_dir: str | os.PathLike, logit
     fp = atomic_write_bytes(out / FLOAT_NAME, f32)
     ip = atomic_write_bytes(out / INT8_NAME, i8)
     return ExportedModels(f32, i8, zip_path, fp, ip)
+
+
+def int8_only(model, rep_patches: np.ndarray, logits_model=None) -> bytes:
+    """The INT8 flatbuffer alone (as :func:`export_all` makes it, nothing written): for the
+    cross-validation folds, whose models are scored and dropped."""
+    with tempfile.TemporaryDirectory(prefix="cryblock-int8-") as td:
+        sm = export_saved_model(logits_model if logits_model is not None else model, Path(td))
+        return convert_int8(sm, rep_patches, _input_shape(model))

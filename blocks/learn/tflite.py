@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cryblock.blocks.learn.yamnet import NUM_CLASSES, PATCH_SHAPE
-from cryblock.console import native_log_filter
+from cryblock.tflogs import native_log_filter
 from cryblock.errors import CryblockError
 from cryblock.inputs import read_regular_bytes
 

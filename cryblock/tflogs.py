@@ -1,8 +1,5 @@
-"""What a command shows on the terminal while it works: progress, and no TensorFlow log spam.
+"""TensorFlow's native log lines kept off the terminal (progress lines are :mod:`cryblock.progress`'s).
 
-* :func:`progress` reports a long step (features, teacher scores, evaluation): a tqdm bar when
-  stderr is a terminal, else plain lines (one per tenth of the work) that a log file or CI keeps
-  readable.
 * :func:`native_log_filter` keeps TensorFlow's C++ start-up and converter lines off the terminal:
   they are written straight to file descriptor 2, past Python's ``sys.stderr``, so the descriptor
   itself is pointed at a temporary file for the duration, and every line that is not one of the
@@ -19,8 +16,7 @@ import re
 import sys
 import tempfile
 import threading
-import time
-from typing import Callable, Iterator, TextIO
+from typing import Iterator
 
 #: Lines TensorFlow / LiteRT print natively on every run that tell the user nothing: absl's
 #: notice before its logging is set up, info-level (``I``) absl lines such as the oneDNN banner
@@ -87,63 +83,3 @@ def import_tensorflow():
         with native_log_filter():
             import tensorflow  # noqa: F401
     return sys.modules["tensorflow"]
-
-
-#: Least seconds between two progress lines (a log keeps a line per tenth of a long step only).
-LINE_SECONDS = 3.0
-
-
-class _Lines:
-    """tqdm's ``update``/``close`` for a file that is not a terminal: a line at every tenth of the
-    work (at most one per :data:`LINE_SECONDS`) and one when it is done."""
-
-    def __init__(self, total: int, desc: str, unit: str, file: TextIO) -> None:
-        self.total, self.desc, self.unit, self.file = int(total), desc, unit, file
-        self.n, self.shown, self.t0 = 0, 0, time.perf_counter()
-        self.last = self.t0
-
-    def _line(self) -> None:
-        self.last = time.perf_counter()
-        print(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}s ({100 * self.n // self.total} %), "
-              f"{time.perf_counter() - self.t0:.0f} s", file=self.file, flush=True)
-
-    def update(self, k: int = 1) -> None:
-        self.n += int(k)
-        tenth = 10 * self.n // self.total
-        if tenth > self.shown and self.n < self.total and time.perf_counter() - self.last >= LINE_SECONDS:
-            self.shown = tenth
-            self._line()
-
-    def close(self) -> None:
-        if self.n:
-            self._line()
-
-
-@contextlib.contextmanager
-def progress(desc: str, total: int, unit: str = "item", *, enabled: bool = True,
-             file: TextIO | None = None) -> Iterator[Callable[[int], None]]:
-    """Show the progress of a step of ``total`` units; yields ``update(k)``, to call as ``k`` more
-    units are done.
-
-    Args:
-        desc: the step's name, e.g. ``"features"``.
-        total: units of work (clips, patches, batches).
-        unit: the unit's name (singular), e.g. ``"clip"``.
-        enabled: False → nothing is shown (quiet runs, library use).
-        file: where to show it (default ``sys.stderr``): a tqdm bar that disappears when the step
-            ends if it is a terminal, else a line at every tenth of the work (no carriage returns).
-    """
-    out = file if file is not None else sys.stderr
-    if not enabled or total <= 0:
-        yield lambda k=1: None
-        return
-    if out.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=desc, unit=unit, file=out, leave=False, dynamic_ncols=True)
-    else:
-        bar = _Lines(total, desc, unit, out)
-    try:
-        yield bar.update
-    finally:
-        bar.close()
