@@ -6,7 +6,7 @@
   known harmless ones (:data:`NATIVE_NOISE`) is copied back afterwards.
 * :func:`import_tensorflow` imports TensorFlow once inside that filter, with
   ``TF_CPP_MIN_LOG_LEVEL=2`` (TensorFlow's own switch for its info and warning logs) unless the
-  user set it.
+  user set it, and its Python logger at ERROR.
 """
 from __future__ import annotations
 
@@ -77,9 +77,13 @@ def native_log_filter() -> Iterator[None]:
 
 
 def import_tensorflow():
-    """``import tensorflow`` (once) without its start-up banner on the terminal; returns the module."""
+    """``import tensorflow`` (once) without its start-up banner on the terminal, its Python logger
+    at ERROR (its retracing notices between cross-validation folds say nothing to a user); returns
+    the module."""
     if "tensorflow" not in sys.modules:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         with native_log_filter():
             import tensorflow  # noqa: F401
-    return sys.modules["tensorflow"]
+    tf = sys.modules["tensorflow"]
+    tf.get_logger().setLevel("ERROR")
+    return tf
