@@ -252,10 +252,12 @@ def check_output(path: str | os.PathLike, *, folder: bool, what: str = "--out",
 RUN_MARKERS = ("params.json", "metrics.json", "tune.json")
 #: Files and folders cryblock writes into run folders: a command never writes over these in a run
 #: folder it was not asked to replace (blocks/learn/export.py's model names, train.py's teacher
-#: head, report.py's reports, tune.py's table, demo's firmware project).
+#: head, blocks/hub/opinion.py's hub model, calibrate.py's kept params, report.py's reports,
+#: tune.py's table, demo's firmware project, evaluate's default folders).
 RUN_FILES = frozenset({"params.json", "metrics.json", "report.md", "report.html", "model.tflite",
-                       "model_quantized_int8_io.tflite", "saved_model.zip", "teacher_head.npz", "tune.json",
-                       "tune.md", "fw", "evaluation", "candidates", "best"})
+                       "model_quantized_int8_io.tflite", "saved_model.zip", "teacher_head.npz", "hub_model.npz",
+                       "params.before-calibration.json", "tune.json", "tune.md", "fw", "evaluation", "candidates",
+                       "best"})
 
 
 def run_kind(folder: str | os.PathLike) -> str | None:
