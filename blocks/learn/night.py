@@ -172,7 +172,7 @@ class Night:
     streams: list[Stream]
     dsp: DspParams
     dropped: int = 0
-    audio: AudioCache | None = field(default=None, repr=False)
+    waves: WaveCache | None = field(default=None, repr=False)
 
     @property
     def sample_rate(self) -> float:
@@ -267,7 +267,7 @@ class WaveCache:
         return {p: m for p, m in out.items() if m > 0}
 
     def load(self, path: str) -> np.ndarray:
-        """The clip's samples (float16, memory-mapped). Raises AudioError naming it."""
+        """The clip's samples (float16; read whole, so no file stays open). Raises AudioError naming it."""
         f = self.file(str(path))
         if f is None or not f.is_file():
             if f is None or _decode_to((str(path), str(f), self.sample_rate)) <= 0:
@@ -276,7 +276,7 @@ class WaveCache:
 
                 load_audio(path, self.sample_rate)  # raises the reason
                 raise AudioError(f"{path}: cannot be read")
-        return np.load(f, mmap_mode="r")
+        return np.load(f)
 
 
 def _decode_to(args: tuple[str, str, float]) -> int:
@@ -316,7 +316,7 @@ class AudioCache:
         return x
 
     def clip(self, path: str) -> np.ndarray:
-        """A clip's samples (float16 ``[n]``, memory-mapped)."""
+        """A clip's samples (float16 ``[n]``)."""
         return self.get(("clip", path), lambda: self.waves.load(path))
 
     def segment(self, seg: Segment) -> np.ndarray:
@@ -559,7 +559,7 @@ def build_night(negatives: Sequence, cries: Sequence, dsp: DspParams, night: Nig
         made[(j, k)] = ins
     streams = [Stream(b, snr, [made[(j, k)] for k in range(len(streams_raw[(b, snr)])) if (j, k) in made])
                for j, (b, snr) in enumerate(conditions)]
-    return Night(backgrounds, streams, dsp, dropped, cache)
+    return Night(backgrounds, streams, dsp, dropped, waves)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -618,7 +618,7 @@ def score_night(night: Night, scorers: dict[str, Scorer], *, block: int = 1024,
     Returns:
         model name → :class:`NightScores`.
     """
-    cache = night.audio or AudioCache(night.dsp, WaveCache(night.sample_rate))
+    cache = AudioCache(night.dsp, night.waves or WaveCache(night.sample_rate))
     bg_scores = {k: {b: np.zeros(night.n_patches(b)) for b in night.backgrounds} for k in scorers}
     changed: list[dict[str, list[tuple[int, int, np.ndarray]]]] = [{k: [] for k in scorers} for _ in night.streams]
     jobs = []  # (background, first patch, kind 0 = background block / 1 = stream run, stream, last patch)
