@@ -310,11 +310,13 @@ def register(group: click.Group) -> None:
     @click.option("--force", is_flag=True, help=_FORCE_HELP + "; the firmware project in OUT/fw is regenerated")
     @field_options(_LEARN_FLAGS)
     def demo_cmd(data, out, teacher, max_clips, cv, force, **overrides):
-        """The main job: train on the full shared manifest, print the results table and write
-        the ESP32-S3 project for the INT8 student into OUT/fw.
+        """The main job on the full shared manifest: cross-validated nursery nights (--cv folds by
+        group: the parent's summary, every negative second and every cry once), then the model to
+        deploy trained on all groups with the cross-validated detector setting, the results table,
+        and the ESP32-S3 project for the INT8 student in OUT/fw.
 
-        Defaults to 15 epochs (not LearnParams' 30) so the whole job stays well under 30 minutes
-        on 2 CPU cores; pass --epochs to change it."""
+        Defaults to 15 epochs (not LearnParams' 30) and 3 folds so the whole job stays within
+        15 minutes on 2 CPU cores; pass --epochs / --cv to change them."""
         if overrides.get("learn__epochs") is None:
             overrides["learn__epochs"] = DEMO_EPOCHS
         if data is None:
@@ -335,5 +337,10 @@ def register(group: click.Group) -> None:
         fw = generate_project(res.out_dir / "model_quantized_int8_io.tflite", res.out_dir / "fw",
                               Params.load(res.out_dir / "params.json"), BuildOptions(), force=force)
         click.echo("\n" + format_report(fw.report))
+        import resource
+
+        gb = 1024 ** 2  # ru_maxrss is in KiB on Linux
+        click.echo(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / gb:.1f} GB (this process), "
+                   f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / gb:.1f} GB (its largest worker)")
         click.echo(f"ESP-IDF project: {fw.project}  (build: cryblock build --model "
                    f"{res.out_dir / 'model_quantized_int8_io.tflite'} --out {fw.project}, or idf.py build there)")

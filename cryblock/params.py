@@ -393,7 +393,7 @@ class NightParams:
     """
 
     snrs_db: tuple[float, ...] = (0.0, 10.0, 20.0)  #: cry-to-background SNRs, dB
-    gap_seconds: float = 20.0  #: mean background between two insertions, s (uniform ±25 %)
+    gap_seconds: float = 25.0  #: mean background between two insertions, s (uniform ±25 %)
     max_cry_seconds: float = 10.0  #: single inserted cries are cut to this, s
     #: false alerts per 8 h the calibration may spend — on the upper end of the rate's exact 95 %
     #: Poisson interval over the validation nights, not on its point estimate

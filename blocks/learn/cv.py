@@ -21,8 +21,6 @@ folds; each fold's night is seeded by ``[learn.seed, fold]``.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -249,7 +247,7 @@ def evaluate_cross_validated(run_dir, manifest, out_dir, *, k: int | None = None
     from cryblock.blocks.learn.evaluate import load_run, tuned_on
     from cryblock.blocks.learn.train import _teacher, load_patches, prepare_clips
     from cryblock.data import default_cache_dir
-    from cryblock.output import check_run_output, staging_dir
+    from cryblock.output import check_run_output
 
     t_start = time.perf_counter()
     check_run_output(out_dir, "evaluation", force=force, inputs=(run_dir, manifest, teacher))
@@ -269,14 +267,6 @@ def evaluate_cross_validated(run_dir, manifest, out_dir, *, k: int | None = None
                **cv.models, "cv": cv.summary,
                "detector": {**params.to_dict()["detector"], "tuned_on": tuned_on(params, None, cv.summary)},
                "timing": {"total_seconds": time.perf_counter() - t_start}}
-    out = Path(out_dir)
-    staging = staging_dir(out)
-    try:
-        report.write_metrics(staging, metrics)
-        report.write_reports(staging, metrics, params, cv.folds)
-        for f in sorted(staging.iterdir()):
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    report.publish(out_dir, metrics, params, cv.folds)
     log(report.results_table(metrics))
     return metrics

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -830,7 +829,7 @@ def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | 
     from cryblock.blocks.learn.train import Split
     from cryblock.data import deduplicate, default_cache_dir, load_manifest, patch_files
     from cryblock.errors import DataError
-    from cryblock.output import check_run_output, staging_dir
+    from cryblock.output import check_run_output
     from cryblock.progress import Progress
 
     check_run_output(out_dir, "evaluation", force=force, inputs=(run_dir, manifest, teacher))
@@ -911,14 +910,6 @@ def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | 
                **{k: results.get(k) for k in scorers}, "int8_vs_float": results.get("int8_vs_float"),
                "cost": run.metrics.get("cost", {}), "detector": params.to_dict()["detector"],
                "night": results.get("night") or {}, "undefined": undefined}
-    out = Path(out_dir)
-    staging = staging_dir(out)
-    try:
-        report.write_metrics(staging, metrics)
-        report.write_reports(staging, metrics, params, [fold])
-        for f in sorted(staging.iterdir()):
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    report.publish(out_dir, metrics, params, [fold])
     log(report.results_table(metrics))
     return metrics

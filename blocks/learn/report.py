@@ -464,8 +464,8 @@ def parent_summary(metrics: dict, params) -> list[str]:
         cas = m.get("cascade")
         cfa = ((cas or {}).get("false_alerts") or {}).get("household")
         if cfa:
-            lines += [f"- With a home hub confirming each alert (YAMNet and the run's hub model on the 4 s around it, "
-                      "`cryblock collect --confirm`): **" + f"{cfa['per_8h']:.1f} false alerts per night** "
+            lines += ["- With a home hub confirming each alert (YAMNet and the run's hub model on the 4 s around it, "
+                      f"`cryblock collect --confirm`): **{cfa['per_8h']:.1f} false alerts per night** "
                       f"[{cfa['per_8h_ci'][0]:.1f}, {cfa['per_8h_ci'][1]:.1f}], with {_pct(cas['headline_recall'])} of crying "
                       "episodes still alerted within 10 s (the hub's 2 s wait for audio after the onset included; "
                       f"device alone: {_pct(night.get('headline_recall'))}, both the mean over SNRs and backgrounds)."]
@@ -589,6 +589,25 @@ def _evaluation_md(metrics: dict, params) -> str:
     return "\n".join(lines)
 
 
+def publish(out_dir: str | Path, metrics: dict, params, folds: list | None = None) -> None:
+    """metrics.json, report.md and report.html written into a staging folder inside ``out_dir``
+    and moved into place together (an evaluation never leaves half a report)."""
+    import os
+    import shutil
+
+    from cryblock.output import staging_dir
+
+    out = Path(out_dir)
+    staging = staging_dir(out)
+    try:
+        write_metrics(staging, metrics)
+        write_reports(staging, metrics, params, folds)
+        for f in sorted(staging.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_reports(out_dir: str | Path, metrics: dict, params, folds: list | None = None) -> None:
     """Write ``report.md`` and ``report.html`` (plots embedded) into ``out_dir``, atomically — of a
     training run, a cross-validation, or ``cryblock evaluate`` (``metrics["kind"] == "evaluation"``).
@@ -620,7 +639,8 @@ def write_reports(out_dir: str | Path, metrics: dict, params, folds: list | None
             imgs.append(("ROC curves (pooled held-out windows)", roc_figure(curves)))
     settings = {k: setting_from_dict(m["detector_setting"]) for k in ("teacher", "float", "int8")
                 if (m := metrics.get(k)) and m.get("detector_setting")}
-    night_fold = next((f for f in tests if f.test_night is not None and f.test_scores), None)
+    night_fold = next((f for f in tests if f.test_night is not None and f.test_scores
+                       and any(st.insertions for st in f.test_night.streams)), None)
     if night_fold is not None and "int8" in settings:
         imgs.append(("Nursery night (first fold)", night_figure(night_fold.test_night, night_fold.test_scores, settings)))
     if tests:
