@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from cryblock.audio import MAX_INPUT_RATE, MIN_INPUT_RATE
 from cryblock.errors import CryblockError
 from cryblock.params import DspParams
 
@@ -117,8 +118,8 @@ def _work_of(n_values: int, args: dict[str, Any]) -> float:
     except (TypeError, ValueError, OverflowError):
         return 1.0  # reported by generate_features
     n_axes = max(1, len(args["axes"])) if isinstance(args["axes"], list) else 1
-    if not (math.isfinite(rate) and rate > 0):
-        return 1.0
+    if not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:  # also NaN; 1e-300 Hz would make the work infinite
+        return 1.0  # reported by generate_features
     ref = DspParams()
     n = n_values / n_axes * dsp.sample_rate / rate
     patches = 1 + max(0, math.ceil((n - dsp.patch_samples) / dsp.patch_hop_samples))

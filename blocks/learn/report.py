@@ -260,6 +260,19 @@ def pareto_table(calibration: dict | None, key: str = "int8", limit: int = 15) -
     return "\n".join(rows)
 
 
+def _pyplot():
+    """``matplotlib.pyplot`` for the report's figures: the Agg backend, and every text literal —
+    mathtext off (``text.parse_math``), so a ``$`` in a file, label or category name is drawn as
+    it is instead of being parsed as TeX (``baby$_$cry.wav`` used to abort the report)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -271,10 +284,7 @@ def _png(fig) -> str:
 
 def roc_figure(curves: dict) -> str:
     """Base64 PNG of ROC curves; ``curves[name] = (y_window, s_window, y_clip, s_clip)``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
@@ -295,10 +305,7 @@ def roc_figure(curves: dict) -> str:
 def timeline_figure(timelines: list[dict], threshold: float) -> str:
     """Base64 PNG: scores of the three models over each given clip (one panel per clip; x in
     seconds) with the detector threshold. Each dict: name, hop_seconds, label, teacher, float, int8."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(len(timelines), 1, figsize=(10, 3.0 * len(timelines)), squeeze=False)
     for ax, tl in zip(axes[:, 0], timelines):
@@ -318,10 +325,7 @@ def night_figure(night, night_scores: dict, settings: dict, snr: float | None = 
     model's score over time (minutes), the laid-in cries shaded (green: the INT8 detector caught
     it — an episode within 10 s —, red: missed), the INT8 false alerts marked, the INT8 threshold
     dashed; legend below the plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from cryblock.blocks.learn.night import HEADLINE_WITHIN_S, judge
 
@@ -358,10 +362,7 @@ def det_figure(metrics: dict) -> str:
     """Base64 PNG: DET curves (miss rate of crying episodes within 10 s against false alerts per
     hour of household audio, log axes) of teacher / float / INT8, each at its votes and hold, the
     deployed points marked, the one-per-night line (0.125 / h) dotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for key, name in MODELS:
@@ -388,10 +389,7 @@ def det_figure(metrics: dict) -> str:
 def detect_figure(results: list[dict], threshold: float) -> bytes:
     """PNG bytes for ``cryblock detect``: per recording, the INT8 score over time, the threshold
     and the alerts the firmware would raise (shaded)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(len(results), 1, figsize=(12, 2.6 * len(results)), squeeze=False)
     for ax, r in zip(axes[:, 0], results):
@@ -698,7 +696,7 @@ def _md_text(s: str) -> str:
 def _md_to_html(md: str) -> str:
     """Tiny converter for the report's own Markdown (headings, tables, bullet lists, paragraphs)."""
     out, in_table, in_list = [], False, False
-    for line in md.splitlines():
+    for line in md.split("\n"):  # our own line breaks only: str.splitlines() also splits at U+2028, U+0085, …
         if line.startswith("|"):
             cells = _md_cells(line)
             if set("".join(cells)) <= set("-"):
