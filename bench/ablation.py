@@ -170,6 +170,7 @@ def main(argv=None) -> int:
                                 log=lambda s: print(f"  {name}, seed {seed}: {s}", flush=True)
                                 if s.startswith(("fold", "detector calibrated")) and "done" in s or "calibrated" in s
                                 else None)
+            (out / f"{name.replace(' ', '_')}-seed{seed}.json").write_text(json.dumps(json_safe(cv.models)))
             rows = [(name, summary_row(cv.models, cv.summary, time.perf_counter() - t0))]
             if name == "base":
                 rows.append(("short votes", short_votes_row(cv, p)))
