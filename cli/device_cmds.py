@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cryblock.blocks.deploy import bench, capture, config, flash
+from cryblock.escape import printable
 from cryblock.io import check_output
 
 from .options import FiniteFloat
@@ -47,7 +48,7 @@ def _live_printer(quiet: bool):
         if rec is not None:
             click.echo(capture.format_record(rec))
         elif raw.strip():
-            click.echo("# " + capture.printable(raw), err=True)
+            click.echo("# " + printable(raw), err=True)
     return on_line
 
 

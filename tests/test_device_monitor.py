@@ -356,3 +356,14 @@ def test_odd_ports_are_one_line_errors(port: str) -> None:
     r = _run(["monitor", "--port", port, "--seconds", "1"])
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
+
+
+def test_capture_and_bench_do_not_import_each_other() -> None:
+    """One concept per module: capture reads the port, bench summarises records (no import cycle)."""
+    import ast
+
+    def imports(mod) -> set[str]:
+        tree = ast.parse(Path(mod.__file__).read_text())
+        return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+    assert not any(m.endswith("capture") for m in imports(bench))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,8 +19,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from cryblock.errors import CryblockError, ParameterError, one_line
+from cryblock.escape import printable
 from cryblock.io import atomic_write_text, json_safe
 from cryblock.logformat import MAGIC, Record, parse_line
+
+from .bench import summarize
 
 
 #: The firmware console speed (ESP-IDF ``CONFIG_ESP_CONSOLE_UART_BAUDRATE`` default), Bd.
@@ -78,18 +80,6 @@ class LogRecord:
 
 
 _OTHER_VERSION = re.compile(rb"CRYB/(\d+) ")
-
-
-def _value(v: str) -> int | float | str:
-    try:
-        return int(v)
-    except ValueError:
-        pass
-    try:
-        f = float(v)
-        return f if math.isfinite(f) else v
-    except ValueError:
-        return v
 
 
 class LogCapture:
@@ -184,8 +174,6 @@ class LogCapture:
 
     def summary(self, capture_s: float | None = None) -> dict:
         """Summary of everything captured so far (:func:`cryblock.blocks.deploy.bench.summarize`)."""
-        from .bench import summarize
-
         return summarize(self, capture_s)
 
 
@@ -379,20 +367,6 @@ def write_capture(result: CaptureResult, csv_path: str | Path | None = None,
         doc["garbage_samples"] = result.log.garbage_samples
         out.append(atomic_write_text(json_path, json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n"))
     return out
-
-
-_ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(raw: bytes | str) -> str:
-    """A line made safe for a terminal: UTF-8 decoded (bad bytes → U+FFFD), ESP_LOG colour codes
-    removed, other control characters (which noise — or a field value of a checksum-valid line —
-    could turn into terminal escape sequences) shown as ``?``; newlines and tabs are kept."""
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    return _CONTROL.sub("?", _ANSI_SGR.sub("", text))
 
 
 def format_record(rec: LogRecord) -> str:
