@@ -693,3 +693,125 @@ def test_emulate_compare_lines_up_firmware_and_python(student, tmp_path):
     assert not em.compare("a", pcm, model, params, fw(q, drop=len(q) - 1)).ok
     lines = em.replay_lines(pcm)
     assert lines[-1] == "pcm end" and len(lines) == -(-len(pcm) // 512) + 1
+
+
+# ------------------------------------------------------------------------------------------------
+# a --out someone else prepared: nothing outside it is deleted or written
+# ------------------------------------------------------------------------------------------------
+
+def _listing(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): (os.readlink(p) if p.is_symlink() else p.read_text() if p.is_file() else "/")
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("entries", [
+    {"../victim.txt": None}, {"VICTIM": None}, {"main/../../victim.txt": None}, {"./CMakeLists.txt": None},
+    {"main//main.cc": None}, {"": None}, {"main/main.cc": 42}, {"main/main.cc": "../victim.txt"},
+    {"elsewhere/main.cc": None}, {"ok.txt": None, "elsewhere/x": "0" * 64},
+], ids=["dotdot", "absolute", "dotdot-inside", "dot", "double-slash", "empty", "hash-int", "hash-text",
+        "through-symlink", "through-symlink-hashed"])
+def test_build_refuses_a_marker_that_points_outside_out(student, tmp_path, entries):
+    """Marker entries are relative, normalised paths of regular files inside --out with a SHA-256
+    (or null); anything else is refused before anything is written, deleted or replaced."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "main.cc").write_text("theirs")
+    (elsewhere / "x").write_text("theirs")
+    out = tmp_path / "fw"
+    out.mkdir()
+    (out / "elsewhere").symlink_to(elsewhere)
+    (out / "ok.txt").write_text("mine")
+    entries = {str(victim) if k == "VICTIM" else k: v for k, v in entries.items()}
+    (out / gen.MARKER).write_text(json.dumps({"generator": "cryblock 0.1.0", "files": entries}))
+    before = _listing(tmp_path)
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
+    assert r.exit_code == 2, r.output
+    (err,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert err.startswith((f"error: {out / gen.MARKER}: entry ", f"error: {out / 'elsewhere'}: is a symbolic link"))
+    assert "Traceback" not in r.output
+    assert _listing(tmp_path) == before  # nothing written, deleted or replaced, inside or outside
+
+
+def test_build_never_writes_through_a_symlinked_folder(student, tmp_path):
+    """An old-style marker (no file list) with ``main`` a symlink: before, the 21 generated files of
+    main/ went into the link's target. Now refused, nothing changed; a symlinked generated file is
+    replaced by a regular file (the link, not its target) only with --force."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    out = gen.generate_project(student[0], tmp_path / "fw", Params()).project
+    target = tmp_path / "their_sources"
+    shutil.copytree(out / "main", target)
+    (target / "main.cc").write_text("theirs")
+    shutil.rmtree(out / "main")
+    (out / "main").symlink_to(target)
+    for marker in ({"generator": "cryblock 0.1.0"}, json.loads((out / gen.MARKER).read_text())):
+        (out / gen.MARKER).write_text(json.dumps(marker))
+        before = _listing(tmp_path)
+        r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf", "--force"])
+        assert r.exit_code == 2 and "main: is a symbolic link" in r.stderr, r.output
+        assert _listing(tmp_path) == before
+    # a generated file replaced by a link to someone else's file: counted as edited, the target never written
+    shutil.rmtree(tmp_path / "fw")
+    out = gen.generate_project(student[0], tmp_path / "fw", Params()).project
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "README.md").unlink()
+    (out / "README.md").symlink_to(victim)
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
+    assert r.exit_code == 2 and "README.md changed since cryblock generated" in r.stderr, r.output
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf", "--force"])
+    assert r.exit_code == 0, r.output
+    assert victim.read_text() == "precious" and not (out / "README.md").is_symlink()
+    # sdkconfig as a link is read, never written through
+    (tmp_path / "their_sdkconfig").write_text("CONFIG_CRY_THRESHOLD_X1000=1\n")
+    (out / "sdkconfig").symlink_to(tmp_path / "their_sdkconfig")
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
+    assert r.exit_code == 0 and "sdkconfig is a symbolic link" in r.stderr, r.output
+    assert (tmp_path / "their_sdkconfig").read_text() == "CONFIG_CRY_THRESHOLD_X1000=1\n"
+
+
+def test_install_is_all_or_nothing(student, tmp_path, monkeypatch):
+    """A Ctrl-C (a real SIGINT) or a failing write in the middle of replacing an earlier project's
+    files: before, new model data sat beside the old input scale. Now a signal waits until every file
+    is in place (then takes effect), and a failure puts every old file back."""
+    import signal
+
+    out = gen.generate_project(student[0], tmp_path / "fw", Params().replace(detector={"threshold": 0.3})).project
+    old = _listing(out)
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_ctrl_c(src, dst, **kw):
+        real_replace(src, dst, **kw)
+        if str(dst).endswith("model_data.cc") and not calls:  # the model is in, its scale not yet
+            calls.append(dst)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(gen.os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate_project(student[0], out, Params().replace(detector={"threshold": 0.7}))
+    new = _listing(out)
+    assert "default 700" in new["main/Kconfig.projbuild"] and new != old  # everything installed, then Ctrl-C
+    assert json.loads(new[gen.MARKER])["files"]["main/Kconfig.projbuild"] == gen._sha256(out / "main/Kconfig.projbuild")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")] and calls
+
+    def replace_then_fail(src, dst, **kw):  # a disk error after main/ was replaced
+        if str(dst).endswith("size_report.json") and not calls:
+            calls.append(dst)
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst, **kw)
+
+    calls.clear()
+    monkeypatch.setattr(gen.os, "replace", replace_then_fail)
+    with pytest.raises(OSError):
+        gen.generate_project(student[0], out, Params().replace(detector={"threshold": 0.3}))
+    assert _listing(out) == new and calls  # every file as before the failed install
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
