@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -9,6 +11,7 @@ import click
 from cryblock.blocks.deploy import bench, capture, config, flash
 from cryblock.escape import printable
 from cryblock.io import check_output
+from cryblock.signals import deferred
 
 from .options import FiniteFloat
 
@@ -79,13 +82,19 @@ def monitor_cmd(port: str, baud: int, out_csv: str | None, out_json: str | None,
 
 
 def _finish(res: capture.CaptureResult, out_csv, out_json) -> None:
-    written = capture.write_capture(res, out_csv, out_json)  # first: the capture is never lost
-    if res.port_lost:
-        click.echo(f"warning: serial port went away ({res.stop_reason}); summarising what was captured",
-                   err=True)
-    click.echo(bench.format_summary(res.summary()))
-    for p in written:
-        click.echo(f"wrote {p}")
+    with deferred():  # first, and whole: the capture is never lost, not even to a second Ctrl-C / SIGTERM
+        written = capture.write_capture(res, out_csv, out_json)
+    try:
+        if res.port_lost:
+            click.echo(f"warning: serial port went away ({res.stop_reason}); summarising what was captured",
+                       err=True)
+        click.echo(bench.format_summary(res.summary()))
+        for p in written:
+            click.echo(f"wrote {p}")
+    except OSError:  # the terminal is gone (SIGHUP) or the pipe closed: the files are written
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(devnull, stream.fileno())  # so that flushing at exit cannot fail either
 
 
 @click.command("bench")

@@ -367,3 +367,78 @@ def test_capture_and_bench_do_not_import_each_other() -> None:
         return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
 
     assert not any(m.endswith("capture") for m in imports(bench))
+
+
+# ---- every way of ending a capture keeps it (real signals, a real terminal hang-up) -------------
+
+def _capture_until(cmd: list[str], end: str, fake: FakeDevice) -> tuple[int, str]:
+    """Run ``cryblock <cmd>`` in a new session whose terminal is a pty, let it capture for a while,
+    then end it by ``end``: "SIGTERM" (what ``timeout`` and ``kill`` send) or "hangup" (the terminal
+    goes away, as with a dropped SSH session: the kernel sends SIGHUP and the terminal fails).
+    Returns (exit status, what the terminal showed)."""
+    import os
+    import pty
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["setsid", "--ctty", sys.executable, "-m", "cryblock.cli", *cmd],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    shown = bytearray()
+    done = threading.Event()
+
+    def drain():
+        while not done.is_set():
+            try:
+                shown.extend(os.read(master, 65536))
+            except OSError:
+                return
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert fake.opened.wait(60), "the capture never opened the port"
+        deadline = time.monotonic() + 30
+        while fake._written < 60 and time.monotonic() < deadline:  # ≥ 0.5 s of records captured
+            time.sleep(0.05)
+        if end == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            done.set()
+            os.close(master)  # hang-up: SIGHUP to the session, EIO on every later write to the terminal
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        done.set()
+        try:
+            os.close(master)
+        except OSError:
+            pass
+        reader.join(timeout=5)
+    return code, shown.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("cmd,end", [("monitor", "SIGTERM"), ("monitor", "hangup"), ("bench", "SIGTERM")])
+def test_sigterm_and_hangup_keep_the_capture(tmp_path: Path, cmd: str, end: str) -> None:
+    """Before, SIGTERM (``timeout 8h cryblock monitor``) and SIGHUP (a closed SSH session) killed the
+    capture and lost every record; only Ctrl-C saved them. Now all of them end it like Ctrl-C."""
+    args = (["monitor", "--out", str(tmp_path / "m.csv"), "--json", str(tmp_path / "m.json")] if cmd == "monitor"
+            else ["bench", "--seconds", "600", "--out-dir", str(tmp_path)])
+    with FakeDevice(endless_stream(), close_at_end=False) as fake:
+        code, shown = _capture_until([args[0], "--port", fake.port, *args[1:]], end, fake)
+    doc = json.loads((tmp_path / ("m.json" if cmd == "monitor" else "bench.json")).read_text())
+    s = doc["summary"]
+    assert code == 0, shown
+    # a hang-up: SIGHUP, or first the failed write of a live line to the vanished terminal (EIO)
+    assert s["stop_reason"] in (("interrupted (SIGTERM)",) if end == "SIGTERM" else
+                                ("interrupted (SIGHUP)", "live output failed: [Errno 5] Input/output error"))
+    assert s["records"]["BOOT"] == 1 and s["records"]["INF"] >= 40 and s["lost_inferences"] == 0
+    rows = list(csv.DictReader((tmp_path / ("m.csv" if cmd == "monitor" else "bench.csv")).open()))
+    assert len(rows) == len(doc["records"]) == sum(s["records"].values())
+    assert "Traceback" not in shown
+    if end == "SIGTERM":
+        assert "stopped: interrupted (SIGTERM)" in shown and "wrote " in shown

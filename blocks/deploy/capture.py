@@ -22,6 +22,7 @@ from cryblock.errors import CryblockError, ParameterError, one_line
 from cryblock.escape import printable
 from cryblock.io import atomic_write_text, json_safe
 from cryblock.logformat import MAGIC, Record, parse_line
+from cryblock.signals import Interrupted, interruptible
 
 from .bench import summarize
 
@@ -180,7 +181,8 @@ class LogCapture:
 @dataclass
 class CaptureResult:
     """What :func:`capture` returns: the accumulated :class:`LogCapture`, host duration (s),
-    why it stopped (``time``, ``interrupted``, ``port lost: …``) and the number of
+    why it stopped (``time``, ``interrupted`` (Ctrl-C), ``interrupted (SIGTERM)``, ``interrupted
+    (SIGHUP)``, ``port lost: …``, ``live output failed: …``) and the number of
     bytes of an unterminated last line (not counted as a line)."""
 
     log: LogCapture
@@ -250,7 +252,9 @@ def reset_board(ser) -> str | None:
 def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
             send: Iterable[str] = (), reset: bool = False,
             on_line: Callable[[bytes, LogRecord | None], None] | None = None) -> CaptureResult:
-    """Read and parse the ``CRYB/1`` log on ``port`` until time is up, Ctrl-C, or the port goes away.
+    """Read and parse the ``CRYB/1`` log on ``port`` until time is up, the capture is ended (Ctrl-C,
+    SIGTERM, SIGHUP: :func:`cryblock.signals.interruptible`), the port goes away or ``on_line``
+    fails to show a line (an OSError: the terminal was closed, the pipe reader exited).
 
     Args:
         port: serial device; opened by :func:`open_serial` (no reset on open).
@@ -261,8 +265,9 @@ def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
         on_line: called for every complete line with ``(raw_bytes, record_or_None)``.
 
     Returns:
-        :class:`CaptureResult`; never raises for device misbehaviour (garbage, resets, a port
-        that disappears mid-capture — ``port_lost`` is then True).
+        :class:`CaptureResult` with everything read however the capture ended; never raises for
+        device misbehaviour (garbage, resets, a port that disappears mid-capture — ``port_lost``
+        is then True).
 
     Raises:
         CryblockError: the port cannot be opened.
@@ -279,46 +284,53 @@ def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
     stop_reason = "time"
     port_lost = False
     nbytes = 0
-    try:
-        if reset:
-            note = reset_board(ser)
-            if note:
-                notes.append(note)
+    with interruptible():  # SIGTERM and SIGHUP end the capture like Ctrl-C
         try:
-            for line in send:
-                ser.write(line.rstrip("\r\n").encode("ascii", errors="replace") + b"\n")
-            if send:
-                ser.flush()
-        except (serial.SerialException, OSError) as e:
-            stop_reason = f"port lost: {one_line(e)}"
-            port_lost = True
-        while not port_lost:
-            now = time.monotonic()
-            if seconds is not None and now - t0 >= seconds:
-                stop_reason = "time"
-                break
+            if reset:
+                note = reset_board(ser)
+                if note:
+                    notes.append(note)
             try:
-                waiting = ser.in_waiting
-                chunk = ser.read(max(1, min(waiting, 65536)))
+                for line in send:
+                    ser.write(line.rstrip("\r\n").encode("ascii", errors="replace") + b"\n")
+                if send:
+                    ser.flush()
             except (serial.SerialException, OSError) as e:
                 stop_reason = f"port lost: {one_line(e)}"
                 port_lost = True
-                break
-            if not chunk:
-                continue
-            nbytes += len(chunk)
-            host_s = time.monotonic() - t0
-            for raw in splitter.feed(chunk):
-                rec = log.feed_line(raw, host_s)
-                if on_line is not None:
-                    on_line(raw, rec)
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-    finally:
-        try:
-            ser.close()
-        except Exception:  # noqa: BLE001 - a vanished port may fail to close; nothing to save
-            pass
+            while not port_lost:
+                now = time.monotonic()
+                if seconds is not None and now - t0 >= seconds:
+                    stop_reason = "time"
+                    break
+                try:
+                    waiting = ser.in_waiting
+                    chunk = ser.read(max(1, min(waiting, 65536)))
+                except (serial.SerialException, OSError) as e:
+                    stop_reason = f"port lost: {one_line(e)}"
+                    port_lost = True
+                    break
+                if not chunk:
+                    continue
+                nbytes += len(chunk)
+                host_s = time.monotonic() - t0
+                shown = True
+                for raw in splitter.feed(chunk):
+                    rec = log.feed_line(raw, host_s)
+                    if on_line is not None and shown:
+                        try:
+                            on_line(raw, rec)
+                        except OSError as e:  # the terminal or pipe went away: keep what was read
+                            stop_reason, shown = f"live output failed: {one_line(e)}", False
+                if not shown:
+                    break
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP through interruptible()
+            stop_reason = f"interrupted ({e.signame})" if isinstance(e, Interrupted) else "interrupted"
+        finally:
+            try:
+                ser.close()
+            except Exception:  # noqa: BLE001 - a vanished port may fail to close; nothing to save
+                pass
     return CaptureResult(log=log, capture_s=time.monotonic() - t0, stop_reason=stop_reason,
                          port_lost=port_lost, unterminated_bytes=len(splitter.pending),
                          bytes_read=nbytes, notes=notes)
