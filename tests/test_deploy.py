@@ -815,3 +815,92 @@ def test_install_is_all_or_nothing(student, tmp_path, monkeypatch):
         gen.generate_project(student[0], out, Params().replace(detector={"threshold": 0.3}))
     assert _listing(out) == new and calls  # every file as before the failed install
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------------------------------------
+# damaged models: one shared check for build, detect, evaluate and emulate
+# ------------------------------------------------------------------------------------------------
+
+def _mutated(model: bytes, what: str) -> bytes:
+    """The model with one field of its flatbuffer changed (the TFLite schema's object API)."""
+    import flatbuffers
+
+    fb = tfl.tflite_schema()
+    m = fb.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    g = m.subgraphs[0]
+    tin, tout = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
+    if what == "flat-input":  # the same 6144 values, without the layout the first convolution needs
+        tin.shape = tin.shapeSignature = np.array([6144], np.int32)
+    elif what == "row-input-into-conv":
+        tin.shape = tin.shapeSignature = np.array([1, 6144], np.int32)
+    elif what == "nan-input-scale":
+        tin.quantization.scale = np.array([np.nan], np.float32)
+    elif what == "inf-output-scale":
+        tout.quantization.scale = np.array([np.inf], np.float32)
+    elif what == "zero-point-100000":
+        tin.quantization.zeroPoint = np.array([100000], np.int64)
+    elif what == "output-2x1":
+        tout.shape = tout.shapeSignature = np.array([2, 1], np.int32)
+    elif what == "non-utf8-custom-op":
+        oc = fb.OperatorCodeT()
+        oc.builtinCode = oc.deprecatedBuiltinCode = fb.BuiltinOperator.CUSTOM
+        oc.customCode = b"\xff\xfe\x1b[2Jop"
+        m.operatorCodes.append(oc)
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+@pytest.mark.parametrize("what,msg", [
+    ("flat-input", "input shape [6144] does not hold one 96×64"),
+    ("row-input-into-conv", "input shape [1, 6144] is fed straight to CONV_2D"),
+    ("nan-input-scale", "input scale is nan, not a finite number > 0"),
+    ("inf-output-scale", "output scale is inf, not a finite number > 0"),
+    ("zero-point-100000", "input zero point 100000 is outside the int8 range"),
+    ("output-2x1", "output shape [2, 1] is not one row of scores"),
+    ("non-utf8-custom-op", 'custom operator "\\ufffd\\ufffd\\u001b[2Jop" is not supported'),
+])
+def test_damaged_model_is_refused_by_the_shared_check(student, tmp_path, what, msg):
+    """Before, only element counts and ``scale <= 0`` were checked: [6144] passed (and TFLite Micro
+    died of SIGFPE), NaN/Inf scales became ``nanf``/``inff`` in the firmware, zero point 100000 was
+    taken, a non-UTF-8 custom op name raised UnicodeDecodeError."""
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(_mutated(Path(student[0]).read_bytes(), what))
+    with pytest.raises(CryblockError) as e:
+        tfl.check_model_for_params(tfl.inspect_model(bad.read_bytes(), "bad.tflite"), Params(), "bad.tflite")
+    assert str(e.value).startswith("bad.tflite: ") and msg in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CryblockError, match=re.escape(msg)):
+        gen.generate_project(bad, tmp_path / "fw", Params())
+    assert not (tmp_path / "fw").exists()
+
+
+@pytest.mark.parametrize("command", ["build", "detect", "evaluate", "emulate"])
+def test_model_reshaped_to_6144_is_one_error_line_everywhere(student, tmp_path, command):
+    """The model whose input was reshaped to [6144]: before, ``build`` accepted it and ``detect``
+    died of SIGFPE inside TFLite Micro (exit 136). Now each command prints one ``error:`` line and
+    exits 2 (run as a process: a crash cannot take the test run with it)."""
+    bad = _mutated(Path(student[0]).read_bytes(), "flat-input")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_quantized_int8_io.tflite").write_bytes(bad)
+    shutil.copyfile(student[1], run / "model.tflite")
+    Params().save(run / "params.json")
+    clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
+    if command == "build":
+        args = ["build", "--model", str(run / "model_quantized_int8_io.tflite"), "--out", str(tmp_path / "fw"), "--no-idf"]
+    elif command == "detect":
+        args = ["detect", "--run", str(run), str(clip)]
+    elif command == "evaluate":
+        (tmp_path / "m.csv").write_text(f"path,label,group\n{clip},cry,g1\n")
+        args = ["evaluate", "--run", str(run), "--data", str(tmp_path / "m.csv"), "--out", str(tmp_path / "ev")]
+    else:
+        fw = gen.generate_project(student[0], tmp_path / "fw", Params(), gen.BuildOptions(target="linux")).project
+        (fw / "main" / "model_data.cc").write_text(tfl.model_c_source(bad))
+        args = ["emulate", "--project", str(fw), "--audio", str(clip), "--binary", "/bin/true"]
+    r = subprocess.run([sys.executable, "-m", "cryblock.cli", *args], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PATH": "/usr/bin:/bin"})
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert len(errors) == 1 and "input shape [6144] does not hold one 96×64" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "ev").exists() and (command == "emulate" or not (tmp_path / "fw").exists())
