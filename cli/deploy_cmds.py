@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -93,7 +94,8 @@ def build(model_path, params_path, target, audio, out_dir, i2s, pin_bclk, pin_ws
     if how is None:
         click.echo("ESP-IDF not found (no idf.py on PATH, IDF_PATH unset): project generated but not built.\n"
                    f"To build: install ESP-IDF >= 5.1, `. $IDF_PATH/export.sh`, then\n"
-                   f"  cd {res.project} && idf.py {'--preview ' if target == 'linux' else ''}build", err=True)
+                   f"  cd {shlex.quote(str(res.project))} && idf.py {'--preview ' if target == 'linux' else ''}build",
+                   err=True)
         return
     click.echo(f"running idf.py build in {res.project} ...", err=True)
     run_idf_build(res.project, target)

@@ -904,3 +904,49 @@ def test_model_reshaped_to_6144_is_one_error_line_everywhere(student, tmp_path, 
     assert len(errors) == 1 and "input shape [6144] does not hold one 96×64" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "ev").exists() and (command == "emulate" or not (tmp_path / "fw").exists())
+
+
+def test_threshold_is_never_rounded_into_another_decision(student, tmp_path):
+    """The firmware holds the threshold in thousandths (k / 1000.0f). Before, 0.0004 became 0 (every
+    patch positive on the device while ``detect`` raised nothing); now a threshold the firmware cannot
+    hold exactly is refused, naming the nearest ones, and every multiple of 0.001 (all calibrated
+    thresholds are) is bit-exact against the Python detector's float32 threshold."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    assert all(np.float32(k) / np.float32(1000) == np.float32(k / 1000) for k in range(1001))
+    for t, k in ((0.449, 449), (0.0, 0), (1.0, 1000), (0.1 + 0.2, 300)):
+        assert gen.threshold_x1000(t) == k
+    params = tmp_path / "params.json"
+    Params().replace(detector={"threshold": 0.0004}).save(params)
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--params", str(params),
+                                 "--out", str(tmp_path / "fw"), "--no-idf"])
+    assert r.exit_code == 2 and "error: parameter 'detector.threshold': 0.0004 is finer" in r.stderr, r.output
+    assert "set 0 or 0.001 in params.json" in r.stderr and not (tmp_path / "fw").exists()
+    with pytest.raises(CryblockError, match="set 0.449 or 0.45"):
+        gen.generate_project(student[0], tmp_path / "fw", Params().replace(detector={"threshold": 0.4495}))
+
+
+def test_build_hint_is_quoted_for_the_shell(student, tmp_path, monkeypatch):
+    """``--out 'fw;touch PWNED'``-style names: the printed ``cd <out> && idf.py build`` line, pasted
+    into a shell, enters the project and runs idf.py — and nothing else."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    monkeypatch.delenv("IDF_PATH", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    out = tmp_path / "fw;touch_PWNED;$(touch_PWNED2)"
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    hint = next(ln.strip() for ln in r.stderr.splitlines() if ln.strip().startswith("cd "))
+    fake_idf = tmp_path / "bin"
+    fake_idf.mkdir()
+    (fake_idf / "idf.py").write_text('#!/bin/sh\npwd > "$0.ran"\n')
+    (fake_idf / "idf.py").chmod(0o755)
+    (fake_idf / "touch_PWNED").write_text("#!/bin/sh\ntouch PWNED\n")
+    (fake_idf / "touch_PWNED").chmod(0o755)
+    subprocess.run(["sh", "-c", hint], cwd=tmp_path, check=True, env={"PATH": f"{fake_idf}:/usr/bin:/bin"})
+    assert (fake_idf / "idf.py.ran").read_text().strip() == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", out.name]

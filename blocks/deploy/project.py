@@ -260,6 +260,25 @@ def write_host_sources(dest: str | os.PathLike, dsp: DspParams = DspParams()) ->
     return d
 
 
+def threshold_x1000(threshold: float) -> int:
+    """The detector threshold in the firmware's unit: ``CONFIG_CRY_THRESHOLD_X1000`` thousandths,
+    which the firmware turns into ``k / 1000.0f`` (float32).
+
+    Raises:
+        ParameterError: ``float32(k) / 1000`` is not ``float32(threshold)`` — the firmware would
+            then count other patches as positive than :mod:`cryblock.detector` (which compares
+            ``float32(score) >= float32(threshold)``) and ``detect`` do; 0.0004 would become 0
+            and every patch would be positive. Names the two nearest thresholds the firmware holds.
+    """
+    k = int(round(threshold * 1000))
+    if np.float32(k) / np.float32(1000) != np.float32(threshold):
+        lo, hi = math.floor(threshold * 1000) / 1000, math.ceil(threshold * 1000) / 1000
+        raise ParameterError(f"parameter 'detector.threshold': {threshold!r} is finer than the firmware's resolution "
+                             f"of 0.001 (CONFIG_CRY_THRESHOLD_X1000), and rounding it would change which patches are "
+                             f"positive; set {lo:g} or {hi:g} in params.json")
+    return k
+
+
 def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: BuildOptions,
                      report: dict[str, Any]) -> dict[str, Any]:
     """Every variable the templates use (rendering uses jinja2 StrictUndefined)."""
@@ -282,7 +301,7 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "output_activation_code": 0 if info.output_activation != "none" else (1 if info.output.size == 1 else 2),
         "positive_label": params.learn.positive_label,
         "arena": arena, "arena_bytes": arena.arena_bytes, "arena_psram": arena.region == "psram",
-        "threshold_x1000": int(round(det.threshold * 1000)),
+        "threshold_x1000": threshold_x1000(det.threshold),
         "vote_n": det.vote_n, "vote_m": det.vote_m,
         "hold_ms": int(round(det.hold_seconds * 1000)),
         "i2s": opts.i2s, "pin_bclk": opts.pin_bclk, "pin_ws": opts.pin_ws, "pin_din": opts.pin_din,
