@@ -27,6 +27,20 @@ def md_cell(text: Any) -> str:
     return re.sub(r"([\\|`*_])", r"\\\1", s).replace("<", "&lt;")
 
 
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def csv_cell(text: Any) -> str:
+    """``text`` made safe as a CSV cell that a spreadsheet will open: a cell starting with ``=``,
+    ``+``, ``-``, ``@``, tab or carriage return would be read as a formula (OWASP "CSV injection"),
+    so it gets a leading ``'``, which spreadsheets show as text; plain decimal numbers (``-0.5``,
+    ``+3``, ``1e-3``) stay numbers."""
+    s = str(text)
+    if s[:1] in ("=", "+", "-", "@", "\t", "\r") and not _PLAIN_NUMBER.fullmatch(s):
+        return "'" + s
+    return s
+
+
 _ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

@@ -314,6 +314,22 @@ def test_device_values_are_shown_not_obeyed_and_csv_columns_stay_unique() -> Non
     assert err["kind"] == "ERR" and err["field_kind"] == "mine" and err["field_session"] == "7"
 
 
+def test_csv_cells_are_never_spreadsheet_formulas(tmp_path: Path) -> None:
+    """A device value (or field name) starting with = + - @ tab or CR is run by a spreadsheet as a
+    formula; monitor's CSV makes such cells text with a leading ' and leaves numbers numbers."""
+    log = capture.LogCapture()
+    evil = {"msg": '=HYPERLINK("http://x","y")', "a": "+1+cmd|'/c_calc'!A0", "b": "@SUM(1)", "c": "-2+3",
+            "d": "\tx", "@name": "v", "e": "-0.5", "f": "+3", "g": "-1e-3", "h": "7", "i": "-inf"}
+    log.feed_line(_line("ERR", code="x", **evil))
+    capture.write_capture(capture.CaptureResult(log, 1.0, "time"), tmp_path / "log.csv")
+    rows = list(csv.reader((tmp_path / "log.csv").open()))
+    cells = dict(zip(rows[0], rows[1]))
+    for k in ("msg", "a", "b", "c", "d", "i"):
+        assert cells[k] == "'" + evil[k], (k, cells[k])
+    assert cells["'@name"] == "v"
+    assert (cells["e"], cells["f"], cells["g"], cells["h"], cells["host_s"]) == ("-0.5", "+3", "-1e-3", "7", "0.000")
+
+
 def test_concatenated_and_repeated_lines() -> None:
     log = capture.LogCapture()
     a, b, c = _inf(312, 0), _inf(792, 1), _inf(1272, 2)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from cryblock.errors import CryblockError, ParameterError, one_line
-from cryblock.escape import printable
+from cryblock.escape import csv_cell, printable
 from cryblock.io import atomic_write_text, json_safe
 from cryblock.logformat import MAGIC, Record, parse_line
 from cryblock.signals import Interrupted, interruptible
@@ -342,7 +342,8 @@ _CSV_COLUMNS = ("host_s", "session", "kind")
 def records_csv(records: Sequence[LogRecord]) -> str:
     """CSV text, one row per record: ``host_s,session,kind`` then every field name seen
     (first-seen order; empty where a record lacks it; a field named like one of the first three
-    columns is headed ``field_<name>``). Values are the raw strings from the line."""
+    columns is headed ``field_<name>``). Values are the raw strings from the line, except that a
+    name or value a spreadsheet would run as a formula is made text (:func:`cryblock.escape.csv_cell`)."""
     keys: list[str] = []
     seen: set[str] = set()
     for r in records:
@@ -353,9 +354,9 @@ def records_csv(records: Sequence[LogRecord]) -> str:
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     # a device field named like a capture column gets a prefix (two "kind" columns are unreadable)
-    w.writerow(["host_s", "session", "kind", *(f"field_{k}" if k in _CSV_COLUMNS else k for k in keys)])
+    w.writerow(["host_s", "session", "kind", *(csv_cell(f"field_{k}" if k in _CSV_COLUMNS else k) for k in keys)])
     for r in records:
-        w.writerow([f"{r.host_s:.3f}", r.session, r.kind, *(r.fields.get(k, "") for k in keys)])
+        w.writerow([f"{r.host_s:.3f}", r.session, r.kind, *(csv_cell(r.fields.get(k, "")) for k in keys)])
     return buf.getvalue()
 
 
