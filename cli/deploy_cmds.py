@@ -109,27 +109,50 @@ def build(model_path, params_path, target, audio, out_dir, i2s, pin_bclk, pin_ws
 
 @click.command("emulate")
 @click.option("--project", required=True, type=click.Path(file_okay=False, exists=True),
-              help="Generated project, built for the linux target (or, with --qemu, for the ESP32-S3 with --audio replay).")
+              help="Generated project: built for the linux target, or (--qemu, --port) an ESP32-S3 --audio replay build.")
 @click.option("--audio", "audio", multiple=True, required=True, type=click.Path(dir_okay=False),
-              help="Recording to replay (repeatable; any format the DSP block reads).")
-@click.option("--qemu", default=None, help="Espressif's qemu-system-xtensa: boot the project's ESP32-S3 build in it.")
+              help="Recording to replay (repeatable; any format the DSP block reads; any length, streamed).")
+@click.option("--qemu", default=None, help="Espressif's qemu-system-xtensa: boot the project's ESP32-S3 image in it.")
+@click.option("--kernels", type=click.Choice(["ansi", "optimized"]), default="ansi", show_default=True,
+              help="With --qemu: esp-nn's reference C kernels (CONFIG_NN_ANSI_C, built in build-nn-ansi-c/), or its "
+                   "optimised S3 kernels (build/ as it is; Espressif's QEMU mis-emulates some of their SIMD "
+                   "instructions).")
+@click.option("--port", default=None,
+              help="Serial port of a board running the project's --audio replay build (e.g. /dev/ttyUSB0): "
+                   "the bit-exactness check on the real chip. The board is reset (RTS) before each recording.")
+@click.option("--baud", type=click.IntRange(300, 5_000_000), default=115200, show_default=True,
+              help="The board's console speed (with --port).")
 @click.option("--binary", default=None, type=click.Path(dir_okay=False),
               help="Program to run instead of build/<name>.elf (anything speaking the replay protocol).")
 @click.option("--boot-timeout", type=FiniteFloat(1, 3600), default=120.0, show_default=True,
               help="Seconds to wait for the BOOT line.")
 @click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="Write the comparison as JSON.")
-def emulate_cmd(project, audio, qemu, binary, boot_timeout, as_json):
-    """Run the firmware on recordings (linux-target build, or the S3 image in QEMU) and compare its
-    scores and detector events with the Python INT8 run of the same audio. Exit status 0 when
-    every recording is within one output step with identical decisions, 1 when one differs."""
+@click.pass_context
+def emulate_cmd(ctx, project, audio, qemu, kernels, port, baud, binary, boot_timeout, as_json):
+    """Run the firmware on recordings (linux-target build, the S3 image in QEMU, or a board on its
+    serial port) and compare its scores and detector events with the Python INT8 run of the same
+    audio. Exit status 0 when every recording is within one output step with identical
+    decisions, 1 when one differs."""
     import dataclasses
 
-    from cryblock.blocks.deploy.emulate import emulate, format_comparison
+    from cryblock.blocks.deploy.emulate import ANSI_C_DEFAULTS, QEMU_SIMD_CAVEAT, emulate, format_comparison
+    from cryblock.errors import CryblockError
     from cryblock.io import atomic_write_text, check_output, json_safe
 
+    if sum(x is not None for x in (qemu, port, binary)) > 1:
+        raise CryblockError("--qemu, --port and --binary: give at most one (where the firmware runs)")
+    if ctx.get_parameter_source("kernels") == click.core.ParameterSource.COMMANDLINE and not qemu:
+        raise CryblockError("--kernels: only with --qemu (a linux build uses esp-nn's C kernels, a board its "
+                            "build's own)")
     if as_json:
         check_output(as_json, folder=False, what="--json", inputs=(*audio, project))
-    results = emulate(project, audio, binary=binary, qemu=qemu, boot_timeout=boot_timeout)
+    if qemu and kernels == "ansi":
+        click.echo(f"QEMU: esp-nn's reference C kernels (CONFIG_NN_ANSI_C, {ANSI_C_DEFAULTS}), built in "
+                   "build-nn-ansi-c/; the board's optimised kernels are checked on a board (--port)", err=True)
+    elif qemu:
+        click.echo(f"QEMU: esp-nn's optimised S3 kernels (build/). Caveat: {QEMU_SIMD_CAVEAT}", err=True)
+    results = emulate(project, audio, binary=binary, qemu=qemu, kernels=kernels, port=port, baud=baud,
+                      boot_timeout=boot_timeout)
     for c in results:
         click.echo(format_comparison(c))
     if as_json:
@@ -137,4 +160,6 @@ def emulate_cmd(project, audio, qemu, binary, boot_timeout, as_json):
                                               indent=1, allow_nan=False) + "\n")
         click.echo(f"wrote {as_json}")
     if not all(c.ok for c in results):
+        if qemu and kernels == "optimized":
+            click.echo(f"note: {QEMU_SIMD_CAVEAT}", err=True)
         raise SystemExit(1)  # like a failing test: scripts and CI see that the firmware differs

@@ -619,27 +619,37 @@ def test_linux_target_project(student, tmp_path):
     assert "default CRY_AUDIO_REPLAY" in (r.project / "main/Kconfig.projbuild").read_text()
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc missing")
-def test_emulate_cli_exit_status_and_damaged_projects(student, tmp_path):
-    """cryblock emulate on a generated project, with the firmware core compiled by host gcc
-    around tests/c/app_harness.c's stand-in model (so its scores differ from the real model's):
-    DIFFERS → exit status 1 and the JSON written; a binary that is not executable, a damaged
-    model_data.cc or project marker → one line, exit 2."""
-    from click.testing import CliRunner
-
-    from cryblock.cli.main import cli
-
-    fw = gen.generate_project(student[0], tmp_path / "fw", Params(), gen.BuildOptions(audio="replay")).project
+def _host_firmware(student, folder: Path) -> tuple[Path, Path]:
+    """An ESP32-S3 ``--audio replay`` project of the student and a program that plays its firmware:
+    the portable core compiled by host gcc around tests/c/app_harness.c's stand-in model (so its
+    scores differ from the real model's). Returns (project, program)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("host gcc missing")
+    fw = gen.generate_project(student[0], folder / "fw", Params(), gen.BuildOptions(audio="replay")).project
     main = fw / "main"
-    twin = tmp_path / "twin"
+    twin = folder / "twin"
     r = subprocess.run(["gcc", "-std=c99", "-O1", f"-I{main}", str(HARNESS / "app_harness.c"),
                         *(str(main / f) for f in ("cry_app.c", "frontend.c", "frontend_tables.c", "postproc.c",
                                                    "cry_log.c", "replay.c")), "-lm", "-o", str(twin)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     info = tfl.inspect_model(Path(student[0]).read_bytes())
-    wrapper = tmp_path / "firmware.sh"
+    wrapper = folder / "firmware.sh"
     wrapper.write_text(f"#!/bin/sh\nexec {twin} 0.5 2 3 1000 {info.input.scale!r} {info.input.zero_point}\n")
+    wrapper.chmod(0o755)
+    return fw, wrapper
+
+
+def test_emulate_cli_exit_status_and_damaged_projects(student, tmp_path):
+    """cryblock emulate on a generated project with the host-compiled firmware core:
+    DIFFERS → exit status 1 and the JSON written; a binary that is not executable, a damaged
+    model_data.cc or project marker → one line, exit 2."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    fw, wrapper = _host_firmware(student, tmp_path)
+    main = fw / "main"
     clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
     runner = CliRunner()
     base = ["emulate", "--project", str(fw), "--audio", str(clip), "--boot-timeout", "20"]
@@ -663,7 +673,8 @@ def test_emulate_cli_exit_status_and_damaged_projects(student, tmp_path):
 
 def test_emulate_compare_lines_up_firmware_and_python(student, tmp_path):
     """emulate.compare on a firmware log made from the Python INT8 run itself: identical; one raw
-    output nudged by one quantisation step: still OK; by two: DIFFERS; a lost patch: DIFFERS."""
+    output nudged by one quantisation step: still OK; by two: DIFFERS; a lost patch: DIFFERS. The
+    streamed reference (blocks of any size) equals the one of the whole recording."""
     from cryblock.blocks.deploy import emulate as em
     from cryblock.blocks.deploy.capture import LogCapture
     from cryblock.logformat import format_line
@@ -672,26 +683,32 @@ def test_emulate_compare_lines_up_firmware_and_python(student, tmp_path):
     params = Params().replace(detector={"threshold": 0.5})
     clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
     pcm = em.audio_pcm(clip, params)
-    q, s, det = em.python_reference(pcm, model, params)
+    ref = em.python_reference(pcm, model, params)
+    q, s, det = ref.q, ref.score, ref.det
+    streamed = em.python_reference(np.array_split(pcm, 7), model, params)
+    for a, b in ((ref.q, streamed.q), (ref.score, streamed.score), (ref.det, streamed.det)):
+        np.testing.assert_array_equal(a, b)
 
     def fw(qs, drop=None):
-        log = LogCapture()
+        run = em.FirmwareRun(LogCapture())
         for i, v in enumerate(qs):
             if i != drop:
-                log.feed_line(format_line("INF", t_ms=i, seq=i, fe_us=1, inv_us=1, score=float(s[i]), q=int(v), pos=0,
-                                          votes=0, det=int(det[i])))
-        return em.FirmwareRun(log)
+                rec = run.log.feed_line(format_line("INF", t_ms=i, seq=i, fe_us=1, inv_us=1, score=float(s[i]),
+                                                    q=int(v), pos=0, votes=0, det=int(det[i])))
+                run.take(rec)
+        return run
 
-    c = em.compare("a", pcm, model, params, fw(q))
+    c = em.compare("a", ref, fw(q))
     assert c.ok and c.exact == 1.0 and c.max_abs_diff < 1e-4
     nudged = q.copy()
     nudged[3] += 1
-    assert em.compare("a", pcm, model, params, fw(nudged)).ok
+    assert em.compare("a", ref, fw(nudged)).ok
     nudged[3] += 1
-    c = em.compare("a", pcm, model, params, fw(nudged))
+    c = em.compare("a", ref, fw(nudged))
     assert not c.ok and c.max_steps == 2
-    assert not em.compare("a", pcm, model, params, fw(q, drop=len(q) - 1)).ok
+    assert not em.compare("a", ref, fw(q, drop=len(q) - 1)).ok
     lines = em.replay_lines(pcm)
+    assert lines == [ln for ln, _ in em._replay_stream(np.array_split(pcm, 5))]  # lines do not depend on blocks
     assert lines[-1] == "pcm end" and len(lines) == -(-len(pcm) // 512) + 1
 
 
@@ -950,3 +967,126 @@ def test_build_hint_is_quoted_for_the_shell(student, tmp_path, monkeypatch):
     subprocess.run(["sh", "-c", hint], cwd=tmp_path, check=True, env={"PATH": f"{fake_idf}:/usr/bin:/bin"})
     assert (fake_idf / "idf.py.ran").read_text().strip() == str(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", out.name]
+
+
+def _run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cryblock.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def test_emulate_on_a_board_over_its_serial_port(student, tmp_path):
+    """``emulate --port``: the replay build on a board's serial console. The board here is the
+    host-compiled firmware core behind a real pty, started once the port is opened (like a board
+    reset by the host); every patch comes back and is compared (the stand-in model differs)."""
+    import pty
+    import termios
+    import threading
+    import tty
+
+    fw, program = _host_firmware(student, tmp_path)
+    clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    attrs = termios.tcgetattr(slave)
+    attrs[4] = attrs[5] = termios.B9600
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    port = os.ttyname(slave)
+    started = []
+
+    def board():  # power on when the host has opened the port at 115200 Bd
+        import time
+
+        deadline = time.monotonic() + 120
+        while termios.tcgetattr(slave)[4] != termios.B115200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        started.append(subprocess.Popen([str(program)], stdin=master, stdout=master, stderr=subprocess.DEVNULL))
+
+    t = threading.Thread(target=board, daemon=True)
+    t.start()
+    try:
+        r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--port", port, "--boot-timeout", "30",
+                     "--json", str(tmp_path / "cmp.json"))
+    finally:
+        t.join(timeout=10)
+        for p in started:
+            p.kill()
+            p.wait()
+        os.close(master)
+        os.close(slave)
+    assert r.returncode == 1, r.stdout + r.stderr  # the stand-in model is not the real one
+    (c,) = json.loads((tmp_path / "cmp.json").read_text())
+    assert c["patches_firmware"] == c["patches_python"] > 5 and c["ok"] is False
+    assert "Traceback" not in r.stderr
+
+
+def test_emulate_refuses_odd_programs_and_keeps_device_text_short_and_safe(student, tmp_path):
+    """A marker project name that walks out of build/, a FIFO or device as the program: one line.
+    A firmware that prints terminal escapes and megabyte lines before dying: the error quotes its
+    last lines cut short and terminal-safe (before: all of it, escape sequences included)."""
+    fw, _ = _host_firmware(student, tmp_path)
+    clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
+    marker = json.loads((fw / gen.MARKER).read_text())
+    marker["options"]["project_name"] = "../../../../bin/sh"
+    (fw / gen.MARKER).write_text(json.dumps(marker))
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip))
+    assert r.returncode == 2 and "damaged project marker (project name" in r.stderr, r.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for program, what in ((fifo, "is a FIFO, not a program"), ("/dev/zero", "is a device, not a program")):
+        r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--binary", str(program))
+        assert r.returncode == 2 and what in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    noisy = tmp_path / "noisy.sh"
+    noisy.write_text("#!/bin/sh\nfor i in 1 2 3 4 5 6; do printf '\\033]0;owned\\007\\033[2J'; "
+                     "head -c 3000000 /dev/zero | tr '\\0' x; echo; done\n")
+    noisy.chmod(0o755)
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--binary", str(noisy), "--boot-timeout", "20")
+    (err,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and "firmware exited (last lines:" in err, r.stderr[:500]
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr and len(r.stderr) < 2000
+
+
+def test_emulate_qemu_uses_reference_kernels_unless_asked(student, tmp_path):
+    """``emulate --qemu`` builds the image with esp-nn's reference kernels (CONFIG_NN_ANSI_C, in
+    build-nn-ansi-c/, the project's build/ and sdkconfig untouched) and says so; ``--kernels
+    optimized`` boots build/ with the QEMU SIMD caveat. ESP-IDF's Xtensa toolchain and Espressif's
+    QEMU cannot be installed here: stand-ins record how they are called (idf.py) and play the
+    booted image (qemu: the host-compiled firmware core)."""
+    fw, program = _host_firmware(student, tmp_path)
+    clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
+    assert "CONFIG_NN_ANSI_C=y" in (fw / "sdkconfig.nn-ansi-c").read_text()
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    flasher = json.dumps({"flash_settings": {"flash_mode": "dio", "flash_size": "8MB", "flash_freq": "80m"},
+                          "flash_files": {"0x0": "bootloader/bootloader.bin", "0x8000": "partition_table/pt.bin",
+                                          "0x10000": "cry_detector.bin"},
+                          "extra_esptool_args": {"chip": "esp32s3"}})
+    (tools / "idf.py").write_text(f"""#!/bin/sh
+echo "$@" >> "{tmp_path}/idf.calls"
+b=$(echo "$@" | sed -n 's/.*-B \\([^ ]*\\).*/\\1/p')
+mkdir -p "$b/bootloader" "$b/partition_table"
+printf '\\351' > "$b/bootloader/bootloader.bin"; printf 'x' > "$b/partition_table/pt.bin"
+printf '\\351' > "$b/cry_detector.bin"; echo '{flasher}' > "$b/flasher_args.json"
+""")
+    (tools / "qemu-system-xtensa").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/qemu.calls\nexec {program}\n")
+    for f in tools.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tools}:/usr/bin:/bin"}
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--qemu", "qemu-system-xtensa", env=env)
+    assert r.returncode == 1, r.stderr  # ran, compared (the stand-in model differs)
+    assert "QEMU: esp-nn's reference C kernels (CONFIG_NN_ANSI_C" in r.stderr
+    call = (tmp_path / "idf.calls").read_text()
+    assert ("-B build-nn-ansi-c -D SDKCONFIG=build-nn-ansi-c/sdkconfig "
+            "-D SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.nn-ansi-c build") in call
+    assert "build-nn-ansi-c" in (tmp_path / "qemu.calls").read_text() or (fw / "build-nn-ansi-c").is_dir()
+    assert not (fw / "build").exists() and not (fw / "sdkconfig").exists()
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--qemu", "qemu-system-xtensa",
+                 "--kernels", "optimized", env=env)
+    assert r.returncode == 2 and "build folder not found" in r.stderr, r.stderr  # build/ was never built
+    shutil.copytree(fw / "build-nn-ansi-c", fw / "build")
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--qemu", "qemu-system-xtensa",
+                 "--kernels", "optimized", env=env)
+    assert r.returncode == 1 and "optimised S3 kernels (build/). Caveat: Espressif's QEMU mis-emulates" in r.stderr
+    assert "espressif/qemu #161, #164, #165, #166" in r.stderr
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--kernels", "optimized", env=env)
+    assert r.returncode == 2 and "--kernels: only with --qemu" in r.stderr

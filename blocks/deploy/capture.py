@@ -98,8 +98,10 @@ class LogCapture:
     that are not finite numbers (``seq=nan``) are kept as text and ignored by the statistics.
     """
 
-    def __init__(self, keep_garbage: int = 200) -> None:
+    def __init__(self, keep_garbage: int = 200, keep_records: bool = True) -> None:
         self.records: list[LogRecord] = []
+        self.keep_records = keep_records  #: False: records are only returned by feed_line (long streams)
+        self.n_records = 0
         self.lines = 0
         self.blank = 0
         self.garbage = 0
@@ -148,7 +150,7 @@ class LogCapture:
                 self.garbage_samples.append(raw.decode("utf-8", errors="replace"))
             return None
         if rec.kind == "BOOT":
-            if self.records:
+            if self.n_records:
                 self.resets += 1
             self.session += 1
             self._last_inf = None
@@ -170,7 +172,9 @@ class LogCapture:
         lr = LogRecord(float(host_s), self.session, rec.kind, dict(rec.fields))
         if rec.kind == "INF":
             self._last_inf = lr
-        self.records.append(lr)
+        self.n_records += 1
+        if self.keep_records:
+            self.records.append(lr)
         return lr
 
     def summary(self, capture_s: float | None = None) -> dict:
