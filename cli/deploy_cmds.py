@@ -16,6 +16,11 @@ def register(group: click.Group) -> None:
     group.add_command(emulate_cmd)
 
 
+#: build options that configure the ESP32-S3 board only (ignored by --target linux)
+_BOARD_ONLY = ("i2s", "pin_bclk", "pin_ws", "pin_din", "slot", "bits", "ram", "flash_size", "psram_mode", "console",
+               "flash_mode")
+
+
 @click.command()
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
               help="INT8 TFLite model with int8 input/output (model_quantized_int8_io.tflite).")
@@ -74,6 +79,12 @@ def build(model_path, params_path, target, audio, out_dir, i2s, pin_bclk, pin_ws
             click.echo("params  : none given and no params.json beside the model: using defaults "
                        "(YAMNet front-end, detector threshold 0.5)", err=True)
     params = Params.load(params_path) if params_path else Params()
+    if target == "linux":  # a PC program has no microphone pins, flash chip, PSRAM or console choice
+        ctx = click.get_current_context()
+        ignored = [p.opts[0] for p in ctx.command.params if p.name in _BOARD_ONLY
+                   and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+        if ignored:
+            click.echo(f"note    : --target linux ignores the ESP32-S3 board option(s) {', '.join(ignored)}", err=True)
     opts = BuildOptions(target=target, audio=audio, i2s=i2s, pin_bclk=pin_bclk, pin_ws=pin_ws, pin_din=pin_din, slot=slot,
                         bits=int(bits) if bits else (16 if i2s == "pdm" else 32), ram=ram,
                         arena_margin=arena_margin, flash_mb=int(flash_size), psram_mode=psram_mode,

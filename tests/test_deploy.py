@@ -614,6 +614,18 @@ def test_linux_target_project(student, tmp_path):
         gen.generate_project(student[0], tmp_path / "bad", Params(), gen.BuildOptions(target="linux", audio="i2s"))
     with pytest.raises(CryblockError, match="audio"):
         gen.generate_project(student[0], tmp_path / "bad", Params(), gen.BuildOptions(audio="file"))
+    # board options given with --target linux are named as ignored (a PC has no pins, flash or console)
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(tmp_path / "lx2"), "--no-idf",
+                                 "--target", "linux", "--pin-din", "4", "--console", "usb", "--flash-mode", "qio"])
+    assert r.exit_code == 0, r.output
+    assert "note    : --target linux ignores the ESP32-S3 board option(s) --pin-din, --console, --flash-mode" in r.stderr
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(tmp_path / "lx3"), "--no-idf",
+                                 "--target", "linux"])
+    assert r.exit_code == 0 and "ignores" not in r.stderr, r.output
     # replay on the chip (QEMU, bench boards): pins are not checked, the source is replay
     r = gen.generate_project(student[0], tmp_path / "rp", Params(), gen.BuildOptions(audio="replay", pin_din=24))
     assert "default CRY_AUDIO_REPLAY" in (r.project / "main/Kconfig.projbuild").read_text()
