@@ -1102,3 +1102,31 @@ printf '\\351' > "$b/cry_detector.bin"; echo '{flasher}' > "$b/flasher_args.json
     assert "espressif/qemu #161, #164, #165, #166" in r.stderr
     r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--kernels", "optimized", env=env)
     assert r.returncode == 2 and "--kernels: only with --qemu" in r.stderr
+
+
+def test_build_states_esp_nn_versions_and_known_defect_shapes(project):
+    """The build report names the esp-nn range it requires and the version it was verified with,
+    and flags the layers in the shape classes of known esp-nn S3 defects (#34 per-channel FC on
+    unaligned rows, #23 the general convolution, #30 asymmetric depthwise scratch)."""
+    from cryblock.blocks.deploy import esp_nn
+    from cryblock.blocks.deploy.arena import layer_scratch_s3
+    from cryblock.blocks.deploy.model import Layer
+
+    text = size.format_report(project.report)
+    assert "esp-nn  : manifest requires >=1.2.1" in text and "verified with 1.2.3" in text
+    assert ('espressif/esp-nn: ">=1.2.1"' in (project.project / "main/idf_component.yml").read_text())
+    stem = tfl.layers(tfl.parse_c_array((project.project / "main/model_data.cc").read_text()))[0]
+    assert stem.op == "CONV_2D" and stem.stride == (2, 2) and stem.pad == (0, 1, 0, 1)  # TFLite SAME: extra at the end
+    assert any(d["level"] == "warning" and d["text"].startswith("esp-nn #23 (open): CONV_2D 3×3 stride 2")
+               for d in project.report["esp_nn"]["known_defects"])
+    fc = Layer("FULLY_CONNECTED", (4, 100), (2, 100), (4, 2), per_channel=True)
+    dw = Layer("DEPTHWISE_CONV_2D", (1, 12, 8, 48), (1, 3, 3, 48), (1, 6, 4, 48), (2, 2), (0, 1, 0, 1))
+    pointwise = Layer("CONV_2D", (1, 6, 4, 48), (96, 1, 1, 48), (1, 6, 4, 96))
+    found = esp_nn.known_defects([fc, dw, pointwise, Layer("FULLY_CONNECTED", (1, 100), (2, 100), (1, 2),
+                                                           per_channel=True)])
+    assert [(lv, t.split(":")[0]) for lv, t in found] == [("warning", "esp-nn #34 (fixed in 1.2.6)"),
+                                                          ("note", "esp-nn #30 (fixed after 1.2.3)")]
+    # what the #30 kernel path really uses: 9·48 + (8+2)·(12+2)·48 + 4·6·48 + 64, above esp-nn's 7,168 B report
+    assert layer_scratch_s3(dw) == 9 * 48 + 10 * 14 * 48 + 4 * 6 * 48 + 64 == 8368
+    sym = Layer("DEPTHWISE_CONV_2D", (1, 6, 4, 96), (1, 3, 3, 96), (1, 6, 4, 96), (1, 1), (1, 1, 1, 1))
+    assert esp_nn.known_defects([sym]) == []

@@ -268,6 +268,61 @@ def _op_macs(fb, sub, o, op: str) -> int:
     return n_out
 
 
+@dataclass(frozen=True)
+class Layer:
+    """One CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED operator as its kernels see it.
+
+    Attributes:
+        op: operator name.
+        input / filter / output: tensor shapes (NHWC; filter ``[Cout, kh, kw, Cin]``, depthwise
+            ``[1, kh, kw, Cout]``, fully connected ``[units, in]``).
+        stride: (height, width); (1, 1) for FULLY_CONNECTED.
+        pad: SAME padding (top, bottom, left, right) by TFLite's rule (the extra row/column of an
+            odd total goes to the bottom/right); zeros for VALID and FULLY_CONNECTED.
+        per_channel: the weights carry one scale per output channel.
+    """
+
+    op: str
+    input: tuple[int, ...]
+    filter: tuple[int, ...]
+    output: tuple[int, ...]
+    stride: tuple[int, int] = (1, 1)
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    per_channel: bool = False
+
+
+def layers(model: bytes) -> list[Layer]:
+    """The conv, depthwise and fully connected operators of ``model`` (in graph order), for the
+    arena plan and the known-defect checks of esp-nn's kernels."""
+    fb = tflite_schema()
+    m = fb.Model.GetRootAs(model, 0)
+    codes = _op_names(fb, m)
+    sub = m.Subgraphs(0)
+    out = []
+    for j in range(sub.OperatorsLength()):
+        o = sub.Operators(j)
+        op = codes[o.OpcodeIndex()]
+        if op not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") or o.InputsLength() < 2:
+            continue
+        x, f, y = _shape(sub, o.Inputs(0)), _shape(sub, o.Inputs(1)), _shape(sub, o.Outputs(0))
+        q = sub.Tensors(o.Inputs(1)).Quantization()
+        per_channel = q is not None and q.ScaleLength() > 1
+        if op == "FULLY_CONNECTED" or len(x) != 4 or len(f) != 4 or len(y) != 4:
+            out.append(Layer(op, x, f, y, per_channel=per_channel))
+            continue
+        tab = o.BuiltinOptions()
+        opt = fb.Conv2DOptions() if op == "CONV_2D" else fb.DepthwiseConv2DOptions()
+        opt.Init(tab.Bytes, tab.Pos)
+        stride = (opt.StrideH(), opt.StrideW())
+        pad = (0, 0, 0, 0)
+        if opt.Padding() == fb.Padding.SAME:  # TFLM ComputePaddingHeightWidth (dilation 1)
+            th = max(0, (y[1] - 1) * stride[0] + f[1] - x[1])
+            tw = max(0, (y[2] - 1) * stride[1] + f[2] - x[2])
+            pad = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        out.append(Layer(op, x, f, y, stride, pad, per_channel))
+    return out
+
+
 def resolver_calls(ops) -> list[str]:
     """``MicroMutableOpResolver`` method names for ``ops`` (same order). Raises CryblockError
     for an op without mapping."""

@@ -41,6 +41,7 @@ from cryblock.io import atomic_write_text, check_output, staging_dir
 from cryblock.params import DspParams, Params
 from cryblock.signals import deferred
 
+from . import esp_nn
 from .arena import ArenaPlan, plan_arena
 from .model import (ModelInfo, check_model_for_params, inspect_model, model_c_source, positive_output_index,
                     read_model, resolver_calls)
@@ -637,6 +638,9 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     check_model_for_params(info, params, name)
     arena = plan_arena(model, opts.ram, opts.arena_margin, target=opts.target)
     report = size_report(info, arena, params.dsp)
+    report["esp_nn"] = {"required": esp_nn.REQUIRED, "verified": esp_nn.VERIFIED, "statement": esp_nn.statement(opts.target),
+                        "known_defects": [{"level": lv, "text": t} for lv, t in esp_nn.known_defects(model)]
+                        if opts.target == "esp32s3" else []}
     ctx = template_context(info, arena, params, opts, report)
 
     tmp = staging_dir(out.parent, f"{out.name}.tmp")
