@@ -16,13 +16,15 @@ from cryblock.signals import deferred
 from .options import FiniteFloat
 
 #: Options of the commands that talk to the running firmware (monitor, bench, config).
-_board_port = click.option("--port", required=True, help="Serial port of the board.")
+_board_port = click.option("--port", required=True,
+                           help="The board's primary console: the USB-UART bridge (e.g. /dev/ttyUSB0) for default "
+                                "builds, the native USB port (/dev/ttyACM0) for --console usb builds.")
 _console_baud = click.option("--baud", type=click.IntRange(300, 5_000_000), default=capture.CONSOLE_BAUD,
                              show_default=True)
 
 
 @click.command("flash")
-@click.option("--port", required=True, help="Serial port of the ESP32-S3 (e.g. /dev/ttyACM0, COM5).")
+@click.option("--port", required=True, help="Serial port of the ESP32-S3 (e.g. /dev/ttyUSB0, /dev/ttyACM0, COM5).")
 @click.option("--project", type=click.Path(file_okay=False), default=None,
               help="ESP-IDF project folder; its build/ folder is flashed.")
 @click.option("--build-dir", type=click.Path(file_okay=False), default=None,

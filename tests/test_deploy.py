@@ -1130,3 +1130,20 @@ def test_build_states_esp_nn_versions_and_known_defect_shapes(project):
     assert layer_scratch_s3(dw) == 9 * 48 + 10 * 14 * 48 + 4 * 6 * 48 + 64 == 8368
     sym = Layer("DEPTHWISE_CONV_2D", (1, 6, 4, 96), (1, 3, 3, 96), (1, 6, 4, 96), (1, 1), (1, 1, 1, 1))
     assert esp_nn.known_defects([sym]) == []
+
+
+@pytest.mark.parametrize("console", ["uart", "usb"])
+def test_docs_send_commands_to_the_port_that_reads_them(student, tmp_path, console):
+    """README and the generated README name, for every command that talks to the firmware, the
+    port of the primary console of the build they describe: UART0's USB-UART bridge (ttyUSB0) by
+    default — the native USB port (ttyACM0) is output-only there — and ttyACM0 for --console usb."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    fw = gen.generate_project(student[0], tmp_path / "fw", Params(), gen.BuildOptions(console=console)).project
+    generated = (fw / "README.md").read_text()
+    want = "/dev/ttyACM0" if console == "usb" else "/dev/ttyUSB0"
+    talk = re.compile(r"(?:cryblock (?:monitor|config|bench|emulate)\b.*--port|idf\.py -p) (/dev/\S+)")
+    texts = [generated] + ([readme] if console == "uart" else [])
+    ports = [m.group(1) for t in texts for m in talk.finditer(t)]
+    assert ports and set(ports) == {want}, ports
+    sdk = (fw / "sdkconfig.defaults.esp32s3").read_text()
+    assert ("CONFIG_ESP_CONSOLE_USB_SERIAL_JTAG=y" in sdk) == (console == "usb")

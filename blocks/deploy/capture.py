@@ -222,7 +222,7 @@ def open_serial(port: str, baud: int = CONSOLE_BAUD, timeout: float = 0.05):
     import serial
 
     if not str(port).strip():
-        raise CryblockError("no serial port given (e.g. --port /dev/ttyACM0, COM5, rfc2217://host:4000)")
+        raise CryblockError("no serial port given (e.g. --port /dev/ttyUSB0, COM5, rfc2217://host:4000)")
     try:
         ser = serial.serial_for_url(port, do_not_open=True)  # device paths and URLs: socket://, rfc2217://, loop://
         ser.baudrate = int(baud)
