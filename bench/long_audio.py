@@ -34,7 +34,7 @@ def make_long_file(path: Path, clips, seconds: float, sr: int = 16000) -> None:
     """Write ``seconds`` of real audio (clips end to end, repeated as needed) as 16 kHz FLAC."""
     import soundfile as sf
 
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
 
     need = int(seconds * sr)
     with sf.SoundFile(str(path), "w", samplerate=sr, channels=1, format="FLAC", subtype="PCM_16") as f:
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
             print(row)
             if minutes == min(a.minutes):
                 from cryblock.blocks.dsp.features import waveform_to_patches
-                from cryblock.io import load_audio
+                from cryblock.audio import load_audio
 
                 ref = waveform_to_patches(load_audio(src))
                 got = np.load(out)["patches"]

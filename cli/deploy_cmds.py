@@ -58,15 +58,29 @@ _BOARD_ONLY = ("i2s", "pin_bclk", "pin_ws", "pin_din", "slot", "bits", "ram", "f
                    "USB Serial/JTAG port (/dev/ttyACM0).")
 @click.option("--flash-mode", type=click.Choice(["dio", "qio", "dout", "qout"]), default="dio", show_default=True,
               help="SPI flash mode (DIO boots on every module and in QEMU; QIO is slightly faster where supported).")
+@click.option("--mqtt", is_flag=True,
+              help="Network firmware: Wi-Fi + MQTT messages (cryblock/<device>/event, status, availability), Home "
+                   "Assistant discovery. Set Wi-Fi, broker and device id on the serial console: set wifi SSID PASS, "
+                   "set mqtt mqtts://HOST:8883, set device ID (kept in NVS, never in the sources).")
+@click.option("--mqtt-snippets", is_flag=True,
+              help="With --mqtt: also publish the audio around each alert onset (for the hub's second opinion; "
+                   "off by default for privacy).")
+@click.option("--mqtt-ca", type=click.Path(dir_okay=False), default=None,
+              help="With --mqtt: PEM file of the broker's CA, embedded for mqtts:// (default: ESP-IDF's bundle of "
+                   "public CAs).")
+@click.option("--ha-prefix", default="homeassistant", show_default=True,
+              help="With --mqtt: Home Assistant's MQTT discovery prefix.")
 @click.option("--force", is_flag=True, help="Overwrite generated files edited since an earlier build into --out.")
 @click.option("--no-idf", is_flag=True, help="Only generate; do not run idf.py even if ESP-IDF is available.")
 @click.option("--json", "as_json", is_flag=True, help="Print the size report as JSON.")
 def build(model_path, params_path, target, audio, out_dir, i2s, pin_bclk, pin_ws, pin_din, slot, bits, ram,
-          arena_margin, flash_size, psram_mode, console, flash_mode, force, no_idf, as_json):
+          arena_margin, flash_size, psram_mode, console, flash_mode, mqtt, mqtt_snippets, mqtt_ca, ha_prefix, force,
+          no_idf, as_json):
     """Generate an ESP-IDF project for the model and report flash/RAM/latency."""
     from cryblock.blocks.deploy.idf import find_idf, idf_size, run_idf_build
     from cryblock.blocks.deploy.size import write_measured_sizes
-    from cryblock.blocks.deploy.project import BuildOptions, generate_project
+    from cryblock.blocks.deploy.project import BuildOptions, MqttOptions, generate_project
+    from cryblock.errors import CryblockError
     from cryblock.blocks.deploy.size import format_report
     from cryblock.params import Params
 
@@ -89,7 +103,10 @@ def build(model_path, params_path, target, audio, out_dir, i2s, pin_bclk, pin_ws
                         bits=int(bits) if bits else (16 if i2s == "pdm" else 32), ram=ram,
                         arena_margin=arena_margin, flash_mb=int(flash_size), psram_mode=psram_mode,
                         console=console, flash_mode=flash_mode)
-    res = generate_project(model_path, out_dir, params, opts, force=force)
+    if not mqtt and (mqtt_snippets or mqtt_ca or ha_prefix != "homeassistant"):
+        raise CryblockError("--mqtt-snippets / --mqtt-ca / --ha-prefix: only with --mqtt")
+    net = MqttOptions(snippets=mqtt_snippets, ca=mqtt_ca, ha_prefix=ha_prefix) if mqtt else None
+    res = generate_project(model_path, out_dir, params, opts, force=force, mqtt=net)
     if as_json:
         click.echo(json.dumps(res.report, indent=2, ensure_ascii=False))
     else:
@@ -148,7 +165,7 @@ def emulate_cmd(ctx, project, audio, qemu, kernels, port, baud, binary, boot_tim
 
     from cryblock.blocks.deploy.emulate import ANSI_C_DEFAULTS, QEMU_SIMD_CAVEAT, emulate, format_comparison
     from cryblock.errors import CryblockError
-    from cryblock.io import atomic_write_text, check_output, json_safe
+    from cryblock.output import atomic_write_text, check_output, json_safe
 
     if sum(x is not None for x in (qemu, port, binary)) > 1:
         raise CryblockError("--qemu, --port and --binary: give at most one (where the firmware runs)")

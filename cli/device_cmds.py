@@ -10,7 +10,7 @@ import click
 
 from cryblock.blocks.deploy import bench, capture, config, flash
 from cryblock.escape import printable
-from cryblock.io import check_output
+from cryblock.output import check_output
 from cryblock.signals import deferred
 
 from .options import FiniteFloat

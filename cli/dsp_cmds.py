@@ -121,7 +121,7 @@ def features_cmd(inputs: tuple[str, ...], manifest: Path | None, out: Path, work
     from tqdm import tqdm
 
     from cryblock.data import Clip, load_manifest, patch_files
-    from cryblock.io import NpzWriter, check_output, npy_row_blocks
+    from cryblock.output import NpzWriter, check_output, npy_row_blocks
 
     if manifest is not None and inputs:
         raise click.UsageError("give either INPUTS or --manifest, not both")

@@ -22,9 +22,11 @@ from cryblock.errors import CryblockError
 
 from .options import FiniteFloat, field_options, params_with, split_overrides
 
-#: Epochs of ``cryblock demo`` (measured: ≈ 25–45 s per epoch on the full shared manifest on 2
-#: shared CPU cores; validation AUC plateaus after ≈ 10 epochs).
+#: Epochs of ``cryblock demo`` (validation AUC plateaus after ≈ 10 epochs on the shared data).
 DEMO_EPOCHS = 15
+#: Cross-validation folds of ``cryblock demo`` (``cryblock evaluate --cv`` defaults to 5): 3 folds
+#: and the deployed model keep the main job within its time on 2 CPU cores.
+DEMO_FOLDS = 3
 
 def _click_rows():
     """blocks/learn/flags.py's table as field_options rows (choices become click.Choice)."""
@@ -78,14 +80,19 @@ def learn_params(data: str, params_file: str | None, overrides: dict, label_map:
 
 
 def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
-         workers: int | None, overrides: dict, label_map: dict[str, str] | None = None):
+         workers: int | None, overrides: dict, label_map: dict[str, str] | None = None, cv: int | None = None):
     _quiet_tf()
+    from cryblock.blocks.learn.cv import train_cross_validated
     from cryblock.blocks.learn.train import train_from_manifest
 
     params = learn_params(data, params_file, overrides, label_map or {})
     t0 = time.perf_counter()
-    res = train_from_manifest(data, out, params, teacher=teacher, max_clips=max_clips, workers=workers,
-                              label_map=label_map, log=lambda s: click.echo(s))
+    if cv:
+        res = train_cross_validated(data, out, params, k=cv, teacher=teacher, max_clips=max_clips, workers=workers,
+                                    label_map=label_map, log=lambda s: click.echo(s))
+    else:
+        res = train_from_manifest(data, out, params, teacher=teacher, max_clips=max_clips, workers=workers,
+                                  label_map=label_map, log=lambda s: click.echo(s))
     m = res.metrics
     click.echo(f"\nINT8 cost: {m['cost']['int8_bytes']:,} B, {m['cost']['params']:,} params, "
                f"{m['cost']['macs']:,} MACs/patch, arena {m['cost']['arena_bytes']:,} B")
@@ -94,14 +101,28 @@ def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_
     return res
 
 
-def evaluate_cmd_impl(run: str, data: str, out: str | None, teacher: str | None, map_label, workers) -> None:
+def evaluate_cmd_impl(run: str, data: str, out: str | None, teacher: str | None, map_label, workers,
+                      cv: int | None = None) -> None:
     _quiet_tf()
+    from cryblock.blocks.learn.cv import evaluate_cross_validated
     from cryblock.blocks.learn.evaluate import evaluate_run
 
-    out = out or str(Path(run) / "evaluation")
-    evaluate_run(run, data, out, teacher=teacher, label_map=parse_label_map(map_label), workers=workers,
-                 log=lambda s: click.echo(s))
+    if cv:
+        out = out or str(Path(run) / f"evaluation-cv{cv}")
+        evaluate_cross_validated(run, data, out, k=cv, teacher=teacher, label_map=parse_label_map(map_label),
+                                 workers=workers, log=lambda s: click.echo(s))
+    else:
+        out = out or str(Path(run) / "evaluation")
+        evaluate_run(run, data, out, teacher=teacher, label_map=parse_label_map(map_label), workers=workers,
+                     log=lambda s: click.echo(s))
     click.echo(f"wrote {out}/ (metrics.json, report.md, report.html)")
+
+
+def calibrate_cmd_impl(run: str, ambient, budget: float, port: str | None, workers: int | None) -> None:
+    _quiet_tf()
+    from cryblock.blocks.learn.calibrate import calibrate_home
+
+    calibrate_home(run, list(ambient), budget_per_8h=budget, port=port, workers=workers, log=lambda s: click.echo(s))
 
 
 def detect_cmd_impl(files, run: str, plot: str | None, as_json: str | None) -> None:
@@ -109,7 +130,7 @@ def detect_cmd_impl(files, run: str, plot: str | None, as_json: str | None) -> N
     _quiet_tf()
     from cryblock.blocks.learn.evaluate import TflmRunner, detect_file, load_run
     from cryblock.errors import AudioError
-    from cryblock.io import atomic_write_bytes, atomic_write_text, check_output, json_safe
+    from cryblock.output import atomic_write_bytes, atomic_write_text, check_output, json_safe
 
     reads = (*files, run, *(Path(run) / n for n in ("params.json", "model_quantized_int8_io.tflite")))
     if plot is not None:
@@ -200,10 +221,31 @@ def register(group: click.Group) -> None:
                   help="YAMNet file; default $CRYBLOCK_TEACHER, cache or download")
     @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO", help="rename a manifest label")
     @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
-    def evaluate_cmd(run, data, out, teacher, map_label, workers):
+    @click.option("--cv", "cv", type=click.IntRange(2, 20), is_flag=False, flag_value=5, default=None,
+                  help="cross-validate the run's recipe on the manifest with K folds by group (--cv alone: 5) "
+                       "instead of scoring the run's own model")
+    def evaluate_cmd(run, data, out, teacher, map_label, workers, cv):
         """Evaluate a trained run on any manifest (e.g. your own recordings): teacher, float and
-        INT8 — AUCs with confidence intervals, the sounds that alert, the nursery night."""
-        evaluate_cmd_impl(run, data, out, teacher, map_label, workers)
+        INT8 — AUCs with confidence intervals, the sounds that alert, the nursery nights. With
+        --cv K the run's recipe is cross-validated on the manifest: every negative second and
+        every cry counts once, judged by a model that never heard its group."""
+        evaluate_cmd_impl(run, data, out, teacher, map_label, workers, cv)
+
+    @group.command("calibrate")
+    @click.option("--run", "run", required=True, type=click.Path(file_okay=False),
+                  help="run folder of cryblock train / demo (its params.json is updated)")
+    @click.option("--ambient", multiple=True, required=True, type=click.Path(dir_okay=False),
+                  help="a recording of the nursery without crying, ≥ 10 min in all (repeatable)")
+    @click.option("--budget-per-8h", "budget", type=FiniteFloat(0, 10000), default=1.0, show_default=True,
+                  help="false alerts per 8 h allowed on your recording")
+    @click.option("--port", default=None, help="serial port of the running firmware: send the new setting to it")
+    @click.option("--workers", type=click.IntRange(1, 256), default=None, help="processes")
+    def calibrate_cmd(run, ambient, budget, port, workers):
+        """Fit the detector to your nursery: score your recording with the INT8 model, lay the run's
+        validation cries into it at 10 dB, pick threshold / votes / hold for the budget without
+        going below the run's recall, update params.json (the old one is kept) and optionally
+        send the setting to the device."""
+        calibrate_cmd_impl(run, ambient, budget, port, workers)
 
     @group.command("detect")
     @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -228,10 +270,13 @@ def register(group: click.Group) -> None:
     @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
     @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO",
                   help="rename a manifest label before training, e.g. Cry=cry (repeatable)")
+    @click.option("--cv", "cv", type=click.IntRange(2, 20), default=None,
+                  help="cross-validate the recipe with K folds by group first; the model trained on all groups "
+                       "is deployed with the cross-validated detector setting and figures")
     @field_options(_LEARN_FLAGS)
-    def train_cmd(data, out, teacher, params_file, max_clips, workers, map_label, **overrides):
+    def train_cmd(data, out, teacher, params_file, max_clips, workers, map_label, cv, **overrides):
         """Distil YAMNet into the INT8 student; export, evaluate and report."""
-        _run(data, out, teacher, params_file, max_clips, workers, overrides, parse_label_map(map_label))
+        _run(data, out, teacher, params_file, max_clips, workers, overrides, parse_label_map(map_label), cv)
 
     @group.command("demo")
     @click.option("--data", type=click.Path(), default=None,
@@ -239,8 +284,10 @@ def register(group: click.Group) -> None:
     @click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="run folder")
     @click.option("--teacher", type=click.Path(), default=None, help="YAMNet file; default $CRYBLOCK_TEACHER/cache/download")
     @click.option("--max-clips", type=click.IntRange(6, None), default=None, help="use a subset (quick check)")
+    @click.option("--cv", "cv", type=click.IntRange(2, 20), default=DEMO_FOLDS, show_default=True,
+                  help="cross-validation folds by group")
     @field_options(_LEARN_FLAGS)
-    def demo_cmd(data, out, teacher, max_clips, **overrides):
+    def demo_cmd(data, out, teacher, max_clips, cv, **overrides):
         """The main job: train on the full shared manifest, print the results table and write
         the ESP32-S3 project for the INT8 student into OUT/fw.
 
@@ -253,7 +300,7 @@ def register(group: click.Group) -> None:
             if not env:
                 raise CryblockError("no data: pass --data or set CRYBLOCK_DATA to the folder holding manifest.csv")
             data = str(Path(env) / "manifest.csv")
-        res = _run(data, out, teacher, None, max_clips, None, overrides)
+        res = _run(data, out, teacher, None, max_clips, None, overrides, cv=cv)
         # deploy stage: the ESP32-S3 project for the INT8 student, with the tuned detector
         from cryblock.blocks.deploy.project import BuildOptions, generate_project
         from cryblock.blocks.deploy.size import format_report

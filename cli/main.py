@@ -11,7 +11,7 @@ import sys
 import click
 
 from cryblock import __version__
-from cryblock.errors import CryblockError
+from cryblock.errors import CryblockError, short_path
 
 
 class _Group(click.Group):
@@ -24,8 +24,6 @@ class _Group(click.Group):
         except OSError as e:
             if not e.filename:
                 raise
-            from cryblock.io import short_path  # here: cryblock.io imports NumPy, start-up need not
-
             click.echo(f"error: {short_path(e.filename)}: {e.strerror or e}", err=True)
             sys.exit(2)
 
@@ -37,9 +35,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import deploy_cmds, device_cmds, dsp_cmds, learn_cmds
+    from . import deploy_cmds, device_cmds, dsp_cmds, hub_cmds, learn_cmds
 
-    for mod in (dsp_cmds, learn_cmds, deploy_cmds, device_cmds):
+    for mod in (dsp_cmds, learn_cmds, deploy_cmds, device_cmds, hub_cmds):
         mod.register(cli)
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import AudioError, DataError
-from .io import npy_shape, write_npy_blocks
+from .output import npy_shape, write_npy_blocks
 from .params import DspParams
 
 REQUIRED_COLUMNS = ("path", "label", "group")
@@ -269,57 +269,72 @@ def compute_patches(clips: Sequence[Clip], params: DspParams = DspParams(), *, w
     return PatchSet(patches, index, kept, skipped)
 
 
-def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validation_fraction: float = 0.2,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split clip indices into train / validation / test **by group**, stratified by label and
-    source.
-
-    Uses scikit-learn's ``StratifiedGroupKFold``: the test split is one fold of
-    ``round(1/test_fraction)``; validation is one fold of ``round(1/validation_fraction)`` of
-    the rest. No group appears in two splits. The strata are ``label|source`` (the manifest's
-    ``source`` column; label alone when it is empty), so each kind of recording — the cats, the
-    speakers, the ESC folds — is spread over the splits as far as its groups allow: a
-    validation split without any cat would calibrate the detector blind to the hardest sound.
+def group_folds(clips: Sequence[Clip], idx: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Split the clips ``idx`` into ``n_folds`` folds **by group**, stratified by ``label|source``
+    (scikit-learn ``StratifiedGroupKFold``, shuffled with ``seed``), so each kind of recording —
+    the cats, the speakers, the ESC folds — is spread over the folds as far as its groups allow.
+    Falls back to label strata, then none, where every stratum is smaller than the folds.
 
     Returns:
-        (train_idx, val_idx, test_idx): int arrays of clip indices.
-
-    Raises:
-        DataError: fewer than 3 groups, or a label that ends up missing from the test split.
+        ``n_folds`` sorted int arrays of clip indices (no group in two).
     """
     import warnings
 
     from sklearn.model_selection import StratifiedGroupKFold
 
+    idx = np.asarray(idx)
+    labels = np.array([clips[i].label for i in idx])
+    strata = np.array([f"{clips[i].label}|{clips[i].source}" for i in idx])
+    groups = np.array([clips[i].group for i in idx])
+    cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    s = strata if np.unique(strata, return_counts=True)[1].max() >= n_folds else labels
+    if np.unique(s, return_counts=True)[1].max() < n_folds:
+        s = np.zeros(len(idx), dtype=int)
+    with warnings.catch_warnings():  # strata with fewer groups than folds are spread as far as they go
+        warnings.simplefilter("ignore", UserWarning)
+        return [np.sort(idx[held]) for _, held in cv.split(np.zeros(len(idx)), s, groups)]
+
+
+def hold_out_groups(clips: Sequence[Clip], idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held out): one fold of ``round(1/fraction)`` (:func:`group_folds`) of the clips ``idx``."""
+    idx = np.asarray(idx)
+    k = min(max(2, int(round(1 / fraction))), len({clips[i].group for i in idx}))
+    held = group_folds(clips, idx, k, seed)[0]
+    return np.setdiff1d(idx, held), held
+
+
+def groups_per_label(clips: Sequence[Clip]) -> str:
+    """``'cry' 242, 'not_cry' 412``: how many groups each label has (for error messages)."""
+    labels = sorted({c.label for c in clips})
+    return ", ".join(f"{lab!r} {len({c.group for c in clips if c.label == lab})}" for lab in labels)
+
+
+def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validation_fraction: float = 0.2,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split clip indices into train / validation / test **by group**, stratified by label and
+    source: the test split is one fold of ``round(1/test_fraction)``, validation one fold of
+    ``round(1/validation_fraction)`` of the rest (:func:`hold_out_groups`). No group appears in
+    two splits; a validation split without any cat would calibrate the detector blind to the
+    hardest sound.
+
+    Returns:
+        (train_idx, val_idx, test_idx): int arrays of clip indices.
+
+    Raises:
+        DataError: fewer than 3 groups, or a label that ends up missing from a split (the message
+            says how many groups each label has).
+    """
     labels = np.array([c.label for c in clips])
-    strata = np.array([f"{c.label}|{c.source}" for c in clips])
-    groups = np.array([c.group for c in clips])
-    if len(set(groups)) < 3:
-        raise DataError(f"need ≥ 3 groups to split train/validation/test by group, got {len(set(groups))}")
+    if len({c.group for c in clips}) < 3:
+        raise DataError(f"need ≥ 3 groups to split train/validation/test by group, got {len({c.group for c in clips})}")
     if len(set(labels)) < 2:
         raise DataError(f"need ≥ 2 labels, got only {sorted(set(labels))}")
-
-    def one_fold(idx: np.ndarray, frac: float, rs: int) -> tuple[np.ndarray, np.ndarray]:
-        k = max(2, int(round(1 / frac)))
-        k = min(k, len(set(groups[idx])))
-        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=rs)
-        # scikit-learn refuses strata that are all smaller than the folds (a small manifest):
-        # stratify by label alone then, or by nothing
-        s = strata[idx] if np.unique(strata[idx], return_counts=True)[1].max() >= k else labels[idx]
-        if np.unique(s, return_counts=True)[1].max() < k:
-            s = np.zeros(len(idx), dtype=int)
-        with warnings.catch_warnings():  # strata with fewer groups than folds are spread as far as they go
-            warnings.simplefilter("ignore", UserWarning)
-            rest, held = next(cv.split(np.zeros(len(idx)), s, groups[idx]))
-        return idx[rest], idx[held]
-
-    all_idx = np.arange(len(clips))
-    rest, test = one_fold(all_idx, test_fraction, seed)
-    train, val = one_fold(rest, validation_fraction, seed + 1)
+    rest, test = hold_out_groups(clips, np.arange(len(clips)), test_fraction, seed)
+    train, val = hold_out_groups(clips, rest, validation_fraction, seed + 1)
     for name, part in (("test", test), ("validation", val), ("train", train)):
         missing = set(labels) - set(labels[part])
         if missing:
-            counts = ", ".join(f"{str(lab)!r} {len(set(groups[labels == lab]))}" for lab in sorted(set(labels)))
-            raise DataError(f"label(s) {sorted(str(m) for m in missing)} have too few groups to appear in the {name} split "
-                            f"(groups per label: {counts}; each label needs groups in train, validation and test)")
+            raise DataError(f"label(s) {sorted(str(m) for m in missing)} have too few groups to appear in the {name} "
+                            f"split (groups per label: {groups_per_label(clips)}; each label needs groups in train, "
+                            "validation and test)")
     return np.sort(train), np.sort(val), np.sort(test)

@@ -24,6 +24,8 @@ CFG    ``threshold vote hold_ms``  (vote = N/M)
 ERR    ``code msg``
 RDY    ``seq samples``  (replay: line ``seq`` queued; ``samples`` received so far)
 END    ``seq samples``  (replayed/file audio fully processed: ``seq`` patches)
+NET    network state and answers to network commands (``cryblock build --mqtt``:
+       templates/esp32s3/main/cry_net.c): ``device boot wifi mqtt …`` or ``error``
 =====  ==========================================================================
 
 **Audio replay** (firmware built with ``--audio replay``; templates/esp32s3/main/replay.h): the
@@ -41,7 +43,7 @@ import math
 from dataclasses import dataclass, field
 
 MAGIC = "CRYB/1"
-KINDS = ("BOOT", "INF", "EVT", "CFG", "ERR", "RDY", "END")
+KINDS = ("BOOT", "INF", "EVT", "CFG", "ERR", "RDY", "END", "NET")
 
 
 def checksum(body: str) -> str:

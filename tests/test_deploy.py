@@ -581,7 +581,7 @@ def test_rebuild_keeps_user_files_and_refreshes_sdkconfig(student, tmp_path):
 
 
 def cio_umask() -> int:
-    from cryblock import io as cio
+    from cryblock import output as cio
 
     return cio._UMASK
 

@@ -78,7 +78,7 @@ def _run_fe(exe: Path, x: np.ndarray, tmp: Path, chunk: int) -> np.ndarray:
 
 
 def _load(c, max_seconds=20.0):
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
 
     x = load_audio(c.path, 16000)
     return x[: int(max_seconds * 16000)]

@@ -50,7 +50,7 @@ def _check_summary(s: dict, truth) -> None:
     inf = truth.inf
     assert s["format"] == "CRYB/1"
     assert s["records"] == {"BOOT": 2, "INF": len(inf), "EVT": truth.evt_on + truth.evt_off, "CFG": 2, "ERR": 0,
-                            "RDY": 0, "END": 0}
+                            "RDY": 0, "END": 0, "NET": 0}
     assert s["config"] == BOOT_CFG
     assert s["garbage_lines"] == truth.garbage_lines == 28
     assert s["corrupt_lines"] == truth.corrupt_lines == 4

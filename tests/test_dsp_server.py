@@ -20,7 +20,7 @@ import soundfile as sf
 from cryblock.blocks.dsp import ei
 from cryblock.blocks.dsp.features import waveform_to_patches
 from cryblock.blocks.dsp.server import serve_in_thread
-from cryblock.io import prepare_waveform
+from cryblock.audio import prepare_waveform
 from cryblock.params import DspParams
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 from cryblock.errors import CryblockError, ParameterError, one_line
 from cryblock.escape import csv_cell, printable
-from cryblock.io import atomic_write_text, json_safe
+from cryblock.output import atomic_write_text, json_safe
 from cryblock.logformat import MAGIC, Record, parse_line
 from cryblock.signals import Interrupted, interruptible
 

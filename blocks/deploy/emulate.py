@@ -94,11 +94,11 @@ def _int16(x: np.ndarray) -> np.ndarray:
 
 def pcm_blocks(path, params: Params) -> Iterator[np.ndarray]:
     """A recording as the firmware should hear it, streamed: mono int16 blocks at the DSP rate
-    (:func:`cryblock.io.audio_blocks`), then the zeros of YAMNet's ``pad_waveform``
+    (:func:`cryblock.audio.audio_blocks`), then the zeros of YAMNet's ``pad_waveform``
     (:func:`cryblock.blocks.dsp.features.padded_length`), so the firmware's streaming front-end
     yields exactly the patches of the Python block. Raises AudioError naming the file."""
     from cryblock.blocks.dsp.features import padded_length
-    from cryblock.io import audio_blocks
+    from cryblock.audio import audio_blocks
 
     n = 0
     for x in audio_blocks(path, params.dsp.sample_rate):
@@ -504,7 +504,7 @@ def emulate(project, audio: Sequence, *, binary: str | None = None, qemu: str | 
 
     Args:
         project: generated project folder (its params.json and main/model_data.cc are the truth).
-        audio: recordings (any format :func:`cryblock.io.audio_blocks` reads), streamed.
+        audio: recordings (any format :func:`cryblock.audio.audio_blocks` reads), streamed.
         binary: program to run instead of ``build/<name>.elf`` (linux target).
         qemu: path of Espressif's ``qemu-system-xtensa``: boot the ESP32-S3 image of
             :func:`qemu_build` (``kernels``: "ansi", the default, or "optimized").
@@ -516,7 +516,7 @@ def emulate(project, audio: Sequence, *, binary: str | None = None, qemu: str | 
         CryblockError: missing project files or build, unreadable audio, firmware that does not
             boot or answer.
     """
-    from cryblock.io import audio_blocks
+    from cryblock.audio import audio_blocks
 
     project = Path(project)
     model, params = project_model(project)

@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from cryblock import __version__
+from cryblock import mqttformat as mf
 from cryblock.errors import CryblockError, ParameterError
 from cryblock.escape import c_comment, md_cell
-from cryblock.io import atomic_write_text, check_output, staging_dir
+from cryblock.output import atomic_write_text, check_output, staging_dir
 from cryblock.params import DspParams, Params
 from cryblock.signals import deferred
 
@@ -147,6 +148,45 @@ class BuildOptions:
             raise ParameterError(f"parameter 'flash_mode': must be one of {FLASH_MODES}, got {self.flash_mode!r}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", self.project_name):
             raise ParameterError(f"parameter 'project_name': must be a C identifier, got {self.project_name!r}")
+
+
+@dataclass(frozen=True)
+class MqttOptions:
+    """``cryblock build --mqtt``: the firmware joins Wi-Fi and publishes the fleet messages
+    (:mod:`cryblock.mqttformat`; templates ``main/cry_msg.c``, ``main/cry_net.c``). Wi-Fi
+    credentials, broker URI and device id are set at run time over the serial console (NVS),
+    never here.
+
+    snippets: publish the audio around each alert onset (off by default: privacy).
+    ca: PEM file of the broker's CA, embedded as ``main/mqtt_ca.pem`` for ``mqtts://`` (None:
+    ESP-IDF's certificate bundle of public CAs). ha_prefix: Home Assistant's discovery prefix
+    (changeable at run time with ``set prefix``).
+    """
+
+    snippets: bool = False
+    ca: str | None = None
+    ha_prefix: str = "homeassistant"
+
+    def validate(self, target: str) -> None:
+        """Raise ParameterError naming the first bad option."""
+        if target != "esp32s3":
+            raise ParameterError("--mqtt: the firmware reaches the broker over the ESP32-S3's Wi-Fi; "
+                                 f"target {target} has none")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", self.ha_prefix) or len(self.ha_prefix) > 64:
+            raise ParameterError(f"--ha-prefix: {self.ha_prefix!r} is not an MQTT topic prefix (A-Z a-z 0-9 _ - /)")
+        if self.ca is not None:
+            p = Path(self.ca)
+            try:
+                text = p.read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ParameterError(f"--mqtt-ca: {p}: cannot read a PEM file ({getattr(e, 'strerror', None) or e})") \
+                    from None
+            if "-----BEGIN CERTIFICATE-----" not in text or "-----END CERTIFICATE-----" not in text:
+                raise ParameterError(f"--mqtt-ca: {p}: not a PEM certificate (no BEGIN/END CERTIFICATE lines)")
+
+
+#: Template files of the network firmware, rendered only with ``--mqtt``.
+MQTT_FILES = ("main/cry_msg.h", "main/cry_msg.c", "main/cry_net.h", "main/cry_net.c", "main/cry_net_config.h.j2")
 
 
 def templates_dir() -> Path:
@@ -281,8 +321,10 @@ def threshold_x1000(threshold: float) -> int:
 
 
 def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: BuildOptions,
-                     report: dict[str, Any]) -> dict[str, Any]:
-    """Every variable the templates use (rendering uses jinja2 StrictUndefined)."""
+                     report: dict[str, Any], mqtt: MqttOptions | None = None,
+                     model_sha256: str = "") -> dict[str, Any]:
+    """Every variable the templates use (rendering uses jinja2 StrictUndefined); ``mqtt`` False
+    unless ``--mqtt``."""
     det = params.detector
     app_part = report["flash"]["app_partition_bytes"]
     if app_part + 0x20000 > opts.flash_mb * 1024 * 1024:
@@ -313,6 +355,11 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "audio_ring_bytes": report["ram"]["audio_ring_bytes"],
         "input_scale_c": _cfloat(info.input.scale), "output_scale_c": _cfloat(info.output.scale),
         "report": report,
+        "mqtt": False if mqtt is None else {
+            "snippets": mqtt.snippets, "ca": mqtt.ca is not None, "ha_prefix": mqtt.ha_prefix,
+            "snippet_pre_ms": int(round(mf.SNIPPET_PRE_S * 1000)), "snippet_post_ms": int(round(mf.SNIPPET_POST_S * 1000)),
+            "status_period_s": mf.STATUS_PERIOD_S},
+        "model_sha16": model_sha256[:16],
     }
 
 
@@ -327,6 +374,8 @@ def render_project(ctx: dict[str, Any], model: bytes, dest: Path) -> list[Path]:
             continue
         rel = src.relative_to(root)
         if rel.name == "partitions.csv.j2" and not ctx["custom_partitions"]:
+            continue
+        if rel.as_posix() in MQTT_FILES and not ctx.get("mqtt"):
             continue
         out_rel = rel.with_name(rel.name[:-3]) if rel.name.endswith(".j2") else rel
         out = dest / out_rel
@@ -605,7 +654,7 @@ class BuildResult:
 
 def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
                      params: Params | None = None, options: BuildOptions | None = None, *,
-                     force: bool = False) -> BuildResult:
+                     force: bool = False, mqtt: MqttOptions | None = None) -> BuildResult:
     """Generate the ESP-IDF project for ``model_path`` into ``out_dir`` (atomically).
 
     Args:
@@ -616,6 +665,7 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         params: the run's parameters (DSP front-end, labels, detector defaults); defaults if None.
         options: board options (:class:`BuildOptions`).
         force: overwrite generated files the user edited since.
+        mqtt: network firmware (:class:`MqttOptions`); None: exactly the serial-only firmware.
 
     Returns:
         :class:`BuildResult` (``report`` also saved as ``size_report.json`` in the project).
@@ -627,6 +677,8 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     params = params or Params()
     opts = options or BuildOptions()
     opts.validate()
+    if mqtt is not None:
+        mqtt.validate(opts.target)
     out = Path(out_dir).resolve()
     check_output(out, folder=True)
     if re.search(r"\s", str(out)):  # "does not support spaces in the paths to ... projects" (ESP-IDF Get Started)
@@ -641,17 +693,22 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     report["esp_nn"] = {"required": esp_nn.REQUIRED, "verified": esp_nn.VERIFIED, "statement": esp_nn.statement(opts.target),
                         "known_defects": [{"level": lv, "text": t} for lv, t in esp_nn.known_defects(model)]
                         if opts.target == "esp32s3" else []}
-    ctx = template_context(info, arena, params, opts, report)
+    ctx = template_context(info, arena, params, opts, report, mqtt, hashlib.sha256(model).hexdigest())
 
     tmp = staging_dir(out.parent, f"{out.name}.tmp")
     try:
         files = render_project(ctx, model, tmp)
+        if mqtt is not None and mqtt.ca is not None:
+            shutil.copyfile(mqtt.ca, tmp / "main" / "mqtt_ca.pem")
+            files.append(Path("main/mqtt_ca.pem"))
         (tmp / "size_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         params.save(tmp / "params.json")
         files += [Path("size_report.json"), Path("params.json")]
         hashes = {str(f): _sha256(tmp / f) for f in files}
-        (tmp / MARKER).write_text(json.dumps({"generator": f"cryblock {__version__}", "model": name,
-                                              "options": asdict(opts), "files": hashes}, indent=2) + "\n")
+        marker = {"generator": f"cryblock {__version__}", "model": name, "options": asdict(opts), "files": hashes}
+        if mqtt is not None:
+            marker["mqtt"] = asdict(mqtt)
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         files.append(Path(MARKER))
         kept, notes = _install(tmp, out, files, force)
     except BaseException:

@@ -120,7 +120,7 @@ def write_measured_sizes(project, sizes: dict) -> dict:
     import json
     from pathlib import Path
 
-    from cryblock.io import atomic_write_text
+    from cryblock.output import atomic_write_text
 
     f = Path(project) / "size_report.json"
     rep = json.loads(f.read_text())

@@ -15,7 +15,7 @@ File names and layout follow Edge Impulse's custom learning blocks
   the negatives is lost; int8 logits keep it. The Edge Impulse block exports probabilities
   (``logits_model=None``), as Edge Impulse deployments expect.
 
-Every file is written atomically (temp file + rename, :mod:`cryblock.io`).
+Every file is written atomically (temp file + rename, :mod:`cryblock.output`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cryblock.errors import CryblockError
-from cryblock.io import atomic_write_bytes
+from cryblock.output import atomic_write_bytes
 
 FLOAT_NAME = "model.tflite"
 INT8_NAME = "model_quantized_int8_io.tflite"
@@ -137,3 +137,11 @@ def export_all(model, rep_patches: np.ndarray, out_dir: str | os.PathLike, logit
     fp = atomic_write_bytes(out / FLOAT_NAME, f32)
     ip = atomic_write_bytes(out / INT8_NAME, i8)
     return ExportedModels(f32, i8, zip_path, fp, ip)
+
+
+def int8_only(model, rep_patches: np.ndarray, logits_model=None) -> bytes:
+    """The INT8 flatbuffer alone (as :func:`export_all` makes it, nothing written): for the
+    cross-validation folds, whose models are scored and dropped."""
+    with tempfile.TemporaryDirectory(prefix="cryblock-int8-") as td:
+        sm = export_saved_model(logits_model if logits_model is not None else model, Path(td))
+        return convert_int8(sm, rep_patches, _input_shape(model))

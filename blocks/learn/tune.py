@@ -147,7 +147,7 @@ def tune(manifest, out_dir, params: Params = Params(), *, budget: Budget = Budge
     """
     from cryblock.blocks.learn.teacher import load_teacher
     from cryblock.blocks.learn.train import train_from_manifest
-    from cryblock.io import atomic_write_text, check_output, json_safe
+    from cryblock.output import atomic_write_text, check_output, json_safe
 
     out = Path(out_dir)
     check_output(out, folder=True)
