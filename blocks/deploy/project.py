@@ -626,11 +626,11 @@ def _install(tmp: Path, out: Path, files: list[Path], force: bool) -> tuple[list
                     if placed:
                         os.unlink(name, dir_fd=fd)
                     if had:
-                        os.replace(backup / rel, name, dst_dir_fd=fd)
+                        os.replace(backup / rel, name, dst_dir_fd=fd)  # if this fails, the copy stays in tmp
                 raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the earlier files too, before a held-back signal acts
     finally:
         tree.close()
-    shutil.rmtree(tmp, ignore_errors=True)
     top = {rel.split("/")[0] for rel in new}
     kept = sorted(e.name for e in out.iterdir() if e.name not in top)
     return kept, _sync_sdkconfig(out)
@@ -712,7 +712,8 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         files.append(Path(MARKER))
         kept, notes = _install(tmp, out, files, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not any(p.is_file() for p in (tmp / ".earlier").rglob("*")):  # never delete files not put back
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     report = dict(report, project=str(out))
     return BuildResult(out, report, info, arena, files, kept=kept, notes=notes)

@@ -209,7 +209,7 @@ def make_app(limits: Limits = Limits(), quiet: bool = True) -> Callable:
     def app(environ: dict, start_response: Callable) -> list[bytes]:
         method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO") or "/"
         code, payload, ctype = "200 OK", b"", "application/json"
-        if path in ("/", "/parameters") and method in ("GET", "HEAD"):
+        if path in ("/", "/parameters") and method == "GET":
             if path == "/":
                 info = load_parameters_json()["info"]
                 payload, ctype = f"Edge Impulse DSP block: {info['title']} by {info['author']}".encode(), "text/plain"
@@ -224,7 +224,7 @@ def make_app(limits: Limits = Limits(), quiet: bool = True) -> Callable:
             payload = f"Invalid path {path}\n".encode("utf-8", "replace")
         if not quiet:
             sys.stderr.write(f"{environ.get('REMOTE_ADDR', '?')} - {method} {path} {code.split()[0]}\n")
-        return _answer(start_response, code, b"" if method == "HEAD" else payload, ctype)
+        return _answer(start_response, code, payload, ctype)
 
     return app
 
