@@ -137,7 +137,8 @@ def build(model_path, params_path, target, audio, out_dir, i2s, pin_bclk, pin_ws
 
 @click.command("emulate")
 @click.option("--project", required=True, type=click.Path(file_okay=False, exists=True),
-              help="Generated project: built for the linux target, or (--qemu, --port) an ESP32-S3 --audio replay build.")
+              help="Generated project: built for the linux target, or (--qemu, --port) an ESP32-S3 --audio "
+                   "replay build.")
 @click.option("--audio", "audio", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="Recording to replay (repeatable; any format the DSP block reads; any length, streamed).")
 @click.option("--qemu", default=None, help="Espressif's qemu-system-xtensa: boot the project's ESP32-S3 image in it.")

@@ -916,7 +916,8 @@ def test_model_reshaped_to_6144_is_one_error_line_everywhere(student, tmp_path, 
     Params().save(run / "params.json")
     clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
     if command == "build":
-        args = ["build", "--model", str(run / "model_quantized_int8_io.tflite"), "--out", str(tmp_path / "fw"), "--no-idf"]
+        args = ["build", "--model", str(run / "model_quantized_int8_io.tflite"), "--out", str(tmp_path / "fw"),
+                "--no-idf"]
     elif command == "detect":
         args = ["detect", "--run", str(run), str(clip)]
     elif command == "evaluate":

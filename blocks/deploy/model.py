@@ -421,8 +421,9 @@ def check_model_for_params(info: ModelInfo, params: Params, name: str = "model")
     frames, mels = params.dsp.patch_shape
     layouts = input_layouts(frames, mels)
     if info.input.shape not in layouts:
+        expected = ", ".join(str(list(s)) for s in layouts)
         raise CryblockError(f"{name}: model input shape {list(info.input.shape)} does not hold one {frames}×{mels} "
-                            f"log-mel patch of the DSP parameters as the firmware feeds it (expected one of {', '.join(str(list(s)) for s in layouts)})")
+                            f"log-mel patch of the DSP parameters as the firmware feeds it (expected one of {expected})")
     four_d = sorted(set(info.input_readers) & FOUR_D_OPS)
     if four_d and len(info.input.shape) != 4:
         raise CryblockError(f"{name}: model input shape {list(info.input.shape)} is fed straight to {four_d[0]}, "

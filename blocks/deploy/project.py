@@ -690,9 +690,10 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     check_model_for_params(info, params, name)
     arena = plan_arena(model, opts.ram, opts.arena_margin, target=opts.target)
     report = size_report(info, arena, params.dsp)
-    report["esp_nn"] = {"required": esp_nn.REQUIRED, "verified": esp_nn.VERIFIED, "statement": esp_nn.statement(opts.target),
-                        "known_defects": [{"level": lv, "text": t} for lv, t in esp_nn.known_defects(model)]
-                        if opts.target == "esp32s3" else []}
+    defects = esp_nn.known_defects(model) if opts.target == "esp32s3" else []
+    report["esp_nn"] = {"required": esp_nn.REQUIRED, "verified": esp_nn.VERIFIED,
+                        "statement": esp_nn.statement(opts.target),
+                        "known_defects": [{"level": lv, "text": t} for lv, t in defects]}
     ctx = template_context(info, arena, params, opts, report, mqtt, hashlib.sha256(model).hexdigest())
 
     tmp = staging_dir(out.parent, f"{out.name}.tmp")
