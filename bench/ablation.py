@@ -166,7 +166,10 @@ def main(argv=None) -> int:
                              **{k: v for k, v in overrides.items() if k != "learn"})
             t0 = time.perf_counter()
             cv = cross_validate(ps, p, teacher, label_index, k=args.cv, cache=cache, train_filter=keep,
-                                models=("float",), log=lambda s: None)
+                                models=("float",), hub=False,
+                                log=lambda s: print(f"  {name}, seed {seed}: {s}", flush=True)
+                                if s.startswith(("fold", "detector calibrated")) and "done" in s or "calibrated" in s
+                                else None)
             rows = [(name, summary_row(cv.models, cv.summary, time.perf_counter() - t0))]
             if name == "base":
                 rows.append(("short votes", short_votes_row(cv, p)))

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import sys
 from pathlib import Path
 
 import click
@@ -104,9 +102,10 @@ def _str_array(items) -> np.ndarray:
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Worker processes [all CPU cores].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Cache per-clip patches here [$CRYBLOCK_CACHE if set, else no cache].")
+              help="Cache per-clip patches here [$CRYBLOCK_CACHE or ~/.cache/cryblock, the cache train and demo "
+                   "use].")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path),
               help="params.json whose 'dsp' section is used (flags below override it).")
 @field_options(_DSP_FLAGS)
@@ -118,9 +117,8 @@ def features_cmd(inputs: tuple[str, ...], manifest: Path | None, out: Path, work
     are streamed: memory does not grow with their length."""
     import tempfile
 
-    from tqdm import tqdm
-
-    from cryblock.data import Clip, load_manifest, patch_files
+    from cryblock.data import Clip, default_cache_dir, load_manifest, patch_files
+    from cryblock.progress import Progress
     from cryblock.output import NpzWriter, check_output, npy_row_blocks
 
     if manifest is not None and inputs:
@@ -133,8 +131,8 @@ def features_cmd(inputs: tuple[str, ...], manifest: Path | None, out: Path, work
     dsp = params_with(params_file, flags).dsp
     if no_cache:
         cache_dir = None
-    elif cache_dir is None and os.environ.get("CRYBLOCK_CACHE"):
-        cache_dir = Path(os.environ["CRYBLOCK_CACHE"])
+    elif cache_dir is None:
+        cache_dir = default_cache_dir()
     if cache_dir is not None:
         check_output(cache_dir, folder=True, what="--cache-dir (or $CRYBLOCK_CACHE)")
 
@@ -146,13 +144,10 @@ def features_cmd(inputs: tuple[str, ...], manifest: Path | None, out: Path, work
     with tempfile.TemporaryDirectory(prefix="cryblock-features-") as work:
         folder = cache_dir if cache_dir is not None else Path(work)
         Path(folder).mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(clips), unit="file", desc="features", disable=quiet, file=sys.stderr,
-                   dynamic_ncols=True)
-        try:
+        say = None if quiet else (lambda s: click.echo(s, err=True))
+        with Progress(len(clips), f"features of {len(clips)} files", say) as prog:
             results = patch_files(clips, dsp, folder, cached=cache_dir is not None, workers=workers,
-                                  progress=bar.update)
-        finally:
-            bar.close()
+                                  progress=prog.update)
         skipped = [err for _, _, err in results if err is not None]
         done = [(c, f, n) for c, (f, n, err) in zip(clips, results) if err is None and n]
         if len(clips) == 1 and manifest is None and skipped:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -21,6 +22,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import AudioError, DataError
+from .inputs import open_regular
 from .output import npy_shape, write_npy_blocks
 from .params import DspParams
 
@@ -52,11 +54,9 @@ def load_manifest(path: str | os.PathLike) -> list[Clip]:
             mark (Excel's "CSV UTF-8") is accepted.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: manifest not found")
     try:
         # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark
-        with p.open(newline="", encoding="utf-8-sig") as f:
+        with open_regular(p) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
             twice = sorted({c for c in cols if cols.count(c) > 1 and c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)})
@@ -74,6 +74,10 @@ def load_manifest(path: str | os.PathLike) -> list[Clip]:
                 clips.append(Clip(path=(p.parent / vals["path"]).resolve(), label=vals["label"],
                                   group=vals["group"], category=(row.get("category") or "").strip(),
                                   source=(row.get("source") or "").strip()))
+    except FileNotFoundError:
+        raise DataError(f"{p}: manifest not found") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read the manifest ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not a UTF-8 CSV ({e})") from None
     except csv.Error as e:
@@ -81,6 +85,18 @@ def load_manifest(path: str | os.PathLike) -> list[Clip]:
     if not clips:
         raise DataError(f"{p}: manifest has no rows")
     return clips
+
+
+def _content_key(path: str | os.PathLike) -> str:
+    """sha1 of a regular file's bytes, read in 1 MiB chunks; for anything else (missing,
+    unreadable, a FIFO, a device such as /dev/zero, a folder) a key unique to the path: such a
+    clip is skipped and listed when its features are computed, where the audio rules say why
+    (:func:`cryblock.inputs.open_regular`: a FIFO without a writer cannot hang the check)."""
+    try:
+        with open_regular(path) as f:
+            return hashlib.file_digest(f, "sha1").hexdigest()
+    except OSError:
+        return f"unreadable:{path}"
 
 
 def deduplicate(clips: Sequence[Clip], source: str | os.PathLike = "manifest") -> tuple[list[Clip], list[str]]:
@@ -100,10 +116,7 @@ def deduplicate(clips: Sequence[Clip], source: str | os.PathLike = "manifest") -
     seen: dict[str, Clip] = {}
     out, warnings = [], []
     for c in clips:
-        try:
-            key = hashlib.sha1(Path(c.path).read_bytes()).hexdigest()
-        except OSError:
-            key = f"unreadable:{c.path}"  # reported when its features are computed
+        key = _content_key(c.path)
         first = seen.get(key)
         if first is None:
             seen[key] = c

@@ -13,6 +13,11 @@ import unicodedata
 from typing import Any
 
 
+#: Unicode categories that md_cell turns into spaces: controls (Cc, Cf, Cs, Co, Cn), line (Zl) and
+#: paragraph (Zp) separators.
+_BREAKING = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
 def c_comment(text: Any) -> str:
     """``text`` made safe inside a C comment or string literal: JSON string escapes (quotes,
     backslashes, control characters, non-ASCII as ``\\uXXXX``) and no ``*/`` or ``/*``, so a
@@ -21,9 +26,10 @@ def c_comment(text: Any) -> str:
 
 
 def md_cell(text: Any) -> str:
-    """``text`` made safe inside a Markdown table cell or line: control characters → space,
+    """``text`` made safe inside a Markdown table cell or line: control characters and line or
+    paragraph separators (U+2028, U+2029: a line break to Markdown and HTML converters) → space,
     ``\\ | ` * _ <`` escaped."""
-    s = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
+    s = "".join(" " if unicodedata.category(ch) in _BREAKING else ch for ch in str(text))
     return re.sub(r"([\\|`*_])", r"\\\1", s).replace("<", "&lt;")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io as _io
+import json
 import os
 import re
 import shutil
@@ -123,6 +124,12 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
     return Path(path)
 
 
+#: zlib level of :class:`NpzWriter`: 1, the fastest (``np.savez_compressed`` uses zlib's default 6);
+#: log-mel patches are float noise to deflate, so the higher levels cost time and save almost
+#: nothing (bench/features.py prints both).
+NPZ_LEVEL = 1
+
+
 class NpzWriter:
     """Write a compressed ``.npz`` (the ``np.savez_compressed`` format: a zip of ``NAME.npy``
     members, readable by ``np.load``) atomically, with arrays that can be streamed in blocks so
@@ -143,7 +150,8 @@ class NpzWriter:
 
     def __enter__(self) -> "NpzWriter":
         f = self._ctx.__enter__()
-        self._zip = zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+        self._zip = zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=NPZ_LEVEL,
+                                    allowZip64=True)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -211,6 +219,8 @@ def check_output(path: str | os.PathLike, *, folder: bool, what: str = "--out",
     """
     p = Path(path)
     base = p.parent
+    if not folder:
+        _check_in_run(p, what, folder=False)
     try:
         for q in inputs:
             if q is not None and str(q) != "" and _same_path(p, Path(q)):
@@ -234,6 +244,104 @@ def check_output(path: str | os.PathLike, *, folder: bool, what: str = "--out",
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
     except OSError as e:
         raise CryblockError(f"{short_path(p)}: {what}: cannot write in {short_path(base)} ({e.strerror or e})") from None
+    return p
+
+
+# ----------------------------------------------------------------------------------- run folders
+#: Files that make a folder a cryblock run folder (what train/demo, evaluate and tune write).
+RUN_MARKERS = ("params.json", "metrics.json", "tune.json")
+#: Files and folders cryblock writes into run folders: a command never writes over these in a run
+#: folder it was not asked to replace (blocks/learn/export.py's model names, train.py's teacher
+#: head, blocks/hub/opinion.py's hub model, calibrate.py's kept params, report.py's reports,
+#: tune.py's table, demo's firmware project, evaluate's default folders).
+RUN_FILES = frozenset({"params.json", "metrics.json", "report.md", "report.html", "model.tflite",
+                       "model_quantized_int8_io.tflite", "saved_model.zip", "teacher_head.npz", "hub_model.npz",
+                       "params.before-calibration.json", "tune.json", "tune.md", "fw", "evaluation", "candidates",
+                       "best"})
+
+
+def run_kind(folder: str | os.PathLike) -> str | None:
+    """What cryblock command wrote ``folder``: ``"run"`` (train/demo), ``"evaluation"``,
+    ``"tune"``, or None when it is not a run folder (no :data:`RUN_MARKERS`)."""
+    from .inputs import read_regular_text
+
+    d = Path(folder)
+    if (d / "tune.json").is_file():
+        return "tune"
+    if (d / "metrics.json").is_file():
+        try:
+            if json.loads(read_regular_text(d / "metrics.json")).get("kind") in ("evaluation", "cross-validation"):
+                return "evaluation"
+        except (OSError, ValueError, AttributeError):
+            pass
+        return "run"
+    return "run" if (d / "params.json").is_file() else None
+
+
+def _check_in_run(p: Path, what: str, *, folder: bool) -> None:
+    """An output at ``p`` inside a run folder (``p`` itself for a folder output): never through a
+    symlink there, and a file output never over one of the run's own files (:data:`RUN_FILES`)."""
+    a = p.absolute()
+    below = [a] if folder else []
+    for q in a.parents:
+        if q.is_dir() and run_kind(q) is not None:
+            links = [x for x in below if x.is_symlink()]
+            if links:
+                raise CryblockError(f"{p}: {what}: {links[-1]} is a symlink inside the run folder {q}; cryblock "
+                                    "never writes through one — choose another path")
+            if not folder and a.parent == q and a.name in RUN_FILES and (a.exists() or a.is_symlink()):
+                raise CryblockError(f"{p}: {what} would replace a file of the run in {q}; choose another path")
+            return
+        below.append(q)
+
+
+def check_run_output(path: str | os.PathLike, kind: str, *, force: bool = False, what: str = "--out",
+                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Check the folder a run-writing command (``kind``: ``"run"`` for train/demo,
+    ``"evaluation"``, ``"tune"``) is to write, before any work. Creates nothing.
+
+    The rules (what a Keras or Edge Impulse user expects: nothing they did not ask to lose is
+    lost):
+
+    * :func:`check_output`'s (writable, not a file, not one of ``inputs``);
+    * a symlink inside a run folder is never written through: ``path`` (or a folder between it
+      and an enclosing run folder) being one is refused, and so is a symlinked entry inside an
+      existing ``path`` that the command would replace (:data:`RUN_FILES`);
+    * an existing folder that is not empty (hidden work folders of killed runs aside) is refused
+      unless ``force``; with ``force`` only an earlier output of the same ``kind`` or a folder
+      that is not a run is replaced — never another command's run (an evaluation never replaces
+      a training run's metrics) — and no input may lie inside it.
+
+    Raises:
+        CryblockError: one line naming the folder, the rule and the way out (``--force``, another
+            folder).
+    """
+    p = Path(path)
+    check_output(p, folder=True, what=what, inputs=inputs)
+    _check_in_run(p, what, folder=True)
+    if not p.is_dir():
+        return p
+    entries = [e for e in p.iterdir() if not _STAGING_RE.match(e.name)]
+    if not entries:
+        return p
+    existing = run_kind(p)
+    names = ", ".join(sorted(e.name for e in entries)[:4]) + (", …" if len(entries) > 4 else "")
+    if not force:
+        held = f"holds a {existing}" if existing else "is not empty"
+        held = "holds an evaluation" if existing == "evaluation" else held
+        raise CryblockError(f"{p}: {what} {held} ({names}); choose a new folder, or pass --force to replace "
+                            "what this command writes there")
+    if existing is not None and existing != kind:
+        raise CryblockError(f"{p}: {what} holds a {existing} folder, not a{'n' if kind[0] in 'aeiou' else ''} "
+                            f"{kind}; --force replaces only an earlier {kind} — choose another folder")
+    links = sorted(e.name for e in entries if e.name in RUN_FILES and e.is_symlink())
+    if links:
+        raise CryblockError(f"{p / links[0]}: is a symlink inside the run folder {p}; cryblock never writes "
+                            "through one — remove it or choose another folder")
+    inside = [q for q in inputs if q is not None and str(q) != "" and p.resolve() in Path(q).resolve().parents]
+    if inside:
+        raise CryblockError(f"{inside[0]}: is inside {what} {p}, which --force would replace; copy it elsewhere "
+                            "first")
     return p
 
 

@@ -393,7 +393,7 @@ class NightParams:
     """
 
     snrs_db: tuple[float, ...] = (0.0, 10.0, 20.0)  #: cry-to-background SNRs, dB
-    gap_seconds: float = 20.0  #: mean background between two insertions, s (uniform ±25 %)
+    gap_seconds: float = 25.0  #: mean background between two insertions, s (uniform ±25 %)
     max_cry_seconds: float = 10.0  #: single inserted cries are cut to this, s
     #: false alerts per 8 h the calibration may spend — on the upper end of the rate's exact 95 %
     #: Poisson interval over the validation nights, not on its point estimate
@@ -422,6 +422,13 @@ class Params:
     augment: AugmentParams = field(default_factory=AugmentParams)
     night: NightParams = field(default_factory=NightParams)
     detector: DetectorParams = field(default_factory=DetectorParams)
+
+    def __post_init__(self) -> None:
+        # a time shift moves a window by 1 … hop/2 frames (blocks/learn/augment.py): none fit a 1-frame hop
+        if self.augment.p_shift > 0 and self.dsp.patch_hop_frames < 2:
+            raise ParameterError(f"parameter 'p_shift': a time shift needs a patch hop of at least 2 frames "
+                                 f"(patch_hop_seconds ≥ {2 * self.dsp.stft_hop_seconds:g} s), got "
+                                 f"{self.dsp.patch_hop_frames} frame; set --shift 0 or a longer hop")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict ({"dsp": {...}, "learn": {...}, "augment": {...}, "night": {...},
@@ -471,9 +478,11 @@ class Params:
     @classmethod
     def load(cls, path: str | Path) -> "Params":
         """Read ``params.json``; a missing or malformed file raises ParameterError naming it."""
+        from .inputs import read_regular_text
+
         p = Path(path)
         try:
-            d = json.loads(p.read_text())
+            d = json.loads(read_regular_text(p))  # a FIFO or /dev/zero is refused, not read forever
         except FileNotFoundError:
             raise ParameterError(f"{p}: parameters file not found") from None
         except IsADirectoryError:

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# TensorFlow's own switch for its info and warning logs (what `cryblock` sets for its commands), for
+# this process and the commands the tests start
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 
 def _env_path(var: str) -> Path | None:
     v = os.environ.get(var)

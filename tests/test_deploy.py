@@ -72,12 +72,11 @@ def project(student, tmp_path_factory):
 
 
 def _tfl_interpreter(model: bytes):
-    """tf.lite's interpreter without the XNNPACK delegate (plain builtin INT8 kernels)."""
-    import tensorflow as tf
+    """LiteRT's interpreter (tf.lite.Interpreter is deprecated) without the XNNPACK delegate (plain
+    builtin INT8 kernels)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    return tf.lite.Interpreter(
-        model_content=model,
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
 
 def _tflite_ops(model_path: Path) -> set[str]:

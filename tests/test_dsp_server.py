@@ -201,6 +201,9 @@ def test_generate_features_direct_call(windows):
     ({"features": [1, 2, 3], "params": {"mel-max-hz": 9000}, "sampling_freq": 16000, "draw_graphs": False}, r"mel_max_hz.*Nyquist"),
     ({"features": [1, 2, 3], "params": {}, "sampling_freq": "fast", "draw_graphs": False}, r"sampling_freq must be a number"),
     ({"features": [1, 2, 3], "params": {}, "sampling_freq": -5, "draw_graphs": False}, r"sample rate -5(\.0)? Hz is outside"),
+    # the work budget used to divide by it: "internal error: OverflowError"
+    ({"features": [1000] * 16000, "params": {}, "sampling_freq": 1e-300, "draw_graphs": False},
+     r"sample rate 1e-300 Hz is outside"),
     ({"features": [1, 2, 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False,
       "implementation_version": 2}, r"implementation_version 2 is not supported"),
     ({"features": [1, 2, 3], "params": {}, "sampling_freq": 16000, "draw_graphs": False,

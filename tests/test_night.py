@@ -3,7 +3,6 @@ and the vectorised detector twin — on real recordings of the shared data and o
 sequences whose right answers are worked out here by hand."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest

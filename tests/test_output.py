@@ -178,3 +178,66 @@ def test_staging_dirs_use_umask_and_dead_ones_are_removed(tmp_path):
     assert not stale.exists() and not stale_tmp.exists() and alive.exists() and users.exists() and d.exists()
     assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~cio._UMASK
     assert d.name.startswith(f".cryblock-staging-{os.getpid()}-")
+
+
+# ----------------------------------------------------------------------------- run folders
+def _run_folder(d: Path, kind: str = "run") -> Path:
+    d.mkdir(parents=True)
+    if kind == "tune":
+        (d / "tune.json").write_text("{}")
+    else:
+        (d / "params.json").write_text("{}")
+        (d / "metrics.json").write_text('{"kind": "evaluation"}' if kind == "evaluation" else "{}")
+    (d / "model.tflite").write_bytes(b"model")
+    return d
+
+
+def test_a_run_is_replaced_only_when_asked_and_only_by_its_own_command(tmp_path):
+    cio.check_run_output(tmp_path / "new", "run")
+    (tmp_path / "empty").mkdir()
+    cio.check_run_output(tmp_path / "empty", "run")
+    run = _run_folder(tmp_path / "run")
+    with pytest.raises(CryblockError, match=r"--out holds a run \(metrics.json, model.tflite, params.json\); .*--force"):
+        cio.check_run_output(run, "run")
+    cio.check_run_output(run, "run", force=True)
+    with pytest.raises(CryblockError, match="holds a run folder, not an evaluation"):
+        cio.check_run_output(run, "evaluation", force=True)
+    ev = _run_folder(tmp_path / "ev", "evaluation")
+    with pytest.raises(CryblockError, match="holds an evaluation"):
+        cio.check_run_output(ev, "evaluation")
+    cio.check_run_output(ev, "evaluation", force=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(CryblockError, match="is not empty"):
+        cio.check_run_output(tmp_path / "mine", "tune")
+    with pytest.raises(CryblockError, match="inside --out .* which --force would replace"):
+        cio.check_run_output(run, "run", force=True, inputs=(run / "params.json",))
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "model.tflite", "params.json"]
+
+
+def test_nothing_is_written_through_a_symlink_inside_a_run(tmp_path):
+    run = _run_folder(tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (run / "evaluation").symlink_to(elsewhere)
+    with pytest.raises(CryblockError, match="is a symlink inside the run folder"):
+        cio.check_run_output(run / "evaluation", "evaluation", force=True)
+    with pytest.raises(CryblockError, match="is a symlink inside the run folder"):
+        cio.check_output(run / "evaluation" / "plot.png", folder=False)
+    with pytest.raises(CryblockError, match="symlink inside the run folder"):
+        cio.check_run_output(run, "run", force=True)  # run/evaluation would be replaced through it
+    (run / "evaluation").unlink()
+    (run / "metrics.json").unlink()
+    (run / "metrics.json").symlink_to(elsewhere / "m.json")
+    with pytest.raises(CryblockError, match="symlink inside the run folder"):
+        cio.check_run_output(run, "run", force=True)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_file_outputs_never_replace_a_runs_files(tmp_path):
+    run = _run_folder(tmp_path / "run")
+    for name in ("model.tflite", "metrics.json", "params.json"):
+        with pytest.raises(CryblockError, match="would replace a file of the run"):
+            cio.check_output(run / name, folder=False, what="--plot")
+    cio.check_output(run / "detect.png", folder=False)  # a new file beside the run's is fine
+    cio.check_output(tmp_path / "model.tflite", folder=False)  # outside a run folder: as before

@@ -111,9 +111,11 @@ def read_model(path: str | os.PathLike) -> bytes:
     """Read a ``.tflite`` file. Raises CryblockError naming the file when it is missing, is not a
     TFLite flatbuffer (file identifier ``TFL3`` at byte 4), or is truncated or damaged
     (:func:`check_tflite_bytes`)."""
+    from cryblock.inputs import read_regular_bytes
+
     p = Path(path)
     try:
-        data = p.read_bytes()
+        data = read_regular_bytes(p)  # a FIFO or /dev/zero is refused, not read forever
     except FileNotFoundError:
         raise CryblockError(f"{p}: model file not found") from None
     except OSError as e:

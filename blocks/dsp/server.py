@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from cryblock.audio import MAX_INPUT_RATE, MIN_INPUT_RATE
 from cryblock.errors import CryblockError
 from cryblock.params import DspParams
 
@@ -126,8 +127,8 @@ def _work_of(n_values: int, args: dict[str, Any]) -> float:
     except (TypeError, ValueError, OverflowError):
         return 1.0  # reported by generate_features
     n_axes = max(1, len(args["axes"])) if isinstance(args["axes"], list) else 1
-    if not (math.isfinite(rate) and rate > 0):
-        return 1.0
+    if not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:  # also NaN; 1e-300 Hz would make the work infinite
+        return 1.0  # reported by generate_features
     ref = DspParams()
     n = n_values / n_axes * dsp.sample_rate / rate
     patches = 1 + max(0, math.ceil((n - dsp.patch_samples) / dsp.patch_hop_samples))

@@ -21,8 +21,6 @@ folds; each fold's night is seeded by ``[learn.seed, fold]``.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -193,7 +191,7 @@ def cross_validate(ps, params: Params, teacher, label_index: dict[str, int], *, 
 
 def train_cross_validated(manifest, out_dir, params: Params = Params(), *, k: int | None = None, teacher=None,
                           max_clips: int | None = None, cache_dir=None, workers: int | None = None,
-                          label_map: dict[str, str] | None = None, log: Log = print):
+                          label_map: dict[str, str] | None = None, log: Log = print, force: bool = False):
     """``cryblock train --cv K`` / ``cryblock demo``: cross-validate the recipe (:func:`cross_validate`),
     then train the model to deploy on all groups (``learn.validation_fraction`` of them held out
     for early stopping) and write the run: its detector setting is the cross-validated one, its
@@ -210,11 +208,11 @@ def train_cross_validated(manifest, out_dir, params: Params = Params(), *, k: in
 
     from cryblock.blocks.learn.train import _teacher, load_patches, prepare_clips, subset, train_arrays
     from cryblock.data import default_cache_dir, hold_out_groups
-    from cryblock.output import check_output
+    from cryblock.output import check_run_output
 
     t_start = time.perf_counter()
     k = k or params.learn.cv_folds
-    check_output(out_dir, folder=True)
+    check_run_output(out_dir, "run", force=force, inputs=(manifest, teacher if isinstance(teacher, (str, Path)) else None))
     _, clips, params = prepare_clips(manifest, params, label_map=label_map, max_clips=max_clips, log=lambda s: None)
     fold_clips(clips, k, params.learn.seed)  # enough groups? before any work
     teacher = _teacher(teacher)
@@ -234,12 +232,13 @@ def train_cross_validated(manifest, out_dir, params: Params = Params(), *, k: in
 
 def evaluate_cross_validated(run_dir, manifest, out_dir, *, k: int | None = None, teacher=None,
                              label_map: dict[str, str] | None = None, workers: int | None = None, cache_dir=None,
-                             log: Log = print) -> dict:
+                             log: Log = print, force: bool = False) -> dict:
     """``cryblock evaluate --cv K``: cross-validate the recipe of a run (its params.json) on a
     manifest and write metrics.json, report.md and report.html into ``out_dir``.
 
     Raises:
-        CryblockError: the run folder or manifest is unreadable, ``out_dir`` not writable, labels
+        CryblockError: the run folder or manifest is unreadable, ``out_dir`` not writable or holding
+            another output (unless ``force`` for an earlier evaluation), labels
             the run does not know, fewer groups than folds for a label (says how many each has).
     """
     from pathlib import Path
@@ -248,13 +247,13 @@ def evaluate_cross_validated(run_dir, manifest, out_dir, *, k: int | None = None
     from cryblock.blocks.learn.evaluate import load_run, tuned_on
     from cryblock.blocks.learn.train import _teacher, load_patches, prepare_clips
     from cryblock.data import default_cache_dir
-    from cryblock.output import check_output, staging_dir
+    from cryblock.output import check_run_output
 
     t_start = time.perf_counter()
+    check_run_output(out_dir, "evaluation", force=force, inputs=(run_dir, manifest, teacher))
     run = load_run(run_dir)
     params = run.params
     k = k or params.learn.cv_folds
-    check_output(out_dir, folder=True, inputs=(run_dir, manifest))
     _, clips, params = prepare_clips(manifest, params, label_map=label_map, log=lambda s: None)
     fold_clips(clips, k, params.learn.seed)
     teacher = _teacher(teacher)
@@ -268,14 +267,6 @@ def evaluate_cross_validated(run_dir, manifest, out_dir, *, k: int | None = None
                **cv.models, "cv": cv.summary,
                "detector": {**params.to_dict()["detector"], "tuned_on": tuned_on(params, None, cv.summary)},
                "timing": {"total_seconds": time.perf_counter() - t_start}}
-    out = Path(out_dir)
-    staging = staging_dir(out)
-    try:
-        report.write_metrics(staging, metrics)
-        report.write_reports(staging, metrics, params, cv.folds)
-        for f in sorted(staging.iterdir()):
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    report.publish(out_dir, metrics, params, cv.folds)
     log(report.results_table(metrics))
     return metrics

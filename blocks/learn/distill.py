@@ -40,6 +40,7 @@ from typing import Callable
 
 import numpy as np
 
+from cryblock.progress import Progress
 from cryblock.errors import CryblockError, DataError
 from cryblock.params import LearnParams
 
@@ -133,7 +134,7 @@ def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike |
         cache_dir: if given, outputs are stored in ``<cache_dir>/teacher-<key>.npz`` (key =
             :func:`teacher_cache_key`) and reused by later runs on the same patches.
         batch_size: teacher batch size.
-        log: progress messages.
+        log: progress messages (:class:`cryblock.progress.Progress` lines while the teacher scores).
 
     Returns:
         (scores float32 ``[N, 521]``, embeddings float32 ``[N, 1024]``; embeddings are cached as
@@ -157,12 +158,11 @@ def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike |
                     return scores, emb
             except (OSError, ValueError, KeyError):
                 pass  # corrupt cache → recompute
-    t0 = time.perf_counter()
-    scores, emb = teacher.predict(np.asarray(patches, dtype=np.float32), batch_size=batch_size)
+    with Progress(len(patches), f"teacher scores of {len(patches):,} patches", log) as prog:
+        scores, emb = teacher.predict(np.asarray(patches, dtype=np.float32), batch_size=batch_size,
+                                      progress=prog.update)
     scores = np.asarray(scores, dtype=np.float32)
     emb = np.asarray(emb, dtype=np.float32)
-    if log:
-        log(f"teacher outputs: {len(patches)} patches in {time.perf_counter() - t0:.1f} s")
     if cache_file is not None:
         buf = io.BytesIO()
         np.savez(buf, scores=scores, emb=emb.astype(np.float16))
@@ -205,8 +205,10 @@ class TeacherHead:
         """The head :meth:`save` wrote. Raises DataError naming the file when it is unreadable."""
         from sklearn.linear_model import LogisticRegression
 
+        from cryblock.inputs import open_regular
+
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
                 clf = LogisticRegression()
                 clf.coef_, clf.intercept_, clf.classes_ = z["coef"], z["intercept"], z["classes"]
                 labels = tuple(str(v) for v in z["labels"])

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -663,6 +662,17 @@ class FloatRunner:
         self.out = self.interp.get_output_details()[0]
         self._batch = None
 
+    def check(self, patch_shape: tuple[int, ...]) -> None:
+        """Raise CryblockError (naming the file) unless the model takes float32 patches of
+        ``patch_shape`` (or their flat form) and gives float32 scores."""
+        shape = tuple(int(v) for v in self.inp["shape"][1:])
+        flat = int(np.prod(patch_shape))
+        if (self.inp["dtype"] != np.float32 or self.out["dtype"] != np.float32
+                or int(np.prod(shape)) != flat or shape not in (tuple(patch_shape), (*patch_shape, 1), (flat,))):
+            raise CryblockError(f"{self.path}: not this run's float model (input {self.inp['dtype'].__name__} "
+                                f"{list(shape)}, output {self.out['dtype'].__name__}; expected float32 patches "
+                                f"{list(patch_shape)})")
+
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         shape = tuple(int(d) for d in self.inp["shape"][1:])
@@ -719,6 +729,7 @@ def load_run(folder) -> Run:
     from cryblock.blocks.deploy.model import check_model_for_params, inspect_model, read_model
     from cryblock.blocks.learn.distill import TeacherHead
     from cryblock.blocks.learn.export import FLOAT_NAME, INT8_NAME
+    from cryblock.inputs import read_regular_text
     from cryblock.params import Params
 
     d = Path(folder)
@@ -730,11 +741,15 @@ def load_run(folder) -> Run:
     if not (d / FLOAT_NAME).is_file():
         raise CryblockError(f"{d / FLOAT_NAME}: not found (a cryblock train run folder holds it)")
     metrics = {}
-    if (d / "metrics.json").is_file():
+    if (d / "metrics.json").exists():
         try:
-            metrics = json.loads((d / "metrics.json").read_text())
+            metrics = json.loads(read_regular_text(d / "metrics.json"))
         except (OSError, ValueError) as e:
-            raise CryblockError(f"{d / 'metrics.json'}: not readable JSON ({e})") from None
+            raise CryblockError(f"{d / 'metrics.json'}: not readable JSON ({getattr(e, 'strerror', None) or e})") from None
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("cost", {}), dict):
+            raise CryblockError(f"{d / 'metrics.json'}: not a run's metrics (expected a JSON object with a "
+                                "'cost' object)")
+    FloatRunner(d / FLOAT_NAME).check(params.dsp.patch_shape)  # a swapped model fails now, not after the features
     head = None
     if params.learn.preset == "general":
         from cryblock.blocks.learn.train import TEACHER_HEAD_NAME
@@ -743,7 +758,14 @@ def load_run(folder) -> Run:
             raise CryblockError(f"{d / TEACHER_HEAD_NAME}: not found (needed to score the teacher of a "
                                 "general-preset run)")
         head = TeacherHead.load(d / TEACHER_HEAD_NAME)
-    return Run(d, params, metrics, int8, d / FLOAT_NAME, head)
+    run = Run(d, params, metrics, int8, d / FLOAT_NAME, head)
+    for model in ("teacher", "float", "int8"):  # the detector settings evaluate uses, checked now
+        try:
+            run.setting(model)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CryblockError(f"{d / 'metrics.json'}: {model}'s detector setting is malformed "
+                                f"({type(e).__name__}: {e})") from None
+    return run
 
 
 def detect_file(path, run: Run, runner: "TflmRunner | None" = None) -> dict:
@@ -784,7 +806,7 @@ def detect_file(path, run: Run, runner: "TflmRunner | None" = None) -> dict:
 
 
 def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | None = None,
-                 workers: int | None = None, cache_dir=None, log=print) -> dict:
+                 workers: int | None = None, cache_dir=None, log=print, force: bool = False) -> dict:
     """``cryblock evaluate``: a trained run on any manifest (all its clips, no split) — teacher,
     float and INT8 at the run's detector settings: window/clip AUC with group-bootstrap intervals,
     per-category alerting clips, and the nursery nights built from the manifest's clips. Writes
@@ -799,20 +821,21 @@ def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | 
 
     Raises:
         CryblockError: run folder or files missing, labels the run does not know (listed),
-            unreadable manifest, ``out_dir`` not writable, no readable clip.
+            unreadable manifest, ``out_dir`` not writable or holding another output (unless ``force`` for an
+            earlier evaluation), no readable clip.
     """
     from cryblock.blocks.learn import distill, report
     from cryblock.blocks.learn.teacher import cry_probability, load_teacher
     from cryblock.blocks.learn.train import Split
     from cryblock.data import deduplicate, default_cache_dir, load_manifest, patch_files
     from cryblock.errors import DataError
-    from cryblock.output import check_output, staging_dir
+    from cryblock.output import check_run_output
     from cryblock.progress import Progress
 
+    check_run_output(out_dir, "evaluation", force=force, inputs=(run_dir, manifest, teacher))
     run = load_run(run_dir)
     params = run.params
     learn = params.learn
-    check_output(out_dir, folder=True, inputs=(run_dir, manifest))
     mp = Path(manifest)
     mp = mp / "manifest.csv" if mp.is_dir() else mp
     clips = load_manifest(mp)
@@ -887,14 +910,6 @@ def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | 
                **{k: results.get(k) for k in scorers}, "int8_vs_float": results.get("int8_vs_float"),
                "cost": run.metrics.get("cost", {}), "detector": params.to_dict()["detector"],
                "night": results.get("night") or {}, "undefined": undefined}
-    out = Path(out_dir)
-    staging = staging_dir(out)
-    try:
-        report.write_metrics(staging, metrics)
-        report.write_reports(staging, metrics, params, [fold])
-        for f in sorted(staging.iterdir()):
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    report.publish(out_dir, metrics, params, [fold])
     log(report.results_table(metrics))
     return metrics

@@ -15,7 +15,7 @@ sustained crying **episodes** (20–90 s, built from one group's — one baby's 
 natural pauses of 0.5–3 s between them; a group with less audio repeats its clips). Every single
 cry goes into every household SNR stream and into one nursery SNR stream; each episode goes into
 one (background, SNR) condition, in rotation, so the episode audio is scored once. Insertions are
-placed one after another with ``gap_seconds`` (20 s) ± 25 % of background between them (longer than any detector's
+placed one after another with ``gap_seconds`` (25 s) ± 25 % of background between them (longer than any detector's
 vote window plus hold, so each is judged on its own); household insertions that do not fit move to
 the nursery stream of their SNR. The SNR is the insertion's mean power (over its cry samples)
 over the background's mean power across its span (waveform domain; background power floored at
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 from collections import OrderedDict
@@ -66,8 +65,8 @@ LEVEL_RAMP_S = 0.05
 #: A detection up to this long after an insertion ends still counts (N-of-M voting needs a few patches).
 LATENCY_S = 2.0
 #: Background between two insertions: ``night.gap_seconds`` × a uniform factor in this range
-#: (the default 20 s is longer than the longest vote window, 12 patches ≈ 5.8 s, plus the
-#: longest hold, 5 s, plus :data:`LATENCY_S`).
+#: (the default 25 s × 0.75 is longer than the longest vote window, 12 patches ≈ 5.8 s, plus the
+#: longest hold, 10 s, plus :data:`LATENCY_S`: no insertion is judged by its neighbour's alert).
 GAP_SPREAD = (0.75, 1.25)
 #: Background before the first insertion, s (uniform).
 LEAD_S = (5.0, 15.0)
@@ -83,9 +82,11 @@ HEADLINE_WITHIN_S = 10.0
 BACKGROUNDS = ("household", "nursery")
 
 #: Detector candidates :func:`calibrate` tries besides the thresholds: (N, M) votes — the longer
-#: windows use more temporal context (a sustained cry fills them, a meow does not) — and holds (s).
+#: windows use more temporal context (a sustained cry fills them, a meow does not) — and holds (s):
+#: a long hold keeps one alert on through the pauses of one crying (or meowing) bout, one
+#: notification for the parent instead of several.
 VOTES = ((1, 1), (2, 2), (2, 3), (3, 4), (3, 5), (4, 6), (5, 8), (6, 10), (8, 12))
-HOLDS_S = (1.0, 2.0, 5.0)
+HOLDS_S = (1.0, 2.0, 5.0, 10.0)
 
 Scorer = Callable[[np.ndarray], np.ndarray]  #: patches [n, 96, 64] → positive score [n]
 
@@ -171,7 +172,7 @@ class Night:
     streams: list[Stream]
     dsp: DspParams
     dropped: int = 0
-    audio: AudioCache | None = field(default=None, repr=False)
+    waves: WaveCache | None = field(default=None, repr=False)
 
     @property
     def sample_rate(self) -> float:
@@ -266,7 +267,7 @@ class WaveCache:
         return {p: m for p, m in out.items() if m > 0}
 
     def load(self, path: str) -> np.ndarray:
-        """The clip's samples (float16, memory-mapped). Raises AudioError naming it."""
+        """The clip's samples (float16; read whole, so no file stays open). Raises AudioError naming it."""
         f = self.file(str(path))
         if f is None or not f.is_file():
             if f is None or _decode_to((str(path), str(f), self.sample_rate)) <= 0:
@@ -275,7 +276,7 @@ class WaveCache:
 
                 load_audio(path, self.sample_rate)  # raises the reason
                 raise AudioError(f"{path}: cannot be read")
-        return np.load(f, mmap_mode="r")
+        return np.load(f)
 
 
 def _decode_to(args: tuple[str, str, float]) -> int:
@@ -315,7 +316,7 @@ class AudioCache:
         return x
 
     def clip(self, path: str) -> np.ndarray:
-        """A clip's samples (float16 ``[n]``, memory-mapped)."""
+        """A clip's samples (float16 ``[n]``)."""
         return self.get(("clip", path), lambda: self.waves.load(path))
 
     def segment(self, seg: Segment) -> np.ndarray:
@@ -558,7 +559,7 @@ def build_night(negatives: Sequence, cries: Sequence, dsp: DspParams, night: Nig
         made[(j, k)] = ins
     streams = [Stream(b, snr, [made[(j, k)] for k in range(len(streams_raw[(b, snr)])) if (j, k) in made])
                for j, (b, snr) in enumerate(conditions)]
-    return Night(backgrounds, streams, dsp, dropped, cache)
+    return Night(backgrounds, streams, dsp, dropped, waves)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -617,7 +618,7 @@ def score_night(night: Night, scorers: dict[str, Scorer], *, block: int = 1024,
     Returns:
         model name → :class:`NightScores`.
     """
-    cache = night.audio or AudioCache(night.dsp, WaveCache(night.sample_rate))
+    cache = AudioCache(night.dsp, night.waves or WaveCache(night.sample_rate))
     bg_scores = {k: {b: np.zeros(night.n_patches(b)) for b in night.backgrounds} for k in scorers}
     changed: list[dict[str, list[tuple[int, int, np.ndarray]]]] = [{k: [] for k in scorers} for _ in night.streams]
     jobs = []  # (background, first patch, kind 0 = background block / 1 = stream run, stream, last patch)

@@ -260,6 +260,19 @@ def pareto_table(calibration: dict | None, key: str = "int8", limit: int = 15) -
     return "\n".join(rows)
 
 
+def _pyplot():
+    """``matplotlib.pyplot`` for the report's figures: the Agg backend, and every text literal —
+    mathtext off (``text.parse_math``), so a ``$`` in a file, label or category name is drawn as
+    it is instead of being parsed as TeX (``baby$_$cry.wav`` used to abort the report)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -271,10 +284,7 @@ def _png(fig) -> str:
 
 def roc_figure(curves: dict) -> str:
     """Base64 PNG of ROC curves; ``curves[name] = (y_window, s_window, y_clip, s_clip)``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
@@ -295,10 +305,7 @@ def roc_figure(curves: dict) -> str:
 def timeline_figure(timelines: list[dict], threshold: float) -> str:
     """Base64 PNG: scores of the three models over each given clip (one panel per clip; x in
     seconds) with the detector threshold. Each dict: name, hop_seconds, label, teacher, float, int8."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(len(timelines), 1, figsize=(10, 3.0 * len(timelines)), squeeze=False)
     for ax, tl in zip(axes[:, 0], timelines):
@@ -318,10 +325,7 @@ def night_figure(night, night_scores: dict, settings: dict, snr: float | None = 
     model's score over time (minutes), the laid-in cries shaded (green: the INT8 detector caught
     it — an episode within 10 s —, red: missed), the INT8 false alerts marked, the INT8 threshold
     dashed; legend below the plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from cryblock.blocks.learn.night import HEADLINE_WITHIN_S, judge
 
@@ -358,10 +362,7 @@ def det_figure(metrics: dict) -> str:
     """Base64 PNG: DET curves (miss rate of crying episodes within 10 s against false alerts per
     hour of household audio, log axes) of teacher / float / INT8, each at its votes and hold, the
     deployed points marked, the one-per-night line (0.125 / h) dotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for key, name in MODELS:
@@ -388,10 +389,7 @@ def det_figure(metrics: dict) -> str:
 def detect_figure(results: list[dict], threshold: float) -> bytes:
     """PNG bytes for ``cryblock detect``: per recording, the INT8 score over time, the threshold
     and the alerts the firmware would raise (shaded)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(len(results), 1, figsize=(12, 2.6 * len(results)), squeeze=False)
     for ax, r in zip(axes[:, 0], results):
@@ -466,8 +464,8 @@ def parent_summary(metrics: dict, params) -> list[str]:
         cas = m.get("cascade")
         cfa = ((cas or {}).get("false_alerts") or {}).get("household")
         if cfa:
-            lines += [f"- With a home hub confirming each alert (YAMNet and the run's hub model on the 4 s around it, "
-                      "`cryblock collect --confirm`): **" + f"{cfa['per_8h']:.1f} false alerts per night** "
+            lines += ["- With a home hub confirming each alert (YAMNet and the run's hub model on the 4 s around it, "
+                      f"`cryblock collect --confirm`): **{cfa['per_8h']:.1f} false alerts per night** "
                       f"[{cfa['per_8h_ci'][0]:.1f}, {cfa['per_8h_ci'][1]:.1f}], with {_pct(cas['headline_recall'])} of crying "
                       "episodes still alerted within 10 s (the hub's 2 s wait for audio after the onset included; "
                       f"device alone: {_pct(night.get('headline_recall'))}, both the mean over SNRs and backgrounds)."]
@@ -591,6 +589,25 @@ def _evaluation_md(metrics: dict, params) -> str:
     return "\n".join(lines)
 
 
+def publish(out_dir: str | Path, metrics: dict, params, folds: list | None = None) -> None:
+    """metrics.json, report.md and report.html written into a staging folder inside ``out_dir``
+    and moved into place together (an evaluation never leaves half a report)."""
+    import os
+    import shutil
+
+    from cryblock.output import staging_dir
+
+    out = Path(out_dir)
+    staging = staging_dir(out)
+    try:
+        write_metrics(staging, metrics)
+        write_reports(staging, metrics, params, folds)
+        for f in sorted(staging.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_reports(out_dir: str | Path, metrics: dict, params, folds: list | None = None) -> None:
     """Write ``report.md`` and ``report.html`` (plots embedded) into ``out_dir``, atomically — of a
     training run, a cross-validation, or ``cryblock evaluate`` (``metrics["kind"] == "evaluation"``).
@@ -622,7 +639,8 @@ def write_reports(out_dir: str | Path, metrics: dict, params, folds: list | None
             imgs.append(("ROC curves (pooled held-out windows)", roc_figure(curves)))
     settings = {k: setting_from_dict(m["detector_setting"]) for k in ("teacher", "float", "int8")
                 if (m := metrics.get(k)) and m.get("detector_setting")}
-    night_fold = next((f for f in tests if f.test_night is not None and f.test_scores), None)
+    night_fold = next((f for f in tests if f.test_night is not None and f.test_scores
+                       and any(st.insertions for st in f.test_night.streams)), None)
     if night_fold is not None and "int8" in settings:
         imgs.append(("Nursery night (first fold)", night_figure(night_fold.test_night, night_fold.test_scores, settings)))
     if tests:
@@ -678,7 +696,7 @@ def _md_text(s: str) -> str:
 def _md_to_html(md: str) -> str:
     """Tiny converter for the report's own Markdown (headings, tables, bullet lists, paragraphs)."""
     out, in_table, in_list = [], False, False
-    for line in md.splitlines():
+    for line in md.split("\n"):  # our own line breaks only: str.splitlines() also splits at U+2028, U+0085, …
         if line.startswith("|"):
             cells = _md_cells(line)
             if set("".join(cells)) <= set("-"):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -134,13 +134,15 @@ class Teacher:
             raise CryblockError("teacher input holds NaN or infinite values")
         return x
 
-    def predict(self, patches: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, patches: np.ndarray, batch_size: int = 256,
+                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Score log-mel patches in batches.
 
         Args:
             patches: float ``[N, 96, 64]`` (also ``[96, 64]`` or ``[N, 96, 64, 1]``) from
                 :func:`cryblock.blocks.dsp.features.waveform_to_patches`.
             batch_size: patches per forward pass (≥ 1).
+            progress: called with the number of patches of each finished batch.
 
         Returns:
             ``(scores float32 [N, 521], embeddings float32 [N, 1024])``; N may be 0.
@@ -158,6 +160,8 @@ class Teacher:
             s, e = self._fn(x[i:i + int(batch_size)])
             scores[i:i + len(s)] = s.numpy()
             emb[i:i + len(e)] = e.numpy()
+            if progress:
+                progress(len(s))
         return scores, emb
 
     def scores(self, patches: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -8,36 +8,36 @@ from pathlib import Path
 import numpy as np
 
 from cryblock.blocks.learn.yamnet import NUM_CLASSES, PATCH_SHAPE
+from cryblock.tflogs import native_log_filter
 from cryblock.errors import CryblockError
+from cryblock.inputs import read_regular_bytes
 
 
 def tflite_interpreter(path: str | os.PathLike, *, use_delegates: bool = True, num_threads: int | None = None):
-    """``tf.lite.Interpreter`` for the TFLite file ``path``, after a structural check of the
-    file (:func:`cryblock.blocks.deploy.model.check_tflite_bytes`); its deprecation warning is silenced (the replacement
-    ``ai_edge_litert`` is not a dependency). ``use_delegates=False`` → builtin kernels only
-    (no XNNPACK).
+    """LiteRT's interpreter (``ai_edge_litert.interpreter.Interpreter``, the successor of the
+    deprecated ``tf.lite.Interpreter``, same API) for the TFLite file ``path``, tensors
+    allocated, after a structural check of the file
+    (:func:`cryblock.blocks.deploy.model.check_tflite_bytes`). ``use_delegates=False`` → builtin
+    kernels only (no XNNPACK). The file must be a regular file (a FIFO or /dev/zero is refused,
+    not read forever).
 
     Raises:
         CryblockError: unreadable, truncated or not a TFLite model (names the file).
     """
-    import warnings
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    import tensorflow as tf
-
-    try:
-        buf = Path(path).read_bytes()
-    except OSError as e:
-        raise CryblockError(f"{path}: cannot read TFLite model ({e.strerror or e})") from None
     from cryblock.blocks.deploy.model import check_tflite_bytes
 
-    check_tflite_bytes(buf, path)
-    kw = {} if use_delegates else {
-        "experimental_op_resolver_type": tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-            it = tf.lite.Interpreter(model_content=buf, num_threads=num_threads, **kw)
-        it.allocate_tensors()
+        buf = read_regular_bytes(path)
+    except OSError as e:
+        raise CryblockError(f"{path}: cannot read TFLite model ({e.strerror or e})") from None
+    check_tflite_bytes(buf, path)
+    kw = {} if use_delegates else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    try:
+        with native_log_filter():  # LiteRT announces its XNNPACK delegate natively
+            it = Interpreter(model_content=buf, num_threads=num_threads, **kw)
+            it.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CryblockError(f"{path}: not a usable TFLite model ({msg})") from None

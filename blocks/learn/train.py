@@ -217,12 +217,14 @@ def load_patches(manifest, params: Params, *, max_clips: int | None = None, cach
     """Manifest → (manifest path, :class:`~cryblock.data.PatchSet`, params, label index, data info)
     for training: :func:`prepare_clips`, then every clip's patches (cached)."""
     from cryblock.data import compute_patches, default_cache_dir
+    from cryblock.progress import Progress
 
     mp, clips, params = prepare_clips(manifest, params, label_map=label_map, max_clips=max_clips, log=log)
     learn = params.learn
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     t0 = time.perf_counter()
-    ps = compute_patches(clips, params.dsp, workers=workers, cache_dir=cache)
+    with Progress(len(clips), f"features of {len(clips)} clips", log) as prog:
+        ps = compute_patches(clips, params.dsp, workers=workers, cache_dir=cache, progress=prog.update)
     t_feat = time.perf_counter() - t0
     log(f"features: {len(ps.patches)} patches of {len(ps.clips)} clips in {t_feat:.1f} s"
         + (f" ({len(ps.skipped)} clip(s) skipped, first: {ps.skipped[0][1]})" if ps.skipped else ""))
@@ -237,13 +239,14 @@ def load_patches(manifest, params: Params, *, max_clips: int | None = None, cach
 def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, params: Params = Params(), *,
                         teacher=None, max_clips: int | None = None, cache_dir: str | os.PathLike | None = None,
                         workers: int | None = None, label_map: dict[str, str] | None = None,
-                        log: Log = print) -> RunResult:
+                        log: Log = print, force: bool = False) -> RunResult:
     """Train, export, evaluate and report one run from a manifest CSV (one group split: train /
     validation / test).
 
     Args:
         manifest: manifest CSV (``path,label,group`` …) or a folder holding ``manifest.csv``.
-        out_dir: run folder (created; existing outputs of the same names are replaced).
+        out_dir: run folder (created). An existing non-empty one is refused unless ``force``
+            (:func:`cryblock.output.check_run_output`).
         params: all parameters; ``learn`` drives the split and training, ``night`` the nursery
             nights and the calibration. For preset "general" the labels are the manifest's.
         teacher: a loaded teacher, a path to one, or None (``$CRYBLOCK_TEACHER``/cache/download).
@@ -253,20 +256,22 @@ def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike,
         workers: feature-extraction processes.
         label_map: manifest label → training label (see :func:`prepare_clips`).
         log: progress lines.
+        force: replace an earlier run in ``out_dir``.
 
     Returns:
         :class:`RunResult`.
 
     Raises:
-        CryblockError: bad manifest or labels, ``out_dir`` not writable, too few groups, one class
+        CryblockError: bad manifest or labels, ``out_dir`` not writable or holding another run, too few groups, one class
             only, a label missing from a split, missing/corrupt teacher, … (checked before the long
             work where possible; nothing is written to ``out_dir`` then).
     """
     from cryblock.data import default_cache_dir, split_by_group
-    from cryblock.output import check_output
+    from cryblock.output import check_run_output
 
     t_start = time.perf_counter()
-    check_output(out_dir, folder=True)
+    check_run_output(out_dir, "run", force=force,
+                     inputs=(manifest, teacher if isinstance(teacher, (str, os.PathLike)) else None))
     prepare_clips(manifest, params, label_map=label_map, max_clips=max_clips, log=lambda s: None)  # fail fast
     teacher = _teacher(teacher)  # fail fast on a missing/corrupt teacher, before feature extraction
     cache = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -22,7 +22,7 @@ Weights come from any of:
 
 * a YAMNet **TFLite** file (e.g. the TF-Hub release; the shared ``yamnet.tflite`` is
   dynamic-range quantised: int8 weights with per-channel scales, batch norm folded into the
-  conv biases). The constant tensors are read with ``tf.lite.Interpreter`` and dequantised
+  conv biases). The constant tensors are read with LiteRT's interpreter and dequantised
   (``w = q · scale[channel]``, zero point 0); convs are matched to layers in graph order and
   checked against the architecture's shapes. The TFLite's own waveform front-end is *not*
   used (it runs on int8-quantised DFT matrices, see ``shared/models/README.md``).
