@@ -184,16 +184,17 @@ def dsp_group() -> None:
 
 
 @dsp_group.command("serve")
-@click.option("--host", default="0.0.0.0", show_default=True, envvar="HOST",
-              help="Interface to listen on (env HOST, as Edge Impulse's server).")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="HOST",
+              help="Interface to listen on (env HOST, as Edge Impulse's server): loopback by default; 0.0.0.0 "
+                   "for every interface (a container, another machine).")
 @click.option("--port", type=click.IntRange(0, 65535), default=4446, show_default=True, envvar="PORT",
               help="TCP port, 0 = any free one (env PORT; Edge Impulse expects 4446).")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Requests computed at once [CPU count].")
+              help="Requests computed at once [CPU count]; slow or idle connections do not use one.")
 @click.option("--max-body-mb", type=FiniteFloat(0.01, 1024), default=16.0, show_default=True,
               help="Largest request body, MiB (larger ones get HTTP 413).")
-@click.option("--timeout", "timeout_s", type=FiniteFloat(0.1, 3600), default=30.0, show_default=True,
-              help="Socket timeout for idle or slow clients, s.")
+@click.option("--timeout", "timeout_s", type=click.IntRange(1, 3600), default=30, show_default=True,
+              help="Close a connection that sends and reads nothing for this many seconds.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not log requests.")
 def serve_cmd(host: str, port: int, workers: int | None, max_body_mb: float, timeout_s: float, quiet: bool) -> None:
     """Serve the block over HTTP: GET /, GET /parameters, POST /run, POST /batch."""

@@ -87,6 +87,19 @@ class Record:
         return v if math.isfinite(v) else default
 
 
+def field_value(v: str) -> int | float | str:
+    """A field value as the JSON summaries show it: an int, a finite float, or the text as sent."""
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        f = float(v)
+        return f if math.isfinite(f) else v
+    except ValueError:
+        return v
+
+
 def parse_line(line: str | bytes) -> Record | None:
     """Parse one line; returns None for anything that is not a valid ``CRYB/1`` record
     (boot-ROM chatter, truncated or corrupted lines, wrong checksum, other versions)."""

@@ -19,15 +19,17 @@ ESP-IDF facts come from shared/docs/espidf-tflm-esptool-notes.md.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import stat
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -38,7 +40,9 @@ from cryblock.errors import CryblockError, ParameterError
 from cryblock.escape import c_comment, md_cell
 from cryblock.output import atomic_write_text, check_output, staging_dir
 from cryblock.params import DspParams, Params
+from cryblock.signals import deferred
 
+from . import esp_nn
 from .arena import ArenaPlan, plan_arena
 from .model import (ModelInfo, check_model_for_params, inspect_model, model_c_source, positive_output_index,
                     read_model, resolver_calls)
@@ -297,6 +301,25 @@ def write_host_sources(dest: str | os.PathLike, dsp: DspParams = DspParams()) ->
     return d
 
 
+def threshold_x1000(threshold: float) -> int:
+    """The detector threshold in the firmware's unit: ``CONFIG_CRY_THRESHOLD_X1000`` thousandths,
+    which the firmware turns into ``k / 1000.0f`` (float32).
+
+    Raises:
+        ParameterError: ``float32(k) / 1000`` is not ``float32(threshold)`` — the firmware would
+            then count other patches as positive than :mod:`cryblock.detector` (which compares
+            ``float32(score) >= float32(threshold)``) and ``detect`` do; 0.0004 would become 0
+            and every patch would be positive. Names the two nearest thresholds the firmware holds.
+    """
+    k = int(round(threshold * 1000))
+    if np.float32(k) / np.float32(1000) != np.float32(threshold):
+        lo, hi = math.floor(threshold * 1000) / 1000, math.ceil(threshold * 1000) / 1000
+        raise ParameterError(f"parameter 'detector.threshold': {threshold!r} is finer than the firmware's resolution "
+                             f"of 0.001 (CONFIG_CRY_THRESHOLD_X1000), and rounding it would change which patches are "
+                             f"positive; set {lo:g} or {hi:g} in params.json")
+    return k
+
+
 def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: BuildOptions,
                      report: dict[str, Any], mqtt: MqttOptions | None = None,
                      model_sha256: str = "") -> dict[str, Any]:
@@ -321,7 +344,7 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "output_activation_code": 0 if info.output_activation != "none" else (1 if info.output.size == 1 else 2),
         "positive_label": params.learn.positive_label,
         "arena": arena, "arena_bytes": arena.arena_bytes, "arena_psram": arena.region == "psram",
-        "threshold_x1000": int(round(det.threshold * 1000)),
+        "threshold_x1000": threshold_x1000(det.threshold),
         "vote_n": det.vote_n, "vote_m": det.vote_m,
         "hold_ms": int(round(det.hold_seconds * 1000)),
         "i2s": opts.i2s, "pin_bclk": opts.pin_bclk, "pin_ws": opts.pin_ws, "pin_din": opts.pin_din,
@@ -397,6 +420,9 @@ def _sync_sdkconfig(project: Path) -> list[str]:
     cryblock options (``CONFIG_CRY_*``) are cryblock's output: set them to the new defaults.
     Returns one note per changed line."""
     sdk = project / "sdkconfig"
+    if sdk.is_symlink():
+        return ["sdkconfig is a symbolic link: read by ESP-IDF, not updated by cryblock (its CONFIG_CRY_* values "
+                "stay as they are)"]
     if not sdk.is_file():
         return []
     want = _sdkconfig_lines((project / "main" / "Kconfig.projbuild").read_text())
@@ -412,55 +438,201 @@ def _sync_sdkconfig(project: Path) -> list[str]:
     return notes
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _marker_entry_ok(rel: object, digest: object) -> bool:
+    """A marker entry as cryblock writes it: a relative, normalised POSIX path (no ``.``/``..``
+    part, no empty part, no backslash) with a SHA-256 hex digest or null."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        return False
+    p = PurePosixPath(rel)
+    return (not p.is_absolute() and p.as_posix() == rel and ".." not in p.parts
+            and (digest is None or (isinstance(digest, str) and _SHA256_HEX.fullmatch(digest) is not None)))
+
+
+class _ProjectTree:
+    """The files of an existing project folder, reached only through real sub-folders.
+
+    Every folder on the way to a file is opened relative to its parent with ``O_NOFOLLOW``, and
+    files are replaced, moved and removed relative to that folder's descriptor: a symlinked folder
+    (or one swapped for a link meanwhile) is never followed, so nothing outside ``out`` is read,
+    written or deleted. Files are hashed without following a link (a link is never "unchanged").
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._fds: dict[tuple[str, ...], int] = {(): os.open(out, os.O_RDONLY | os.O_DIRECTORY)}
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def folder(self, parts: tuple[str, ...], create: bool = False) -> int | None:
+        """Descriptor of the sub-folder ``parts`` (created when ``create``); None when absent.
+        Raises CryblockError when it is a symbolic link or not a folder."""
+        if parts in self._fds:
+            return self._fds[parts]
+        parent = self.folder(parts[:-1], create)
+        if parent is None:
+            return None
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(parts[-1], dir_fd=parent)
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            where = self.out.joinpath(*parts)
+            if where.is_symlink():
+                raise CryblockError(f"{where}: is a symbolic link; cryblock build writes only into real folders "
+                                    "inside --out, never through a link (replace it by a folder or choose "
+                                    "another --out)") from None
+            raise CryblockError(f"{where}: is not a folder, but cryblock generates files in it") from None
+        self._fds[parts] = fd
+        return fd
+
+    def locate(self, rel: str, create: bool = False) -> tuple[int | None, str]:
+        """(descriptor of the folder holding ``rel``, file name)."""
+        parts = tuple(rel.split("/"))
+        return self.folder(parts[:-1], create), parts[-1]
+
+    def kind(self, rel: str) -> str:
+        """"file", "link", "missing" or "other" (a folder, FIFO, …), without following a link."""
+        fd, name = self.locate(rel)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False) if fd is not None else None
+        except FileNotFoundError:
+            st = None
+        if st is None:
+            return "missing"
+        return "file" if stat.S_ISREG(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "other"
+
+    def sha256(self, rel: str) -> str | None:
+        """SHA-256 of the regular file ``rel``; None for anything else."""
+        if self.kind(rel) != "file":
+            return None
+        fd, name = self.locate(rel)
+        with os.fdopen(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+
+    def read(self, rel: str) -> bytes | None:
+        """Content of the regular file ``rel``; None for anything else."""
+        if self.kind(rel) != "file":
+            return None
+        fd, name = self.locate(rel)
+        with os.fdopen(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as fh:
+            return fh.read()
+
+    def move(self, rel: str, to: Path) -> None:
+        """Move ``rel`` to the path ``to`` (outside the tree: a backup)."""
+        fd, name = self.locate(rel)
+        to.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(name, to, src_dir_fd=fd)
+
+    def put(self, src: Path, rel: str) -> None:
+        """Move the path ``src`` to ``rel``, creating real folders on the way."""
+        fd, name = self.locate(rel, create=True)
+        os.replace(src, name, dst_dir_fd=fd)
+
+
+def _earlier_files(tree: _ProjectTree, out: Path, files: list[Path]) -> dict[str, str | None]:
+    """The generated files of the earlier cryblock project in ``out``: ``{relative path: SHA-256 or
+    None}`` from its marker (None = no hash recorded: cryblock 0.1 wrote no file list, and its files
+    are the ones generated now).
+
+    Raises:
+        CryblockError: ``out`` is not empty and holds no marker, or a marker entry is not a path of
+            a file inside the project (absolute, ``..``, not normalised, a bad hash).
+    """
+    marker = out / MARKER
+    kind = tree.kind(MARKER)
+    if kind != "file":
+        if kind == "missing" and not any(out.iterdir()):
+            return {}
+        raise CryblockError(f"{out}: folder exists and is not a cryblock project; choose another --out")
+    try:
+        doc = json.loads(tree.read(MARKER) or b"")
+    except ValueError:
+        doc = None
+    old = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(old, dict):
+        return {str(f): None for f in files}
+    for rel, digest in old.items():
+        if not _marker_entry_ok(rel, digest):
+            raise CryblockError(f"{marker}: entry {json.dumps(rel)[:80]} → {json.dumps(digest)[:20]} is not how cryblock "
+                                "records a generated file (a relative path inside --out and its SHA-256); the marker "
+                                "was not written by cryblock: remove it, or choose another --out")
+    return old
+
+
 def _install(tmp: Path, out: Path, files: list[Path], force: bool) -> tuple[list[str], list[str]]:
     """Put the freshly rendered project ``tmp`` (its ``files``) in place at ``out``.
 
     A new ``out`` is the renamed ``tmp`` (atomic). Into an earlier cryblock project the generated
-    files are replaced one by one (each atomically) and everything else — ``sdkconfig``,
-    ``build/``, ``managed_components/``, sources the user added — is kept; generated files the
-    user edited since (their hash differs from the marker's record) are refused unless ``force``.
+    files are replaced and everything else — ``sdkconfig``, ``build/``, ``managed_components/``,
+    sources the user added — is kept; generated files the user edited since (their hash differs
+    from the marker's record, or they were replaced by a link) are refused unless ``force``.
+
+    Nothing outside ``out`` is touched: the marker's entries are checked (:func:`_earlier_files`) and
+    files are reached only through real folders (:class:`_ProjectTree`). The replacement is all or
+    nothing: a failure puts every earlier file back, and Ctrl-C, SIGTERM or SIGHUP take effect only
+    once every file is in place (:func:`cryblock.signals.deferred`).
 
     Returns:
-        (names of top-level entries kept, notes on sdkconfig values updated).
+        (names of top-level entries kept, notes on sdkconfig values updated or left).
 
     Raises:
-        CryblockError: ``out`` is a file, a non-empty folder that is no cryblock project, or holds
-            edited generated files without ``force``.
+        CryblockError: ``out`` is a file, a non-empty folder that is no cryblock project, has a
+            damaged marker or a symlinked folder, or holds edited generated files without ``force``.
     """
     if not out.exists():
         os.replace(tmp, out)
         return [], []
     if not out.is_dir():
         raise CryblockError(f"{out}: exists and is not a folder")
-    marker = out / MARKER
-    if not marker.is_file():
-        if any(out.iterdir()):
-            raise CryblockError(f"{out}: folder exists and is not a cryblock project; choose another --out")
-        old: dict[str, str | None] = {}
-    else:
-        try:
-            old = json.loads(marker.read_text()).get("files")
-        except (OSError, ValueError, AttributeError):
-            old = None
-        if not isinstance(old, dict):  # written by cryblock 0.1 (no hashes): its files are the ones generated now
-            old = {str(f): None for f in files if (out / f).is_file()}
-    new = {str(f) for f in files}
-    edited = sorted(rel for rel, h in old.items() if h and (out / rel).is_file() and _sha256(out / rel) != h)
-    if edited and not force:
-        raise CryblockError(f"{out}: {', '.join(edited)} changed since cryblock generated them; save your changes "
-                            "elsewhere or pass --force to overwrite them")
-    for rel in sorted(new - {MARKER}):
-        dest = out / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / rel, dest)
-    for rel in sorted(set(old) - new):  # generated before, not any more (e.g. partitions.csv)
-        f = out / rel
-        if f.is_file() and (force or old[rel] is None or _sha256(f) == old[rel]):
-            f.unlink()
-    os.replace(tmp / MARKER, marker)
-    shutil.rmtree(tmp, ignore_errors=True)
-    top = {Path(rel).parts[0] for rel in new}
-    kept = sorted(e.name for e in out.iterdir() if e.name not in top and e.name != MARKER)
+    tree = _ProjectTree(out)
+    try:
+        old = _earlier_files(tree, out, files)
+        new = [str(f) for f in files if str(f) != MARKER] + [MARKER]  # the marker last
+        for rel in new:
+            if tree.kind(rel) == "other":
+                raise CryblockError(f"{out / rel}: is not a regular file, but cryblock generates this file")
+        obsolete = [rel for rel in sorted(set(old) - set(new)) if tree.kind(rel) == "file"]
+        edited = sorted(rel for rel, h in old.items() if h and tree.kind(rel) != "missing" and tree.sha256(rel) != h)
+        if edited and not force:
+            raise CryblockError(f"{out}: {', '.join(edited)} changed since cryblock generated them; save your "
+                                "changes elsewhere or pass --force to overwrite them")
+        obsolete = [rel for rel in obsolete if force or old[rel] is None or tree.sha256(rel) == old[rel]]
+        backup = tmp / ".earlier"
+        moved: list[tuple[str, bool, bool]] = []  # (rel, earlier file moved to backup, new file placed)
+        with deferred():
+            try:
+                for rel in new:
+                    had = tree.kind(rel) != "missing"
+                    if had:
+                        tree.move(rel, backup / rel)
+                    moved.append((rel, had, False))
+                    tree.put(tmp / rel, rel)
+                    moved[-1] = (rel, had, True)
+                for rel in obsolete:  # generated before, not any more (e.g. partitions.csv)
+                    tree.move(rel, backup / rel)
+                    moved.append((rel, True, False))
+            except BaseException:
+                for rel, had, placed in reversed(moved):
+                    fd, name = tree.locate(rel)
+                    if placed:
+                        os.unlink(name, dir_fd=fd)
+                    if had:
+                        os.replace(backup / rel, name, dst_dir_fd=fd)  # if this fails, the copy stays in tmp
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the earlier files too, before a held-back signal acts
+    finally:
+        tree.close()
+    top = {rel.split("/")[0] for rel in new}
+    kept = sorted(e.name for e in out.iterdir() if e.name not in top)
     return kept, _sync_sdkconfig(out)
 
 
@@ -518,6 +690,10 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     check_model_for_params(info, params, name)
     arena = plan_arena(model, opts.ram, opts.arena_margin, target=opts.target)
     report = size_report(info, arena, params.dsp)
+    defects = esp_nn.known_defects(model) if opts.target == "esp32s3" else []
+    report["esp_nn"] = {"required": esp_nn.REQUIRED, "verified": esp_nn.VERIFIED,
+                        "statement": esp_nn.statement(opts.target),
+                        "known_defects": [{"level": lv, "text": t} for lv, t in defects]}
     ctx = template_context(info, arena, params, opts, report, mqtt, hashlib.sha256(model).hexdigest())
 
     tmp = staging_dir(out.parent, f"{out.name}.tmp")
@@ -537,7 +713,8 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         files.append(Path(MARKER))
         kept, notes = _install(tmp, out, files, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not any(p.is_file() for p in (tmp / ".earlier").rglob("*")):  # never delete files not put back
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     report = dict(report, project=str(out))
     return BuildResult(out, report, info, arena, files, kept=kept, notes=notes)
