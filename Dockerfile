@@ -21,4 +21,6 @@ COPY templates ./templates
 RUN pip install . && cryblock --help >/dev/null
 
 EXPOSE 4446
+# --host 0.0.0.0: `cryblock dsp serve` listens on loopback by default, which inside a container
+# no published port (-p 4446:4446) can reach; the container itself is the network boundary.
 ENTRYPOINT ["cryblock", "dsp", "serve", "--host", "0.0.0.0", "--port", "4446"]

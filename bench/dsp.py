@@ -95,7 +95,7 @@ def main(argv=None) -> int:
 
     from cryblock.data import load_manifest
     from cryblock.errors import CryblockError
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
     from cryblock.params import DspParams
 
     params = DspParams()

@@ -34,9 +34,10 @@ def main() -> None:
     import tensorflow as tf
 
     from cryblock.blocks.dsp.features import pad_waveform
-    from cryblock.blocks.learn.teacher import TfliteWaveformYamnet, load_teacher
+    from cryblock.blocks.learn.teacher import load_teacher
+    from cryblock.blocks.learn.tflite import TfliteWaveformYamnet
     from cryblock.data import compute_patches, default_cache_dir, load_manifest
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
     from cryblock.params import DspParams
 
     dsp = DspParams()

@@ -69,7 +69,7 @@ def dataset_cmd_impl(path, params_file, teacher) -> None:
 
     digest = None
     if teacher is not None:
-        from cryblock.blocks.learn.teacher import resolve_teacher_path
+        from cryblock.blocks.learn.teacher_files import resolve_teacher_path
 
         digest = teacher_digest(resolve_teacher_path(teacher))
     ds = open_dataset(path, dsp=Params.load(params_file).dsp if params_file else None, teacher_sha256=digest)

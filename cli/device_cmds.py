@@ -2,23 +2,29 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import click
 
 from cryblock.blocks.deploy import bench, capture, config, flash
-from cryblock.io import check_output
+from cryblock.escape import printable
+from cryblock.output import check_output
+from cryblock.signals import deferred
 
 from .options import FiniteFloat
 
 #: Options of the commands that talk to the running firmware (monitor, bench, config).
-_board_port = click.option("--port", required=True, help="Serial port of the board.")
+_board_port = click.option("--port", required=True,
+                           help="The board's primary console: the USB-UART bridge (e.g. /dev/ttyUSB0) for default "
+                                "builds, the native USB port (/dev/ttyACM0) for --console usb builds.")
 _console_baud = click.option("--baud", type=click.IntRange(300, 5_000_000), default=capture.CONSOLE_BAUD,
                              show_default=True)
 
 
 @click.command("flash")
-@click.option("--port", required=True, help="Serial port of the ESP32-S3 (e.g. /dev/ttyACM0, COM5).")
+@click.option("--port", required=True, help="Serial port of the ESP32-S3 (e.g. /dev/ttyUSB0, /dev/ttyACM0, COM5).")
 @click.option("--project", type=click.Path(file_okay=False), default=None,
               help="ESP-IDF project folder; its build/ folder is flashed.")
 @click.option("--build-dir", type=click.Path(file_okay=False), default=None,
@@ -47,7 +53,7 @@ def _live_printer(quiet: bool):
         if rec is not None:
             click.echo(capture.format_record(rec))
         elif raw.strip():
-            click.echo("# " + capture.printable(raw), err=True)
+            click.echo("# " + printable(raw), err=True)
     return on_line
 
 
@@ -78,13 +84,19 @@ def monitor_cmd(port: str, baud: int, out_csv: str | None, out_json: str | None,
 
 
 def _finish(res: capture.CaptureResult, out_csv, out_json) -> None:
-    written = capture.write_capture(res, out_csv, out_json)  # first: the capture is never lost
-    if res.port_lost:
-        click.echo(f"warning: serial port went away ({res.stop_reason}); summarising what was captured",
-                   err=True)
-    click.echo(bench.format_summary(res.summary()))
-    for p in written:
-        click.echo(f"wrote {p}")
+    with deferred():  # first, and whole: the capture is never lost, not even to a second Ctrl-C / SIGTERM
+        written = capture.write_capture(res, out_csv, out_json)
+    try:
+        if res.port_lost:
+            click.echo(f"warning: serial port went away ({res.stop_reason}); summarising what was captured",
+                       err=True)
+        click.echo(bench.format_summary(res.summary()))
+        for p in written:
+            click.echo(f"wrote {p}")
+    except OSError:  # the terminal is gone (SIGHUP) or the pipe closed: the files are written
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(devnull, stream.fileno())  # so that flushing at exit cannot fail either
 
 
 @click.command("bench")

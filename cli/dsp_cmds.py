@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import sys
 from pathlib import Path
 
 import click
@@ -104,9 +102,10 @@ def _str_array(items) -> np.ndarray:
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Worker processes [all CPU cores].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Cache per-clip patches here [$CRYBLOCK_CACHE if set, else no cache].")
+              help="Cache per-clip patches here [$CRYBLOCK_CACHE or ~/.cache/cryblock, the cache train and demo "
+                   "use].")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path),
               help="params.json whose 'dsp' section is used (flags below override it).")
 @field_options(_DSP_FLAGS)
@@ -118,10 +117,9 @@ def features_cmd(inputs: tuple[str, ...], manifest: Path | None, out: Path, work
     are streamed: memory does not grow with their length."""
     import tempfile
 
-    from tqdm import tqdm
-
-    from cryblock.data import Clip, load_manifest, patch_files
-    from cryblock.io import NpzWriter, check_output, npy_row_blocks
+    from cryblock.data import Clip, default_cache_dir, load_manifest, patch_files
+    from cryblock.progress import Progress
+    from cryblock.output import NpzWriter, check_output, npy_row_blocks
 
     if manifest is not None and inputs:
         raise click.UsageError("give either INPUTS or --manifest, not both")
@@ -133,8 +131,8 @@ def features_cmd(inputs: tuple[str, ...], manifest: Path | None, out: Path, work
     dsp = params_with(params_file, flags).dsp
     if no_cache:
         cache_dir = None
-    elif cache_dir is None and os.environ.get("CRYBLOCK_CACHE"):
-        cache_dir = Path(os.environ["CRYBLOCK_CACHE"])
+    elif cache_dir is None:
+        cache_dir = default_cache_dir()
     if cache_dir is not None:
         check_output(cache_dir, folder=True, what="--cache-dir (or $CRYBLOCK_CACHE)")
 
@@ -146,13 +144,10 @@ def features_cmd(inputs: tuple[str, ...], manifest: Path | None, out: Path, work
     with tempfile.TemporaryDirectory(prefix="cryblock-features-") as work:
         folder = cache_dir if cache_dir is not None else Path(work)
         Path(folder).mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(clips), unit="file", desc="features", disable=quiet, file=sys.stderr,
-                   dynamic_ncols=True)
-        try:
+        say = None if quiet else (lambda s: click.echo(s, err=True))
+        with Progress(len(clips), f"features of {len(clips)} files", say) as prog:
             results = patch_files(clips, dsp, folder, cached=cache_dir is not None, workers=workers,
-                                  progress=bar.update)
-        finally:
-            bar.close()
+                                  progress=prog.update)
         skipped = [err for _, _, err in results if err is not None]
         done = [(c, f, n) for c, (f, n, err) in zip(clips, results) if err is None and n]
         if len(clips) == 1 and manifest is None and skipped:
@@ -189,16 +184,17 @@ def dsp_group() -> None:
 
 
 @dsp_group.command("serve")
-@click.option("--host", default="0.0.0.0", show_default=True, envvar="HOST",
-              help="Interface to listen on (env HOST, as Edge Impulse's server).")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="HOST",
+              help="Interface to listen on (env HOST, as Edge Impulse's server): loopback by default; 0.0.0.0 "
+                   "for every interface (a container, another machine).")
 @click.option("--port", type=click.IntRange(0, 65535), default=4446, show_default=True, envvar="PORT",
               help="TCP port, 0 = any free one (env PORT; Edge Impulse expects 4446).")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Requests computed at once [CPU count].")
+              help="Requests computed at once [CPU count]; slow or idle connections do not use one.")
 @click.option("--max-body-mb", type=FiniteFloat(0.01, 1024), default=16.0, show_default=True,
               help="Largest request body, MiB (larger ones get HTTP 413).")
-@click.option("--timeout", "timeout_s", type=FiniteFloat(0.1, 3600), default=30.0, show_default=True,
-              help="Socket timeout for idle or slow clients, s.")
+@click.option("--timeout", "timeout_s", type=click.IntRange(1, 3600), default=30, show_default=True,
+              help="Close a connection that sends and reads nothing for this many seconds.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not log requests.")
 def serve_cmd(host: str, port: int, workers: int | None, max_body_mb: float, timeout_s: float, quiet: bool) -> None:
     """Serve the block over HTTP: GET /, GET /parameters, POST /run, POST /batch."""

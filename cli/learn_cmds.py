@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -22,9 +23,11 @@ from cryblock.errors import CryblockError
 
 from .options import FiniteFloat, field_options, params_with, split_overrides
 
-#: Epochs of ``cryblock demo`` (measured: ≈ 25–45 s per epoch on the full shared manifest on 2
-#: shared CPU cores; validation AUC plateaus after ≈ 10 epochs).
+#: Epochs of ``cryblock demo`` (validation AUC plateaus after ≈ 10 epochs on the shared data).
 DEMO_EPOCHS = 15
+#: Cross-validation folds of ``cryblock demo`` (``cryblock evaluate --cv`` defaults to 5): 3 folds
+#: and the deployed model keep the main job within its time on 2 CPU cores.
+DEMO_FOLDS = 3
 
 def _click_rows():
     """blocks/learn/flags.py's table as field_options rows (choices become click.Choice)."""
@@ -40,11 +43,21 @@ _ARCH_FLAGS = {"--width", "--depth", "--stem-channels", "--stem-stride", "--pool
                "--epochs"}
 
 
-def _quiet_tf() -> None:
+def _quiet_tf(load: bool = True) -> None:
+    """TensorFlow without its log spam: Python warnings off, and (``load``) imported now with its
+    native start-up banner filtered (:func:`cryblock.tflogs.import_tensorflow`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import warnings
 
     warnings.filterwarnings("ignore", module="tensorflow")
+    if load:
+        from cryblock.tflogs import import_tensorflow
+
+        import_tensorflow()
+
+
+#: ``--force`` of the commands that write a run folder.
+_FORCE_HELP = "replace an earlier output of this command in --out (else a folder that is not empty is refused)"
 
 
 def parse_label_map(items) -> dict[str, str]:
@@ -78,14 +91,23 @@ def learn_params(data: str, params_file: str | None, overrides: dict, label_map:
 
 
 def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
-         workers: int | None, overrides: dict, label_map: dict[str, str] | None = None):
+         workers: int | None, overrides: dict, label_map: dict[str, str] | None = None, cv: int | None = None,
+         force: bool = False):
+    from cryblock.output import check_run_output
+
+    check_run_output(out, "run", force=force, inputs=(data, params_file, teacher))
     _quiet_tf()
+    from cryblock.blocks.learn.cv import train_cross_validated
     from cryblock.blocks.learn.train import train_from_manifest
 
     params = learn_params(data, params_file, overrides, label_map or {})
     t0 = time.perf_counter()
-    res = train_from_manifest(data, out, params, teacher=teacher, max_clips=max_clips, workers=workers,
-                              label_map=label_map, log=lambda s: click.echo(s))
+    if cv:
+        res = train_cross_validated(data, out, params, k=cv, teacher=teacher, max_clips=max_clips, workers=workers,
+                                    label_map=label_map, log=lambda s: click.echo(s), force=force)
+    else:
+        res = train_from_manifest(data, out, params, teacher=teacher, max_clips=max_clips, workers=workers,
+                                  label_map=label_map, log=lambda s: click.echo(s), force=force)
     m = res.metrics
     click.echo(f"\nINT8 cost: {m['cost']['int8_bytes']:,} B, {m['cost']['params']:,} params, "
                f"{m['cost']['macs']:,} MACs/patch, arena {m['cost']['arena_bytes']:,} B")
@@ -94,22 +116,36 @@ def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_
     return res
 
 
-def evaluate_cmd_impl(run: str, data: str, out: str | None, teacher: str | None, map_label, workers) -> None:
+def evaluate_cmd_impl(run: str, data: str, out: str | None, teacher: str | None, map_label, workers,
+                      cv: int | None = None, force: bool = False) -> None:
     _quiet_tf()
+    from cryblock.blocks.learn.cv import evaluate_cross_validated
     from cryblock.blocks.learn.evaluate import evaluate_run
 
-    out = out or str(Path(run) / "evaluation")
-    evaluate_run(run, data, out, teacher=teacher, label_map=parse_label_map(map_label), workers=workers,
-                 log=lambda s: click.echo(s))
+    if cv:
+        out = out or str(Path(run) / f"evaluation-cv{cv}")
+        evaluate_cross_validated(run, data, out, k=cv, teacher=teacher, label_map=parse_label_map(map_label),
+                                 workers=workers, log=lambda s: click.echo(s), force=force)
+    else:
+        out = out or str(Path(run) / "evaluation")
+        evaluate_run(run, data, out, teacher=teacher, label_map=parse_label_map(map_label), workers=workers,
+                     log=lambda s: click.echo(s), force=force)
     click.echo(f"wrote {out}/ (metrics.json, report.md, report.html)")
+
+
+def calibrate_cmd_impl(run: str, ambient, budget: float, port: str | None, workers: int | None) -> None:
+    _quiet_tf()
+    from cryblock.blocks.learn.calibrate import calibrate_home
+
+    calibrate_home(run, list(ambient), budget_per_8h=budget, port=port, workers=workers, log=lambda s: click.echo(s))
 
 
 def detect_cmd_impl(files, run: str, plot: str | None, as_json: str | None) -> None:
     """Score each file, print its alerts; outputs only when every file was read (else exit 2)."""
-    _quiet_tf()
+    _quiet_tf(load=False)  # TensorFlow Lite Micro only
     from cryblock.blocks.learn.evaluate import TflmRunner, detect_file, load_run
     from cryblock.errors import AudioError
-    from cryblock.io import atomic_write_bytes, atomic_write_text, check_output, json_safe
+    from cryblock.output import atomic_write_bytes, atomic_write_text, check_output, json_safe
 
     reads = (*files, run, *(Path(run) / n for n in ("params.json", "model_quantized_int8_io.tflite")))
     if plot is not None:
@@ -148,7 +184,10 @@ def detect_cmd_impl(files, run: str, plot: str | None, as_json: str | None) -> N
 
 
 def tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flash, epochs, final_epochs, minutes,
-                  workers, map_label, overrides):
+                  workers, map_label, overrides, force: bool = False):
+    from cryblock.output import check_run_output
+
+    check_run_output(out, "tune", force=force, inputs=(data, params_file, teacher))
     _quiet_tf()
     from cryblock.blocks.learn.tune import Budget, parse_amount, tune
 
@@ -156,7 +195,7 @@ def tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flas
                     parse_amount(max_flash, "max_flash"))
     params = learn_params(data, params_file, overrides, parse_label_map(map_label))
     doc = tune(data, out, params, budget=budget, epochs=epochs, final_epochs=final_epochs, minutes=minutes,
-               teacher=teacher, workers=workers, log=lambda s: click.echo(s))
+               teacher=teacher, workers=workers, log=lambda s: click.echo(s), force=force)
     click.echo(f"wrote {out}/ (tune.md, tune.json, candidates/" + (", best/)" if doc["best_run"] else ")")
                + f" in {doc['minutes']:.0f} min")
 
@@ -183,13 +222,14 @@ def register(group: click.Group) -> None:
                   help="time box for the candidates")
     @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
     @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO", help="rename a manifest label")
+    @click.option("--force", is_flag=True, help=_FORCE_HELP)
     @field_options([r for r in _LEARN_FLAGS if r[0] not in _ARCH_FLAGS])
     def tune_cmd(data, out, teacher, params_file, max_arena, max_macs, max_flash, cand_epochs, final_epochs, minutes,
-                 workers, map_label, **overrides):
+                 workers, map_label, force, **overrides):
         """Train the candidate student architectures with one recipe, measure cost (INT8 size, MACs,
         host and device arena, latency) and quality, print the front, retrain the best within budget."""
         tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flash, cand_epochs, final_epochs,
-                      minutes, workers, map_label, overrides)
+                      minutes, workers, map_label, overrides, force)
 
     @group.command("evaluate")
     @click.option("--run", "run", required=True, type=click.Path(file_okay=False),
@@ -200,10 +240,32 @@ def register(group: click.Group) -> None:
                   help="YAMNet file; default $CRYBLOCK_TEACHER, cache or download")
     @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO", help="rename a manifest label")
     @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
-    def evaluate_cmd(run, data, out, teacher, map_label, workers):
+    @click.option("--cv", "cv", type=click.IntRange(2, 20), is_flag=False, flag_value=5, default=None,
+                  help="cross-validate the run's recipe on the manifest with K folds by group (--cv alone: 5) "
+                       "instead of scoring the run's own model")
+    @click.option("--force", is_flag=True, help="replace an earlier evaluation in --out (never a training run)")
+    def evaluate_cmd(run, data, out, teacher, map_label, workers, cv, force):
         """Evaluate a trained run on any manifest (e.g. your own recordings): teacher, float and
-        INT8 — AUCs with confidence intervals, the sounds that alert, the nursery night."""
-        evaluate_cmd_impl(run, data, out, teacher, map_label, workers)
+        INT8 — AUCs with confidence intervals, the sounds that alert, the nursery nights. With
+        --cv K the run's recipe is cross-validated on the manifest: every negative second and
+        every cry counts once, judged by a model that never heard its group."""
+        evaluate_cmd_impl(run, data, out, teacher, map_label, workers, cv, force)
+
+    @group.command("calibrate")
+    @click.option("--run", "run", required=True, type=click.Path(file_okay=False),
+                  help="run folder of cryblock train / demo (its params.json is updated)")
+    @click.option("--ambient", multiple=True, required=True, type=click.Path(dir_okay=False),
+                  help="a recording of the nursery without crying, ≥ 10 min in all (repeatable)")
+    @click.option("--budget-per-8h", "budget", type=FiniteFloat(0, 10000), default=1.0, show_default=True,
+                  help="false alerts per 8 h allowed on your recording")
+    @click.option("--port", default=None, help="serial port of the running firmware: send the new setting to it")
+    @click.option("--workers", type=click.IntRange(1, 256), default=None, help="processes")
+    def calibrate_cmd(run, ambient, budget, port, workers):
+        """Fit the detector to your nursery: score your recording with the INT8 model, lay the run's
+        validation cries into it at 10 dB, pick threshold / votes / hold for the budget without
+        going below the run's recall, update params.json (the old one is kept) and optionally
+        send the setting to the device."""
+        calibrate_cmd_impl(run, ambient, budget, port, workers)
 
     @group.command("detect")
     @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -228,10 +290,14 @@ def register(group: click.Group) -> None:
     @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
     @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO",
                   help="rename a manifest label before training, e.g. Cry=cry (repeatable)")
+    @click.option("--cv", "cv", type=click.IntRange(2, 20), default=None,
+                  help="cross-validate the recipe with K folds by group first; the model trained on all groups "
+                       "is deployed with the cross-validated detector setting and figures")
+    @click.option("--force", is_flag=True, help=_FORCE_HELP)
     @field_options(_LEARN_FLAGS)
-    def train_cmd(data, out, teacher, params_file, max_clips, workers, map_label, **overrides):
+    def train_cmd(data, out, teacher, params_file, max_clips, workers, map_label, cv, force, **overrides):
         """Distil YAMNet into the INT8 student; export, evaluate and report."""
-        _run(data, out, teacher, params_file, max_clips, workers, overrides, parse_label_map(map_label))
+        _run(data, out, teacher, params_file, max_clips, workers, overrides, parse_label_map(map_label), cv, force)
 
     @group.command("demo")
     @click.option("--data", type=click.Path(), default=None,
@@ -239,13 +305,18 @@ def register(group: click.Group) -> None:
     @click.option("--out", type=click.Path(), default="runs/demo", show_default=True, help="run folder")
     @click.option("--teacher", type=click.Path(), default=None, help="YAMNet file; default $CRYBLOCK_TEACHER/cache/download")
     @click.option("--max-clips", type=click.IntRange(6, None), default=None, help="use a subset (quick check)")
+    @click.option("--cv", "cv", type=click.IntRange(2, 20), default=DEMO_FOLDS, show_default=True,
+                  help="cross-validation folds by group")
+    @click.option("--force", is_flag=True, help=_FORCE_HELP + "; the firmware project in OUT/fw is regenerated")
     @field_options(_LEARN_FLAGS)
-    def demo_cmd(data, out, teacher, max_clips, **overrides):
-        """The main job: train on the full shared manifest, print the results table and write
-        the ESP32-S3 project for the INT8 student into OUT/fw.
+    def demo_cmd(data, out, teacher, max_clips, cv, force, **overrides):
+        """The main job on the full shared manifest: cross-validated nursery nights (--cv folds by
+        group: the parent's summary, every negative second and every cry once), then the model to
+        deploy trained on all groups with the cross-validated detector setting, the results table,
+        and the ESP32-S3 project for the INT8 student in OUT/fw.
 
-        Defaults to 15 epochs (not LearnParams' 30) so the whole job stays well under 30 minutes
-        on 2 CPU cores; pass --epochs to change it."""
+        Defaults to 15 epochs (not LearnParams' 30) and 3 folds so the whole job stays within
+        15 minutes on 2 CPU cores; pass --epochs / --cv to change them."""
         if overrides.get("learn__epochs") is None:
             overrides["learn__epochs"] = DEMO_EPOCHS
         if data is None:
@@ -253,14 +324,23 @@ def register(group: click.Group) -> None:
             if not env:
                 raise CryblockError("no data: pass --data or set CRYBLOCK_DATA to the folder holding manifest.csv")
             data = str(Path(env) / "manifest.csv")
-        res = _run(data, out, teacher, None, max_clips, None, overrides)
+        fw_dir = Path(out).resolve() / "fw"
+        if re.search(r"\s", str(fw_dir)):  # generate_project's rule, checked before the training
+            raise CryblockError(f"{str(fw_dir)!r}: --out contains a space or line break; the ESP-IDF build system "
+                                "does not support spaces in project paths — choose a path without them")
+        res = _run(data, out, teacher, None, max_clips, None, overrides, cv=cv, force=force)
         # deploy stage: the ESP32-S3 project for the INT8 student, with the tuned detector
         from cryblock.blocks.deploy.project import BuildOptions, generate_project
         from cryblock.blocks.deploy.size import format_report
         from cryblock.params import Params
 
         fw = generate_project(res.out_dir / "model_quantized_int8_io.tflite", res.out_dir / "fw",
-                              Params.load(res.out_dir / "params.json"), BuildOptions())
+                              Params.load(res.out_dir / "params.json"), BuildOptions(), force=force)
         click.echo("\n" + format_report(fw.report))
+        import resource
+
+        gb = 1024 ** 2  # ru_maxrss is in KiB on Linux
+        click.echo(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / gb:.1f} GB (this process), "
+                   f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / gb:.1f} GB (its largest worker)")
         click.echo(f"ESP-IDF project: {fw.project}  (build: cryblock build --model "
                    f"{res.out_dir / 'model_quantized_int8_io.tflite'} --out {fw.project}, or idf.py build there)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -21,7 +22,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import AudioError, DataError
-from .io import npy_shape, write_npy_blocks
+from .inputs import open_regular
+from .output import npy_shape, write_npy_blocks
 from .params import DspParams
 
 REQUIRED_COLUMNS = ("path", "label", "group")
@@ -52,11 +54,9 @@ def load_manifest(path: str | os.PathLike) -> list[Clip]:
             mark (Excel's "CSV UTF-8") is accepted.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: manifest not found")
     try:
         # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark
-        with p.open(newline="", encoding="utf-8-sig") as f:
+        with open_regular(p) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
             twice = sorted({c for c in cols if cols.count(c) > 1 and c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)})
@@ -74,6 +74,10 @@ def load_manifest(path: str | os.PathLike) -> list[Clip]:
                 clips.append(Clip(path=(p.parent / vals["path"]).resolve(), label=vals["label"],
                                   group=vals["group"], category=(row.get("category") or "").strip(),
                                   source=(row.get("source") or "").strip()))
+    except FileNotFoundError:
+        raise DataError(f"{p}: manifest not found") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read the manifest ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not a UTF-8 CSV ({e})") from None
     except csv.Error as e:
@@ -81,6 +85,18 @@ def load_manifest(path: str | os.PathLike) -> list[Clip]:
     if not clips:
         raise DataError(f"{p}: manifest has no rows")
     return clips
+
+
+def _content_key(path: str | os.PathLike) -> str:
+    """sha1 of a regular file's bytes, read in 1 MiB chunks; for anything else (missing,
+    unreadable, a FIFO, a device such as /dev/zero, a folder) a key unique to the path: such a
+    clip is skipped and listed when its features are computed, where the audio rules say why
+    (:func:`cryblock.inputs.open_regular`: a FIFO without a writer cannot hang the check)."""
+    try:
+        with open_regular(path) as f:
+            return hashlib.file_digest(f, "sha1").hexdigest()
+    except OSError:
+        return f"unreadable:{path}"
 
 
 def deduplicate(clips: Sequence[Clip], source: str | os.PathLike = "manifest") -> tuple[list[Clip], list[str]]:
@@ -100,10 +116,7 @@ def deduplicate(clips: Sequence[Clip], source: str | os.PathLike = "manifest") -
     seen: dict[str, Clip] = {}
     out, warnings = [], []
     for c in clips:
-        try:
-            key = hashlib.sha1(Path(c.path).read_bytes()).hexdigest()
-        except OSError:
-            key = f"unreadable:{c.path}"  # reported when its features are computed
+        key = _content_key(c.path)
         first = seen.get(key)
         if first is None:
             seen[key] = c
@@ -269,57 +282,72 @@ def compute_patches(clips: Sequence[Clip], params: DspParams = DspParams(), *, w
     return PatchSet(patches, index, kept, skipped)
 
 
-def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validation_fraction: float = 0.2,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split clip indices into train / validation / test **by group**, stratified by label and
-    source.
-
-    Uses scikit-learn's ``StratifiedGroupKFold``: the test split is one fold of
-    ``round(1/test_fraction)``; validation is one fold of ``round(1/validation_fraction)`` of
-    the rest. No group appears in two splits. The strata are ``label|source`` (the manifest's
-    ``source`` column; label alone when it is empty), so each kind of recording — the cats, the
-    speakers, the ESC folds — is spread over the splits as far as its groups allow: a
-    validation split without any cat would calibrate the detector blind to the hardest sound.
+def group_folds(clips: Sequence[Clip], idx: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Split the clips ``idx`` into ``n_folds`` folds **by group**, stratified by ``label|source``
+    (scikit-learn ``StratifiedGroupKFold``, shuffled with ``seed``), so each kind of recording —
+    the cats, the speakers, the ESC folds — is spread over the folds as far as its groups allow.
+    Falls back to label strata, then none, where every stratum is smaller than the folds.
 
     Returns:
-        (train_idx, val_idx, test_idx): int arrays of clip indices.
-
-    Raises:
-        DataError: fewer than 3 groups, or a label that ends up missing from the test split.
+        ``n_folds`` sorted int arrays of clip indices (no group in two).
     """
     import warnings
 
     from sklearn.model_selection import StratifiedGroupKFold
 
+    idx = np.asarray(idx)
+    labels = np.array([clips[i].label for i in idx])
+    strata = np.array([f"{clips[i].label}|{clips[i].source}" for i in idx])
+    groups = np.array([clips[i].group for i in idx])
+    cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    s = strata if np.unique(strata, return_counts=True)[1].max() >= n_folds else labels
+    if np.unique(s, return_counts=True)[1].max() < n_folds:
+        s = np.zeros(len(idx), dtype=int)
+    with warnings.catch_warnings():  # strata with fewer groups than folds are spread as far as they go
+        warnings.simplefilter("ignore", UserWarning)
+        return [np.sort(idx[held]) for _, held in cv.split(np.zeros(len(idx)), s, groups)]
+
+
+def hold_out_groups(clips: Sequence[Clip], idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held out): one fold of ``round(1/fraction)`` (:func:`group_folds`) of the clips ``idx``."""
+    idx = np.asarray(idx)
+    k = min(max(2, int(round(1 / fraction))), len({clips[i].group for i in idx}))
+    held = group_folds(clips, idx, k, seed)[0]
+    return np.setdiff1d(idx, held), held
+
+
+def groups_per_label(clips: Sequence[Clip]) -> str:
+    """``'cry' 242, 'not_cry' 412``: how many groups each label has (for error messages)."""
+    labels = sorted({c.label for c in clips})
+    return ", ".join(f"{lab!r} {len({c.group for c in clips if c.label == lab})}" for lab in labels)
+
+
+def split_by_group(clips: Sequence[Clip], test_fraction: float = 0.25, validation_fraction: float = 0.2,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split clip indices into train / validation / test **by group**, stratified by label and
+    source: the test split is one fold of ``round(1/test_fraction)``, validation one fold of
+    ``round(1/validation_fraction)`` of the rest (:func:`hold_out_groups`). No group appears in
+    two splits; a validation split without any cat would calibrate the detector blind to the
+    hardest sound.
+
+    Returns:
+        (train_idx, val_idx, test_idx): int arrays of clip indices.
+
+    Raises:
+        DataError: fewer than 3 groups, or a label that ends up missing from a split (the message
+            says how many groups each label has).
+    """
     labels = np.array([c.label for c in clips])
-    strata = np.array([f"{c.label}|{c.source}" for c in clips])
-    groups = np.array([c.group for c in clips])
-    if len(set(groups)) < 3:
-        raise DataError(f"need ≥ 3 groups to split train/validation/test by group, got {len(set(groups))}")
+    if len({c.group for c in clips}) < 3:
+        raise DataError(f"need ≥ 3 groups to split train/validation/test by group, got {len({c.group for c in clips})}")
     if len(set(labels)) < 2:
         raise DataError(f"need ≥ 2 labels, got only {sorted(set(labels))}")
-
-    def one_fold(idx: np.ndarray, frac: float, rs: int) -> tuple[np.ndarray, np.ndarray]:
-        k = max(2, int(round(1 / frac)))
-        k = min(k, len(set(groups[idx])))
-        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=rs)
-        # scikit-learn refuses strata that are all smaller than the folds (a small manifest):
-        # stratify by label alone then, or by nothing
-        s = strata[idx] if np.unique(strata[idx], return_counts=True)[1].max() >= k else labels[idx]
-        if np.unique(s, return_counts=True)[1].max() < k:
-            s = np.zeros(len(idx), dtype=int)
-        with warnings.catch_warnings():  # strata with fewer groups than folds are spread as far as they go
-            warnings.simplefilter("ignore", UserWarning)
-            rest, held = next(cv.split(np.zeros(len(idx)), s, groups[idx]))
-        return idx[rest], idx[held]
-
-    all_idx = np.arange(len(clips))
-    rest, test = one_fold(all_idx, test_fraction, seed)
-    train, val = one_fold(rest, validation_fraction, seed + 1)
+    rest, test = hold_out_groups(clips, np.arange(len(clips)), test_fraction, seed)
+    train, val = hold_out_groups(clips, rest, validation_fraction, seed + 1)
     for name, part in (("test", test), ("validation", val), ("train", train)):
         missing = set(labels) - set(labels[part])
         if missing:
-            counts = ", ".join(f"{str(lab)!r} {len(set(groups[labels == lab]))}" for lab in sorted(set(labels)))
-            raise DataError(f"label(s) {sorted(str(m) for m in missing)} have too few groups to appear in the {name} split "
-                            f"(groups per label: {counts}; each label needs groups in train, validation and test)")
+            raise DataError(f"label(s) {sorted(str(m) for m in missing)} have too few groups to appear in the {name} "
+                            f"split (groups per label: {groups_per_label(clips)}; each label needs groups in train, "
+                            "validation and test)")
     return np.sort(train), np.sort(val), np.sort(test)

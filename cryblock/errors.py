@@ -6,6 +6,9 @@ problem. The CLI prints that line and exits with status 2; it never shows a trac
 """
 from __future__ import annotations
 
+import os
+import stat
+
 
 class CryblockError(Exception):
     """A user-correctable problem: bad input file, bad parameter, missing resource."""
@@ -29,3 +32,18 @@ def one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     lines = [ln for ln in lines if not ln.startswith(("Hint:", "For troubleshooting"))]
     return " ".join(lines) or type(exc).__name__
+
+
+def short_path(p: str | os.PathLike, n: int = 120) -> str:
+    """A path for a message, shortened in the middle when longer than ``n`` characters."""
+    s = str(p)
+    return s if len(s) <= n else s[: n // 2] + "…" + s[-n // 2:]
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, for a message ("a folder", "a FIFO", …)."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISFIFO, "a FIFO")):
+        if test(mode):
+            return name
+    return "not a regular file"

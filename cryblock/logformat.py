@@ -24,6 +24,8 @@ CFG    ``threshold vote hold_ms``  (vote = N/M)
 ERR    ``code msg``
 RDY    ``seq samples``  (replay: line ``seq`` queued; ``samples`` received so far)
 END    ``seq samples``  (replayed/file audio fully processed: ``seq`` patches)
+NET    network state and answers to network commands (``cryblock build --mqtt``:
+       templates/esp32s3/main/cry_net.c): ``device boot wifi mqtt …`` or ``error``
 =====  ==========================================================================
 
 **Audio replay** (firmware built with ``--audio replay``; templates/esp32s3/main/replay.h): the
@@ -41,7 +43,7 @@ import math
 from dataclasses import dataclass, field
 
 MAGIC = "CRYB/1"
-KINDS = ("BOOT", "INF", "EVT", "CFG", "ERR", "RDY", "END")
+KINDS = ("BOOT", "INF", "EVT", "CFG", "ERR", "RDY", "END", "NET")
 
 
 def checksum(body: str) -> str:
@@ -83,6 +85,19 @@ class Record:
         except (KeyError, ValueError):
             return default
         return v if math.isfinite(v) else default
+
+
+def field_value(v: str) -> int | float | str:
+    """A field value as the JSON summaries show it: an int, a finite float, or the text as sent."""
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        f = float(v)
+        return f if math.isfinite(f) else v
+    except ValueError:
+        return v
 
 
 def parse_line(line: str | bytes) -> Record | None:

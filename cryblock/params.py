@@ -234,6 +234,19 @@ class LearnParams:
     #: calibrate the deployed detector (threshold, N-of-M, hold) on the *validation* split's night
     #: stream when training (see :class:`NightParams`); never on the test split
     tune_threshold: bool = True
+    #: negative windows the teacher scores at or above ``filter_neg``: "drop" them (the teacher
+    #: may be right that they hold a cry) or "clip" — keep them with the teacher's probability
+    #: clipped to ``filter_neg`` (they are often the hardest negatives: cats, laughter)
+    neg_filter: str = "drop"
+    #: category balance of the negatives drawn each epoch: a window's weight is
+    #: (windows of its category)^(-negative_balance); 0 = uniform over windows, 1 = every category
+    #: drawn equally often (the shared data are 80 % speech)
+    negative_balance: float = 0.0
+    #: hard-negative mining: a negative's draw weight is multiplied by 1 + hard_negative_weight · p,
+    #: p = the student's probability for it when last trained on (refreshed every epoch); 0 = off
+    hard_negative_weight: float = 0.0
+    #: cross-validation folds of ``cryblock evaluate --cv`` and ``cryblock demo`` (groups per fold)
+    cv_folds: int = 5
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, list):
@@ -281,6 +294,10 @@ class LearnParams:
         _num(self, "test_fraction", 0, 1, lo_open=True, hi_open=True)
         _num(self, "seed", 0, 2 ** 32 - 1, integer=True)
         _check(isinstance(self.tune_threshold, bool), "tune_threshold", f"must be true or false, got {self.tune_threshold!r}")
+        _check(self.neg_filter in ("drop", "clip"), "neg_filter", f"must be 'drop' or 'clip', got {self.neg_filter!r}")
+        _num(self, "negative_balance", 0, 1)
+        _num(self, "hard_negative_weight", 0, 1000)
+        _num(self, "cv_folds", 2, 20, integer=True)
 
 
 @dataclass(frozen=True)
@@ -329,6 +346,15 @@ class AugmentParams:
     freq_mask_bands: int = 8  #: widest frequency mask, mel bands
     p_bandlimit: float = 0.0  #: band-limit to ``bandlimit_hz`` (8 kHz-sourced and phone audio)
     bandlimit_hz: float = 4000.0
+    #: mix with a steady nursery noise bed (white/pink/brown noise, fan, purifier — see
+    #: cryblock.blocks.learn.nursery) at a random SNR in the nursery range
+    p_nursery: float = 0.0
+    nursery_snr_min_db: float = 0.0
+    nursery_snr_max_db: float = 25.0
+    #: soft targets of augmented windows: "augmented" (the teacher scores the augmented window) or
+    #: "clean" (the teacher's score of the clean window: noise-robust distillation — the student
+    #: learns to hear through the noise what the teacher hears without it)
+    teacher_target: str = "augmented"
 
     def __post_init__(self) -> None:
         for name in ("p_mix", "p_gain", "p_shift", "p_specaugment", "p_bandlimit"):
@@ -342,28 +368,36 @@ class AugmentParams:
         _num(self, "freq_masks", 0, 10, integer=True)
         _num(self, "freq_mask_bands", 0, 64, integer=True)
         _num(self, "bandlimit_hz", 500, 96000)
+        _num(self, "p_nursery", 0, 1)
+        _num(self, "nursery_snr_min_db", -40, 60)
+        _num(self, "nursery_snr_max_db", self.nursery_snr_min_db, 60)
+        _check(self.teacher_target in ("augmented", "clean"), "teacher_target",
+               f"must be 'augmented' or 'clean', got {self.teacher_target!r}")
 
     @property
     def active(self) -> bool:
         """True when any augmentation can happen."""
-        return any((self.p_mix, self.p_gain, self.p_shift, self.p_specaugment, self.p_bandlimit))
+        return any((self.p_mix, self.p_gain, self.p_shift, self.p_specaugment, self.p_bandlimit, self.p_nursery))
 
 
 @dataclass(frozen=True)
 class NightParams:
     """The nursery-night evaluation and the detector calibration on it (cryblock.blocks.learn.night).
 
-    A night stream is a split's negative clips back to back (longest first) with the split's cry
-    clips inserted one per ``gap_seconds`` slot (at a random offset in the slot) at each SNR of
-    ``snrs_db``; false alerts are counted on the negative audio alone. Calibration (when ``learn.tune_threshold``) picks the
-    threshold, N-of-M and hold time with the highest cry-episode recall on the *validation* night
-    within ``fa_budget_per_8h``.
+    A night has a household background (a split's negative clips back to back, longest first)
+    and nursery noise beds; single cries and sustained crying episodes are laid into both at each
+    SNR of ``snrs_db``; false alerts are counted on the backgrounds alone. Calibration (when
+    ``learn.tune_threshold``) picks the threshold, N-of-M and hold time with the most episodes
+    alerted within 10 s whose false-alert rate's upper 95 % limit stays within
+    ``fa_budget_per_8h`` on the *validation* nights.
     """
 
     snrs_db: tuple[float, ...] = (0.0, 10.0, 20.0)  #: cry-to-background SNRs, dB
-    gap_seconds: float = 30.0  #: one inserted cry per slot of this length, s
-    max_cry_seconds: float = 10.0  #: inserted cries are cut to this, s
-    fa_budget_per_8h: float = 1.0  #: false alerts per 8 h the calibration may spend
+    gap_seconds: float = 25.0  #: mean background between two insertions, s (uniform ±25 %)
+    max_cry_seconds: float = 10.0  #: single inserted cries are cut to this, s
+    #: false alerts per 8 h the calibration may spend — on the upper end of the rate's exact 95 %
+    #: Poisson interval over the validation nights, not on its point estimate
+    fa_budget_per_8h: float = 1.0
     bootstrap: int = 500  #: bootstrap resamples (of groups) for the AUC confidence intervals
 
     def __post_init__(self) -> None:
@@ -388,6 +422,13 @@ class Params:
     augment: AugmentParams = field(default_factory=AugmentParams)
     night: NightParams = field(default_factory=NightParams)
     detector: DetectorParams = field(default_factory=DetectorParams)
+
+    def __post_init__(self) -> None:
+        # a time shift moves a window by 1 … hop/2 frames (blocks/learn/augment.py): none fit a 1-frame hop
+        if self.augment.p_shift > 0 and self.dsp.patch_hop_frames < 2:
+            raise ParameterError(f"parameter 'p_shift': a time shift needs a patch hop of at least 2 frames "
+                                 f"(patch_hop_seconds ≥ {2 * self.dsp.stft_hop_seconds:g} s), got "
+                                 f"{self.dsp.patch_hop_frames} frame; set --shift 0 or a longer hop")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict ({"dsp": {...}, "learn": {...}, "augment": {...}, "night": {...},
@@ -430,16 +471,18 @@ class Params:
 
     def save(self, path: str | Path) -> None:
         """Write JSON to ``path`` atomically (temp file + rename)."""
-        from .io import atomic_write_text
+        from .output import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Params":
         """Read ``params.json``; a missing or malformed file raises ParameterError naming it."""
+        from .inputs import read_regular_text
+
         p = Path(path)
         try:
-            d = json.loads(p.read_text())
+            d = json.loads(read_regular_text(p))  # a FIFO or /dev/zero is refused, not read forever
         except FileNotFoundError:
             raise ParameterError(f"{p}: parameters file not found") from None
         except IsADirectoryError:

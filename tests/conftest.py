@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# TensorFlow's own switch for its info and warning logs (what `cryblock` sets for its commands), for
+# this process and the commands the tests start
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 
 def _env_path(var: str) -> Path | None:
     v = os.environ.get(var)
@@ -51,3 +55,21 @@ def clips(data_dir):
     from cryblock.data import load_manifest
 
     return load_manifest(data_dir / "manifest.csv")
+
+
+#: A few-second recipe for tests that need a real trained run (tiny student, 3 epochs).
+QUICK = {"epochs": 3, "stem_channels": 8, "pool": "max", "blocks": "8/1,16/2", "batch_size": 16, "patience": 3}
+
+
+@pytest.fixture(scope="session")
+def quick_run(data_dir, teacher, tmp_path_factory):
+    """One real training run (80 clips stratified by label and group, QUICK recipe): the
+    (RunResult, log lines). Read-only: copy the folder before changing it."""
+    from cryblock.blocks.learn.train import train_from_manifest
+    from cryblock.params import Params
+
+    out = tmp_path_factory.mktemp("run") / "quick"
+    lines = []
+    res = train_from_manifest(data_dir / "manifest.csv", out, Params().replace(learn=QUICK), teacher=teacher,
+                              max_clips=80, log=lines.append)
+    return res, lines

@@ -9,7 +9,7 @@ import pytest
 
 from cryblock.blocks.dsp.features import waveform_to_patches
 from cryblock.blocks.learn.augment import Augmenter, band_fractions
-from cryblock.io import load_audio
+from cryblock.audio import load_audio
 from cryblock.params import AugmentParams, DspParams
 
 DSP = DspParams()

@@ -169,3 +169,20 @@ def test_split_error_says_how_many_groups_each_label_has(clips):
                                                                        if c.label == "cry"})[:2]]
     with pytest.raises(DataError, match=r"groups per label: 'cry' 2, 'not_cry' \d+"):
         split_by_group(few, seed=0)
+
+
+@pytest.mark.parametrize("args", [
+    ["tune", "--data", "m.csv", "--out", "t", "--epochs", "0"], ["config", "--port", "x", "--threshold", "2"],
+    ["train", "--data", "m.csv", "--out", "o", "--max-clips", "2"], ["trian"], ["train", "--epoch", "3"], ["detect"],
+    ["features", "a.wav", "--out", "x.npz", "--workers", "0"], ["dsp", "serve", "--port", "70000"],
+], ids=lambda a: " ".join(a[:1] + a[-2:]))
+def test_every_usage_mistake_is_one_error_line(args, tmp_path, monkeypatch):
+    """Click's range and usage errors printed 3–4 lines (usage, hint, blank, Error: …)."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.output
+    assert r.stdout == "" and list(tmp_path.iterdir()) == []

@@ -197,7 +197,7 @@ def _h5_teacher(teacher, path: Path, bias_shift: float) -> Path:
     classifier's biases shifted: another teacher file, another teacher."""
     import h5py
 
-    from cryblock.blocks.learn.teacher import BN_EPSILON, _layer_names
+    from cryblock.blocks.learn.yamnet import BN_EPSILON, _layer_names
 
     with h5py.File(path, "w") as f:
         for name, kind, *_ in _layer_names():
@@ -585,7 +585,7 @@ def test_ray_cluster_writes_the_local_runners_shards_even_when_a_worker_is_kille
         ray_cluster, reference, corpus, teacher_path, tmp_path):
     import psutil
 
-    from cryblock.io import _STAGING_RE
+    from cryblock.output import _STAGING_RE
 
     ref_out, _ = reference
     out = tmp_path / "ds"

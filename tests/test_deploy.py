@@ -72,12 +72,11 @@ def project(student, tmp_path_factory):
 
 
 def _tfl_interpreter(model: bytes):
-    """tf.lite's interpreter without the XNNPACK delegate (plain builtin INT8 kernels)."""
-    import tensorflow as tf
+    """LiteRT's interpreter (tf.lite.Interpreter is deprecated) without the XNNPACK delegate (plain
+    builtin INT8 kernels)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    return tf.lite.Interpreter(
-        model_content=model,
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
 
 def _tflite_ops(model_path: Path) -> set[str]:
@@ -581,7 +580,7 @@ def test_rebuild_keeps_user_files_and_refreshes_sdkconfig(student, tmp_path):
 
 
 def cio_umask() -> int:
-    from cryblock import io as cio
+    from cryblock import output as cio
 
     return cio._UMASK
 
@@ -614,32 +613,54 @@ def test_linux_target_project(student, tmp_path):
         gen.generate_project(student[0], tmp_path / "bad", Params(), gen.BuildOptions(target="linux", audio="i2s"))
     with pytest.raises(CryblockError, match="audio"):
         gen.generate_project(student[0], tmp_path / "bad", Params(), gen.BuildOptions(audio="file"))
+    # board options given with --target linux are named as ignored (a PC has no pins, flash or console)
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(tmp_path / "lx2"), "--no-idf",
+                                 "--target", "linux", "--pin-din", "4", "--console", "usb", "--flash-mode", "qio"])
+    assert r.exit_code == 0, r.output
+    assert "note    : --target linux ignores the ESP32-S3 board option(s) --pin-din, --console, --flash-mode" in r.stderr
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(tmp_path / "lx3"), "--no-idf",
+                                 "--target", "linux"])
+    assert r.exit_code == 0 and "ignores" not in r.stderr, r.output
     # replay on the chip (QEMU, bench boards): pins are not checked, the source is replay
     r = gen.generate_project(student[0], tmp_path / "rp", Params(), gen.BuildOptions(audio="replay", pin_din=24))
     assert "default CRY_AUDIO_REPLAY" in (r.project / "main/Kconfig.projbuild").read_text()
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc missing")
-def test_emulate_cli_exit_status_and_damaged_projects(student, tmp_path):
-    """cryblock emulate on a generated project, with the firmware core compiled by host gcc
-    around tests/c/app_harness.c's stand-in model (so its scores differ from the real model's):
-    DIFFERS → exit status 1 and the JSON written; a binary that is not executable, a damaged
-    model_data.cc or project marker → one line, exit 2."""
-    from click.testing import CliRunner
-
-    from cryblock.cli.main import cli
-
-    fw = gen.generate_project(student[0], tmp_path / "fw", Params(), gen.BuildOptions(audio="replay")).project
+def _host_firmware(student, folder: Path) -> tuple[Path, Path]:
+    """An ESP32-S3 ``--audio replay`` project of the student and a program that plays its firmware:
+    the portable core compiled by host gcc around tests/c/app_harness.c's stand-in model (so its
+    scores differ from the real model's). Returns (project, program)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("host gcc missing")
+    fw = gen.generate_project(student[0], folder / "fw", Params(), gen.BuildOptions(audio="replay")).project
     main = fw / "main"
-    twin = tmp_path / "twin"
+    twin = folder / "twin"
     r = subprocess.run(["gcc", "-std=c99", "-O1", f"-I{main}", str(HARNESS / "app_harness.c"),
                         *(str(main / f) for f in ("cry_app.c", "frontend.c", "frontend_tables.c", "postproc.c",
                                                    "cry_log.c", "replay.c")), "-lm", "-o", str(twin)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     info = tfl.inspect_model(Path(student[0]).read_bytes())
-    wrapper = tmp_path / "firmware.sh"
+    wrapper = folder / "firmware.sh"
     wrapper.write_text(f"#!/bin/sh\nexec {twin} 0.5 2 3 1000 {info.input.scale!r} {info.input.zero_point}\n")
+    wrapper.chmod(0o755)
+    return fw, wrapper
+
+
+def test_emulate_cli_exit_status_and_damaged_projects(student, tmp_path):
+    """cryblock emulate on a generated project with the host-compiled firmware core:
+    DIFFERS → exit status 1 and the JSON written; a binary that is not executable, a damaged
+    model_data.cc or project marker → one line, exit 2."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    fw, wrapper = _host_firmware(student, tmp_path)
+    main = fw / "main"
     clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
     runner = CliRunner()
     base = ["emulate", "--project", str(fw), "--audio", str(clip), "--boot-timeout", "20"]
@@ -663,7 +684,8 @@ def test_emulate_cli_exit_status_and_damaged_projects(student, tmp_path):
 
 def test_emulate_compare_lines_up_firmware_and_python(student, tmp_path):
     """emulate.compare on a firmware log made from the Python INT8 run itself: identical; one raw
-    output nudged by one quantisation step: still OK; by two: DIFFERS; a lost patch: DIFFERS."""
+    output nudged by one quantisation step: still OK; by two: DIFFERS; a lost patch: DIFFERS. The
+    streamed reference (blocks of any size) equals the one of the whole recording."""
     from cryblock.blocks.deploy import emulate as em
     from cryblock.blocks.deploy.capture import LogCapture
     from cryblock.logformat import format_line
@@ -672,24 +694,456 @@ def test_emulate_compare_lines_up_firmware_and_python(student, tmp_path):
     params = Params().replace(detector={"threshold": 0.5})
     clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
     pcm = em.audio_pcm(clip, params)
-    q, s, det = em.python_reference(pcm, model, params)
+    ref = em.python_reference(pcm, model, params)
+    q, s, det = ref.q, ref.score, ref.det
+    streamed = em.python_reference(np.array_split(pcm, 7), model, params)
+    for a, b in ((ref.q, streamed.q), (ref.score, streamed.score), (ref.det, streamed.det)):
+        np.testing.assert_array_equal(a, b)
 
     def fw(qs, drop=None):
-        log = LogCapture()
+        run = em.FirmwareRun(LogCapture())
         for i, v in enumerate(qs):
             if i != drop:
-                log.feed_line(format_line("INF", t_ms=i, seq=i, fe_us=1, inv_us=1, score=float(s[i]), q=int(v), pos=0,
-                                          votes=0, det=int(det[i])))
-        return em.FirmwareRun(log)
+                rec = run.log.feed_line(format_line("INF", t_ms=i, seq=i, fe_us=1, inv_us=1, score=float(s[i]),
+                                                    q=int(v), pos=0, votes=0, det=int(det[i])))
+                run.take(rec)
+        return run
 
-    c = em.compare("a", pcm, model, params, fw(q))
+    c = em.compare("a", ref, fw(q))
     assert c.ok and c.exact == 1.0 and c.max_abs_diff < 1e-4
     nudged = q.copy()
     nudged[3] += 1
-    assert em.compare("a", pcm, model, params, fw(nudged)).ok
+    assert em.compare("a", ref, fw(nudged)).ok
     nudged[3] += 1
-    c = em.compare("a", pcm, model, params, fw(nudged))
+    c = em.compare("a", ref, fw(nudged))
     assert not c.ok and c.max_steps == 2
-    assert not em.compare("a", pcm, model, params, fw(q, drop=len(q) - 1)).ok
+    assert not em.compare("a", ref, fw(q, drop=len(q) - 1)).ok
     lines = em.replay_lines(pcm)
+    assert lines == [ln for ln, _ in em._replay_stream(np.array_split(pcm, 5))]  # lines do not depend on blocks
     assert lines[-1] == "pcm end" and len(lines) == -(-len(pcm) // 512) + 1
+
+
+# ------------------------------------------------------------------------------------------------
+# a --out someone else prepared: nothing outside it is deleted or written
+# ------------------------------------------------------------------------------------------------
+
+def _listing(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): (os.readlink(p) if p.is_symlink() else p.read_text() if p.is_file() else "/")
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("entries", [
+    {"../victim.txt": None}, {"VICTIM": None}, {"main/../../victim.txt": None}, {"./CMakeLists.txt": None},
+    {"main//main.cc": None}, {"": None}, {"main/main.cc": 42}, {"main/main.cc": "../victim.txt"},
+    {"elsewhere/main.cc": None}, {"ok.txt": None, "elsewhere/x": "0" * 64},
+], ids=["dotdot", "absolute", "dotdot-inside", "dot", "double-slash", "empty", "hash-int", "hash-text",
+        "through-symlink", "through-symlink-hashed"])
+def test_build_refuses_a_marker_that_points_outside_out(student, tmp_path, entries):
+    """Marker entries are relative, normalised paths of regular files inside --out with a SHA-256
+    (or null); anything else is refused before anything is written, deleted or replaced."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "main.cc").write_text("theirs")
+    (elsewhere / "x").write_text("theirs")
+    out = tmp_path / "fw"
+    out.mkdir()
+    (out / "elsewhere").symlink_to(elsewhere)
+    (out / "ok.txt").write_text("mine")
+    entries = {str(victim) if k == "VICTIM" else k: v for k, v in entries.items()}
+    (out / gen.MARKER).write_text(json.dumps({"generator": "cryblock 0.1.0", "files": entries}))
+    before = _listing(tmp_path)
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
+    assert r.exit_code == 2, r.output
+    (err,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert err.startswith((f"error: {out / gen.MARKER}: entry ", f"error: {out / 'elsewhere'}: is a symbolic link"))
+    assert "Traceback" not in r.output
+    assert _listing(tmp_path) == before  # nothing written, deleted or replaced, inside or outside
+
+
+def test_build_never_writes_through_a_symlinked_folder(student, tmp_path):
+    """An old-style marker (no file list) with ``main`` a symlink: before, the 21 generated files of
+    main/ went into the link's target. Now refused, nothing changed; a symlinked generated file is
+    replaced by a regular file (the link, not its target) only with --force."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    out = gen.generate_project(student[0], tmp_path / "fw", Params()).project
+    target = tmp_path / "their_sources"
+    shutil.copytree(out / "main", target)
+    (target / "main.cc").write_text("theirs")
+    shutil.rmtree(out / "main")
+    (out / "main").symlink_to(target)
+    for marker in ({"generator": "cryblock 0.1.0"}, json.loads((out / gen.MARKER).read_text())):
+        (out / gen.MARKER).write_text(json.dumps(marker))
+        before = _listing(tmp_path)
+        r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf", "--force"])
+        assert r.exit_code == 2 and "main: is a symbolic link" in r.stderr, r.output
+        assert _listing(tmp_path) == before
+    # a generated file replaced by a link to someone else's file: counted as edited, the target never written
+    shutil.rmtree(tmp_path / "fw")
+    out = gen.generate_project(student[0], tmp_path / "fw", Params()).project
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "README.md").unlink()
+    (out / "README.md").symlink_to(victim)
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
+    assert r.exit_code == 2 and "README.md changed since cryblock generated" in r.stderr, r.output
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf", "--force"])
+    assert r.exit_code == 0, r.output
+    assert victim.read_text() == "precious" and not (out / "README.md").is_symlink()
+    # sdkconfig as a link is read, never written through
+    (tmp_path / "their_sdkconfig").write_text("CONFIG_CRY_THRESHOLD_X1000=1\n")
+    (out / "sdkconfig").symlink_to(tmp_path / "their_sdkconfig")
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out), "--no-idf"])
+    assert r.exit_code == 0 and "sdkconfig is a symbolic link" in r.stderr, r.output
+    assert (tmp_path / "their_sdkconfig").read_text() == "CONFIG_CRY_THRESHOLD_X1000=1\n"
+
+
+def test_install_is_all_or_nothing(student, tmp_path, monkeypatch):
+    """A Ctrl-C (a real SIGINT) or a failing write in the middle of replacing an earlier project's
+    files: before, new model data sat beside the old input scale. Now a signal waits until every file
+    is in place (then takes effect), and a failure puts every old file back."""
+    import signal
+
+    out = gen.generate_project(student[0], tmp_path / "fw", Params().replace(detector={"threshold": 0.3})).project
+    old = _listing(out)
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_ctrl_c(src, dst, **kw):
+        real_replace(src, dst, **kw)
+        if str(dst).endswith("model_data.cc") and not calls:  # the model is in, its scale not yet
+            calls.append(dst)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(gen.os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate_project(student[0], out, Params().replace(detector={"threshold": 0.7}))
+    new = _listing(out)
+    assert "default 700" in new["main/Kconfig.projbuild"] and new != old  # everything installed, then Ctrl-C
+    assert json.loads(new[gen.MARKER])["files"]["main/Kconfig.projbuild"] == gen._sha256(out / "main/Kconfig.projbuild")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")] and calls
+
+    def replace_then_fail(src, dst, **kw):  # a disk error after main/ was replaced
+        if str(dst).endswith("size_report.json") and not calls:
+            calls.append(dst)
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst, **kw)
+
+    calls.clear()
+    monkeypatch.setattr(gen.os, "replace", replace_then_fail)
+    with pytest.raises(OSError):
+        gen.generate_project(student[0], out, Params().replace(detector={"threshold": 0.3}))
+    assert _listing(out) == new and calls  # every file as before the failed install
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------------------------------------
+# damaged models: one shared check for build, detect, evaluate and emulate
+# ------------------------------------------------------------------------------------------------
+
+def _mutated(model: bytes, what: str) -> bytes:
+    """The model with one field of its flatbuffer changed (the TFLite schema's object API)."""
+    import flatbuffers
+
+    fb = tfl.tflite_schema()
+    m = fb.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    g = m.subgraphs[0]
+    tin, tout = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
+    if what == "flat-input":  # the same 6144 values, without the layout the first convolution needs
+        tin.shape = tin.shapeSignature = np.array([6144], np.int32)
+    elif what == "row-input-into-conv":
+        tin.shape = tin.shapeSignature = np.array([1, 6144], np.int32)
+    elif what == "nan-input-scale":
+        tin.quantization.scale = np.array([np.nan], np.float32)
+    elif what == "inf-output-scale":
+        tout.quantization.scale = np.array([np.inf], np.float32)
+    elif what == "zero-point-100000":
+        tin.quantization.zeroPoint = np.array([100000], np.int64)
+    elif what == "output-2x1":
+        tout.shape = tout.shapeSignature = np.array([2, 1], np.int32)
+    elif what == "non-utf8-custom-op":
+        oc = fb.OperatorCodeT()
+        oc.builtinCode = oc.deprecatedBuiltinCode = fb.BuiltinOperator.CUSTOM
+        oc.customCode = b"\xff\xfe\x1b[2Jop"
+        m.operatorCodes.append(oc)
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+@pytest.mark.parametrize("what,msg", [
+    ("flat-input", "input shape [6144] does not hold one 96×64"),
+    ("row-input-into-conv", "input shape [1, 6144] is fed straight to CONV_2D"),
+    ("nan-input-scale", "input scale is nan, not a finite number > 0"),
+    ("inf-output-scale", "output scale is inf, not a finite number > 0"),
+    ("zero-point-100000", "input zero point 100000 is outside the int8 range"),
+    ("output-2x1", "output shape [2, 1] is not one row of scores"),
+    ("non-utf8-custom-op", 'custom operator "\\ufffd\\ufffd\\u001b[2Jop" is not supported'),
+])
+def test_damaged_model_is_refused_by_the_shared_check(student, tmp_path, what, msg):
+    """Before, only element counts and ``scale <= 0`` were checked: [6144] passed (and TFLite Micro
+    died of SIGFPE), NaN/Inf scales became ``nanf``/``inff`` in the firmware, zero point 100000 was
+    taken, a non-UTF-8 custom op name raised UnicodeDecodeError."""
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(_mutated(Path(student[0]).read_bytes(), what))
+    with pytest.raises(CryblockError) as e:
+        tfl.check_model_for_params(tfl.inspect_model(bad.read_bytes(), "bad.tflite"), Params(), "bad.tflite")
+    assert str(e.value).startswith("bad.tflite: ") and msg in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CryblockError, match=re.escape(msg)):
+        gen.generate_project(bad, tmp_path / "fw", Params())
+    assert not (tmp_path / "fw").exists()
+
+
+@pytest.mark.parametrize("command", ["build", "detect", "evaluate", "emulate"])
+def test_model_reshaped_to_6144_is_one_error_line_everywhere(student, tmp_path, command):
+    """The model whose input was reshaped to [6144]: before, ``build`` accepted it and ``detect``
+    died of SIGFPE inside TFLite Micro (exit 136). Now each command prints one ``error:`` line and
+    exits 2 (run as a process: a crash cannot take the test run with it)."""
+    bad = _mutated(Path(student[0]).read_bytes(), "flat-input")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_quantized_int8_io.tflite").write_bytes(bad)
+    shutil.copyfile(student[1], run / "model.tflite")
+    Params().save(run / "params.json")
+    clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
+    if command == "build":
+        args = ["build", "--model", str(run / "model_quantized_int8_io.tflite"), "--out", str(tmp_path / "fw"),
+                "--no-idf"]
+    elif command == "detect":
+        args = ["detect", "--run", str(run), str(clip)]
+    elif command == "evaluate":
+        (tmp_path / "m.csv").write_text(f"path,label,group\n{clip},cry,g1\n")
+        args = ["evaluate", "--run", str(run), "--data", str(tmp_path / "m.csv"), "--out", str(tmp_path / "ev")]
+    else:
+        fw = gen.generate_project(student[0], tmp_path / "fw", Params(), gen.BuildOptions(target="linux")).project
+        (fw / "main" / "model_data.cc").write_text(tfl.model_c_source(bad))
+        args = ["emulate", "--project", str(fw), "--audio", str(clip), "--binary", "/bin/true"]
+    r = subprocess.run([sys.executable, "-m", "cryblock.cli", *args], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PATH": "/usr/bin:/bin"})
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert len(errors) == 1 and "input shape [6144] does not hold one 96×64" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "ev").exists() and (command == "emulate" or not (tmp_path / "fw").exists())
+
+
+def test_threshold_is_never_rounded_into_another_decision(student, tmp_path):
+    """The firmware holds the threshold in thousandths (k / 1000.0f). Before, 0.0004 became 0 (every
+    patch positive on the device while ``detect`` raised nothing); now a threshold the firmware cannot
+    hold exactly is refused, naming the nearest ones, and every multiple of 0.001 (all calibrated
+    thresholds are) is bit-exact against the Python detector's float32 threshold."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    assert all(np.float32(k) / np.float32(1000) == np.float32(k / 1000) for k in range(1001))
+    for t, k in ((0.449, 449), (0.0, 0), (1.0, 1000), (0.1 + 0.2, 300)):
+        assert gen.threshold_x1000(t) == k
+    params = tmp_path / "params.json"
+    Params().replace(detector={"threshold": 0.0004}).save(params)
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--params", str(params),
+                                 "--out", str(tmp_path / "fw"), "--no-idf"])
+    assert r.exit_code == 2 and "error: parameter 'detector.threshold': 0.0004 is finer" in r.stderr, r.output
+    assert "set 0 or 0.001 in params.json" in r.stderr and not (tmp_path / "fw").exists()
+    with pytest.raises(CryblockError, match="set 0.449 or 0.45"):
+        gen.generate_project(student[0], tmp_path / "fw", Params().replace(detector={"threshold": 0.4495}))
+
+
+def test_build_hint_is_quoted_for_the_shell(student, tmp_path, monkeypatch):
+    """``--out 'fw;touch PWNED'``-style names: the printed ``cd <out> && idf.py build`` line, pasted
+    into a shell, enters the project and runs idf.py — and nothing else."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    monkeypatch.delenv("IDF_PATH", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    out = tmp_path / "fw;touch_PWNED;$(touch_PWNED2)"
+    r = CliRunner().invoke(cli, ["build", "--model", str(student[0]), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    hint = next(ln.strip() for ln in r.stderr.splitlines() if ln.strip().startswith("cd "))
+    fake_idf = tmp_path / "bin"
+    fake_idf.mkdir()
+    (fake_idf / "idf.py").write_text('#!/bin/sh\npwd > "$0.ran"\n')
+    (fake_idf / "idf.py").chmod(0o755)
+    (fake_idf / "touch_PWNED").write_text("#!/bin/sh\ntouch PWNED\n")
+    (fake_idf / "touch_PWNED").chmod(0o755)
+    subprocess.run(["sh", "-c", hint], cwd=tmp_path, check=True, env={"PATH": f"{fake_idf}:/usr/bin:/bin"})
+    assert (fake_idf / "idf.py.ran").read_text().strip() == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", out.name]
+
+
+def _run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cryblock.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def test_emulate_on_a_board_over_its_serial_port(student, tmp_path):
+    """``emulate --port``: the replay build on a board's serial console. The board here is the
+    host-compiled firmware core behind a real pty, started once the port is opened (like a board
+    reset by the host); every patch comes back and is compared (the stand-in model differs)."""
+    import pty
+    import termios
+    import threading
+    import tty
+
+    fw, program = _host_firmware(student, tmp_path)
+    clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    attrs = termios.tcgetattr(slave)
+    attrs[4] = attrs[5] = termios.B9600
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    port = os.ttyname(slave)
+    started = []
+
+    def board():  # power on when the host has opened the port at 115200 Bd
+        import time
+
+        deadline = time.monotonic() + 120
+        while termios.tcgetattr(slave)[4] != termios.B115200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        started.append(subprocess.Popen([str(program)], stdin=master, stdout=master, stderr=subprocess.DEVNULL))
+
+    t = threading.Thread(target=board, daemon=True)
+    t.start()
+    try:
+        r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--port", port, "--boot-timeout", "30",
+                     "--json", str(tmp_path / "cmp.json"))
+    finally:
+        t.join(timeout=10)
+        for p in started:
+            p.kill()
+            p.wait()
+        os.close(master)
+        os.close(slave)
+    assert r.returncode == 1, r.stdout + r.stderr  # the stand-in model is not the real one
+    (c,) = json.loads((tmp_path / "cmp.json").read_text())
+    assert c["patches_firmware"] == c["patches_python"] > 5 and c["ok"] is False
+    assert "Traceback" not in r.stderr
+
+
+def test_emulate_refuses_odd_programs_and_keeps_device_text_short_and_safe(student, tmp_path):
+    """A marker project name that walks out of build/, a FIFO or device as the program: one line.
+    A firmware that prints terminal escapes and megabyte lines before dying: the error quotes its
+    last lines cut short and terminal-safe (before: all of it, escape sequences included)."""
+    fw, _ = _host_firmware(student, tmp_path)
+    clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
+    marker = json.loads((fw / gen.MARKER).read_text())
+    marker["options"]["project_name"] = "../../../../bin/sh"
+    (fw / gen.MARKER).write_text(json.dumps(marker))
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip))
+    assert r.returncode == 2 and "damaged project marker (project name" in r.stderr, r.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for program, what in ((fifo, "is a FIFO, not a program"), ("/dev/zero", "is a device, not a program")):
+        r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--binary", str(program))
+        assert r.returncode == 2 and what in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    noisy = tmp_path / "noisy.sh"
+    noisy.write_text("#!/bin/sh\nfor i in 1 2 3 4 5 6; do printf '\\033]0;owned\\007\\033[2J'; "
+                     "head -c 3000000 /dev/zero | tr '\\0' x; echo; done\n")
+    noisy.chmod(0o755)
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--binary", str(noisy), "--boot-timeout", "20")
+    (err,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and "firmware exited (last lines:" in err, r.stderr[:500]
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr and len(r.stderr) < 2000
+
+
+def test_emulate_qemu_uses_reference_kernels_unless_asked(student, tmp_path):
+    """``emulate --qemu`` builds the image with esp-nn's reference kernels (CONFIG_NN_ANSI_C, in
+    build-nn-ansi-c/, the project's build/ and sdkconfig untouched) and says so; ``--kernels
+    optimized`` boots build/ with the QEMU SIMD caveat. ESP-IDF's Xtensa toolchain and Espressif's
+    QEMU cannot be installed here: stand-ins record how they are called (idf.py) and play the
+    booted image (qemu: the host-compiled firmware core)."""
+    fw, program = _host_firmware(student, tmp_path)
+    clip = sorted(Path(os.environ["CRYBLOCK_DATA"]).glob("audio/theunissen/*.flac"))[0]
+    assert "CONFIG_NN_ANSI_C=y" in (fw / "sdkconfig.nn-ansi-c").read_text()
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    flasher = json.dumps({"flash_settings": {"flash_mode": "dio", "flash_size": "8MB", "flash_freq": "80m"},
+                          "flash_files": {"0x0": "bootloader/bootloader.bin", "0x8000": "partition_table/pt.bin",
+                                          "0x10000": "cry_detector.bin"},
+                          "extra_esptool_args": {"chip": "esp32s3"}})
+    (tools / "idf.py").write_text(f"""#!/bin/sh
+echo "$@" >> "{tmp_path}/idf.calls"
+b=$(echo "$@" | sed -n 's/.*-B \\([^ ]*\\).*/\\1/p')
+mkdir -p "$b/bootloader" "$b/partition_table"
+printf '\\351' > "$b/bootloader/bootloader.bin"; printf 'x' > "$b/partition_table/pt.bin"
+printf '\\351' > "$b/cry_detector.bin"; echo '{flasher}' > "$b/flasher_args.json"
+""")
+    (tools / "qemu-system-xtensa").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/qemu.calls\nexec {program}\n")
+    for f in tools.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tools}:/usr/bin:/bin"}
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--qemu", "qemu-system-xtensa", env=env)
+    assert r.returncode == 1, r.stderr  # ran, compared (the stand-in model differs)
+    assert "QEMU: esp-nn's reference C kernels (CONFIG_NN_ANSI_C" in r.stderr
+    call = (tmp_path / "idf.calls").read_text()
+    assert ("-B build-nn-ansi-c -D SDKCONFIG=build-nn-ansi-c/sdkconfig "
+            "-D SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.nn-ansi-c build") in call
+    assert "build-nn-ansi-c" in (tmp_path / "qemu.calls").read_text() or (fw / "build-nn-ansi-c").is_dir()
+    assert not (fw / "build").exists() and not (fw / "sdkconfig").exists()
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--qemu", "qemu-system-xtensa",
+                 "--kernels", "optimized", env=env)
+    assert r.returncode == 2 and "build folder not found" in r.stderr, r.stderr  # build/ was never built
+    shutil.copytree(fw / "build-nn-ansi-c", fw / "build")
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--qemu", "qemu-system-xtensa",
+                 "--kernels", "optimized", env=env)
+    assert r.returncode == 1 and "optimised S3 kernels (build/). Caveat: Espressif's QEMU mis-emulates" in r.stderr
+    assert "espressif/qemu #161, #164, #165, #166" in r.stderr
+    r = _run_cli("emulate", "--project", str(fw), "--audio", str(clip), "--kernels", "optimized", env=env)
+    assert r.returncode == 2 and "--kernels: only with --qemu" in r.stderr
+
+
+def test_build_states_esp_nn_versions_and_known_defect_shapes(project):
+    """The build report names the esp-nn range it requires and the version it was verified with,
+    and flags the layers in the shape classes of known esp-nn S3 defects (#34 per-channel FC on
+    unaligned rows, #23 the general convolution, #30 asymmetric depthwise scratch)."""
+    from cryblock.blocks.deploy import esp_nn
+    from cryblock.blocks.deploy.arena import layer_scratch_s3
+    from cryblock.blocks.deploy.model import Layer
+
+    text = size.format_report(project.report)
+    assert "esp-nn  : manifest requires >=1.2.1" in text and "verified with 1.2.3" in text
+    assert ('espressif/esp-nn: ">=1.2.1"' in (project.project / "main/idf_component.yml").read_text())
+    stem = tfl.layers(tfl.parse_c_array((project.project / "main/model_data.cc").read_text()))[0]
+    assert stem.op == "CONV_2D" and stem.stride == (2, 2) and stem.pad == (0, 1, 0, 1)  # TFLite SAME: extra at the end
+    assert any(d["level"] == "warning" and d["text"].startswith("esp-nn #23 (open): CONV_2D 3×3 stride 2")
+               for d in project.report["esp_nn"]["known_defects"])
+    fc = Layer("FULLY_CONNECTED", (4, 100), (2, 100), (4, 2), per_channel=True)
+    dw = Layer("DEPTHWISE_CONV_2D", (1, 12, 8, 48), (1, 3, 3, 48), (1, 6, 4, 48), (2, 2), (0, 1, 0, 1))
+    pointwise = Layer("CONV_2D", (1, 6, 4, 48), (96, 1, 1, 48), (1, 6, 4, 96))
+    found = esp_nn.known_defects([fc, dw, pointwise, Layer("FULLY_CONNECTED", (1, 100), (2, 100), (1, 2),
+                                                           per_channel=True)])
+    assert [(lv, t.split(":")[0]) for lv, t in found] == [("warning", "esp-nn #34 (fixed in 1.2.6)"),
+                                                          ("note", "esp-nn #30 (fixed after 1.2.3)")]
+    # what the #30 kernel path really uses: 9·48 + (8+2)·(12+2)·48 + 4·6·48 + 64, above esp-nn's 7,168 B report
+    assert layer_scratch_s3(dw) == 9 * 48 + 10 * 14 * 48 + 4 * 6 * 48 + 64 == 8368
+    sym = Layer("DEPTHWISE_CONV_2D", (1, 6, 4, 96), (1, 3, 3, 96), (1, 6, 4, 96), (1, 1), (1, 1, 1, 1))
+    assert esp_nn.known_defects([sym]) == []
+
+
+@pytest.mark.parametrize("console", ["uart", "usb"])
+def test_docs_send_commands_to_the_port_that_reads_them(student, tmp_path, console):
+    """README and the generated README name, for every command that talks to the firmware, the
+    port of the primary console of the build they describe: UART0's USB-UART bridge (ttyUSB0) by
+    default — the native USB port (ttyACM0) is output-only there — and ttyACM0 for --console usb."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    fw = gen.generate_project(student[0], tmp_path / "fw", Params(), gen.BuildOptions(console=console)).project
+    generated = (fw / "README.md").read_text()
+    want = "/dev/ttyACM0" if console == "usb" else "/dev/ttyUSB0"
+    talk = re.compile(r"(?:cryblock (?:monitor|config|bench|emulate)\b.*--port|idf\.py -p) (/dev/\S+)")
+    texts = [generated] + ([readme] if console == "uart" else [])
+    ports = [m.group(1) for t in texts for m in talk.finditer(t)]
+    assert ports and set(ports) == {want}, ports
+    sdk = (fw / "sdkconfig.defaults.esp32s3").read_text()
+    assert ("CONFIG_ESP_CONSOLE_USB_SERIAL_JTAG=y" in sdk) == (console == "usb")

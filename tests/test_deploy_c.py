@@ -78,7 +78,7 @@ def _run_fe(exe: Path, x: np.ndarray, tmp: Path, chunk: int) -> np.ndarray:
 
 
 def _load(c, max_seconds=20.0):
-    from cryblock.io import load_audio
+    from cryblock.audio import load_audio
 
     x = load_audio(c.path, 16000)
     return x[: int(max_seconds * 16000)]
@@ -220,7 +220,11 @@ def test_detector_semantics_by_hand():
 def test_detector_serial_commands(bins):
     r = subprocess.run([str(bins["det"]), "cmd", "2", "3", "set threshold 0.6", "set vote 3 5", "set hold 1500",
                         "get config", "set vote 4 3", "set threshold 1.5", "set threshold abc", "set hold -1",
-                        "set vote 2", "set volume 3", "bogus", "set threshold 0.25 x"],
+                        "set vote 2", "set volume 3", "bogus", "set threshold 0.25 x",
+                        # integers that overflow (4294967297 used to become 1 ms), or are not plain decimals
+                        "set hold 4294967297", "set hold 18446744073709551617", "set hold 3600001", "set hold 1e3",
+                        "set hold 0x10", "set hold 99999999999999999999999999", "set vote 4294967298 4294967299",
+                        "set vote 2 65", "set vote 2 3x"],
                        capture_output=True, text=True, check=True)
     rows = [ln.split(" ", 5) for ln in r.stdout.splitlines()]
     assert [row[:5] for row in rows[:4]] == [["1", "0.6000", "2", "3", "2000"], ["1", "0.6000", "3", "5", "2000"],

@@ -50,7 +50,7 @@ def _check_summary(s: dict, truth) -> None:
     inf = truth.inf
     assert s["format"] == "CRYB/1"
     assert s["records"] == {"BOOT": 2, "INF": len(inf), "EVT": truth.evt_on + truth.evt_off, "CFG": 2, "ERR": 0,
-                            "RDY": 0, "END": 0}
+                            "RDY": 0, "END": 0, "NET": 0}
     assert s["config"] == BOOT_CFG
     assert s["garbage_lines"] == truth.garbage_lines == 28
     assert s["corrupt_lines"] == truth.corrupt_lines == 4
@@ -314,6 +314,22 @@ def test_device_values_are_shown_not_obeyed_and_csv_columns_stay_unique() -> Non
     assert err["kind"] == "ERR" and err["field_kind"] == "mine" and err["field_session"] == "7"
 
 
+def test_csv_cells_are_never_spreadsheet_formulas(tmp_path: Path) -> None:
+    """A device value (or field name) starting with = + - @ tab or CR is run by a spreadsheet as a
+    formula; monitor's CSV makes such cells text with a leading ' and leaves numbers numbers."""
+    log = capture.LogCapture()
+    evil = {"msg": '=HYPERLINK("http://x","y")', "a": "+1+cmd|'/c_calc'!A0", "b": "@SUM(1)", "c": "-2+3",
+            "d": "\tx", "@name": "v", "e": "-0.5", "f": "+3", "g": "-1e-3", "h": "7", "i": "-inf"}
+    log.feed_line(_line("ERR", code="x", **evil))
+    capture.write_capture(capture.CaptureResult(log, 1.0, "time"), tmp_path / "log.csv")
+    rows = list(csv.reader((tmp_path / "log.csv").open()))
+    cells = dict(zip(rows[0], rows[1]))
+    for k in ("msg", "a", "b", "c", "d", "i"):
+        assert cells[k] == "'" + evil[k], (k, cells[k])
+    assert cells["'@name"] == "v"
+    assert (cells["e"], cells["f"], cells["g"], cells["h"], cells["host_s"]) == ("-0.5", "+3", "-1e-3", "7", "0.000")
+
+
 def test_concatenated_and_repeated_lines() -> None:
     log = capture.LogCapture()
     a, b, c = _inf(312, 0), _inf(792, 1), _inf(1272, 2)
@@ -356,3 +372,89 @@ def test_odd_ports_are_one_line_errors(port: str) -> None:
     r = _run(["monitor", "--port", port, "--seconds", "1"])
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
+
+
+def test_capture_and_bench_do_not_import_each_other() -> None:
+    """One concept per module: capture reads the port, bench summarises records (no import cycle)."""
+    import ast
+
+    def imports(mod) -> set[str]:
+        tree = ast.parse(Path(mod.__file__).read_text())
+        return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+    assert not any(m.endswith("capture") for m in imports(bench))
+
+
+# ---- every way of ending a capture keeps it (real signals, a real terminal hang-up) -------------
+
+def _capture_until(cmd: list[str], end: str, fake: FakeDevice) -> tuple[int, str]:
+    """Run ``cryblock <cmd>`` in a new session whose terminal is a pty, let it capture for a while,
+    then end it by ``end``: "SIGTERM" (what ``timeout`` and ``kill`` send) or "hangup" (the terminal
+    goes away, as with a dropped SSH session: the kernel sends SIGHUP and the terminal fails).
+    Returns (exit status, what the terminal showed)."""
+    import os
+    import pty
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["setsid", "--ctty", sys.executable, "-m", "cryblock.cli", *cmd],
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    shown = bytearray()
+    done = threading.Event()
+
+    def drain():
+        while not done.is_set():
+            try:
+                shown.extend(os.read(master, 65536))
+            except OSError:
+                return
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert fake.opened.wait(60), "the capture never opened the port"
+        deadline = time.monotonic() + 30
+        while fake._written < 60 and time.monotonic() < deadline:  # ≥ 0.5 s of records captured
+            time.sleep(0.05)
+        if end == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            done.set()
+            os.close(master)  # hang-up: SIGHUP to the session, EIO on every later write to the terminal
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        done.set()
+        try:
+            os.close(master)
+        except OSError:
+            pass
+        reader.join(timeout=5)
+    return code, shown.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("cmd,end", [("monitor", "SIGTERM"), ("monitor", "hangup"), ("bench", "SIGTERM")])
+def test_sigterm_and_hangup_keep_the_capture(tmp_path: Path, cmd: str, end: str) -> None:
+    """Before, SIGTERM (``timeout 8h cryblock monitor``) and SIGHUP (a closed SSH session) killed the
+    capture and lost every record; only Ctrl-C saved them. Now all of them end it like Ctrl-C."""
+    args = (["monitor", "--out", str(tmp_path / "m.csv"), "--json", str(tmp_path / "m.json")] if cmd == "monitor"
+            else ["bench", "--seconds", "600", "--out-dir", str(tmp_path)])
+    with FakeDevice(endless_stream(), close_at_end=False) as fake:
+        code, shown = _capture_until([args[0], "--port", fake.port, *args[1:]], end, fake)
+    doc = json.loads((tmp_path / ("m.json" if cmd == "monitor" else "bench.json")).read_text())
+    s = doc["summary"]
+    assert code == 0, shown
+    # a hang-up: SIGHUP, or first the failed write of a live line to the vanished terminal (EIO)
+    assert s["stop_reason"] in (("interrupted (SIGTERM)",) if end == "SIGTERM" else
+                                ("interrupted (SIGHUP)", "live output failed: [Errno 5] Input/output error"))
+    assert s["records"]["BOOT"] == 1 and s["records"]["INF"] >= 40 and s["lost_inferences"] == 0
+    rows = list(csv.DictReader((tmp_path / ("m.csv" if cmd == "monitor" else "bench.csv")).open()))
+    assert len(rows) == len(doc["records"]) == sum(s["records"].values())
+    assert "Traceback" not in shown
+    if end == "SIGTERM":
+        assert "stopped: interrupted (SIGTERM)" in shown and "wrote " in shown

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from cryblock.blocks.dsp import features as F
 from cryblock.errors import AudioError
-from cryblock.io import load_audio
+from cryblock.audio import load_audio
 from cryblock.params import DspParams
 
 P = DspParams()
@@ -214,7 +214,7 @@ def test_patch_k_is_frames_48k_on_real_audio(parity):
 def test_difference_to_tflite_teacher_front_end(teacher_path, clips):
     """The TFLite teacher's ``Identity_1`` log-mel uses int8-quantised DFT matrices; it is close
     to, but not equal to, the float reference (see features.py docstring)."""
-    from cryblock.blocks.learn.teacher import TfliteWaveformYamnet
+    from cryblock.blocks.learn.tflite import TfliteWaveformYamnet
 
     clip = sorted((c for c in clips if c.category == "crying baby" or "baby_cry" in str(c.path)),
                   key=lambda c: str(c.path))[0]

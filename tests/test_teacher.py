@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 
 from cryblock.blocks.dsp.features import pad_waveform, waveform_to_patches
-from cryblock.blocks.learn.teacher import (EMBEDDING_SIZE, NUM_CLASSES, TeacherSource,
-                                           TfliteWaveformYamnet, cry_probability, load_teacher,
-                                           resolve_teacher_path, verify_sha256)
+from cryblock.audio import load_audio
+from cryblock.blocks.learn.teacher import cry_probability, load_teacher
+from cryblock.blocks.learn.teacher_files import TeacherSource, resolve_teacher_path, verify_sha256
+from cryblock.blocks.learn.tflite import TfliteWaveformYamnet
+from cryblock.blocks.learn.yamnet import EMBEDDING_SIZE, NUM_CLASSES
 from cryblock.errors import CryblockError
-from cryblock.io import load_audio
 from cryblock.params import DspParams
 
 DSP = DspParams()
@@ -244,7 +245,7 @@ def _official_variables(weights, rng):
     (``layerK/conv/kernel:0``, ``layerK/conv/bn/beta:0``, ``…/moving_mean:0``, …, ``dense/bias:0``),
     with random batch-norm statistics so that the loaders' folding is exercised.
     Returns ``[(keras layer name, {variable name: array})]`` in layer order."""
-    from cryblock.blocks.learn.teacher import BN_EPSILON, _layer_names
+    from cryblock.blocks.learn.yamnet import BN_EPSILON, _layer_names
 
     out = []
     for name, kind, *_ in _layer_names():
@@ -278,7 +279,7 @@ def _write_official_h5(path, variables):
 
 
 def test_h5_weights_in_official_layout_load_and_fold(tmp_path, paired, teacher, teacher_path):
-    from cryblock.blocks.learn.teacher import weights_from_tflite
+    from cryblock.blocks.learn.yamnet import weights_from_tflite
 
     h5 = tmp_path / "yamnet.h5"
     _write_official_h5(h5, _official_variables(weights_from_tflite(teacher_path), np.random.default_rng(0)))
@@ -299,7 +300,7 @@ def test_saved_model_variables_load_and_fold(tmp_path, paired, teacher, teacher_
     a folder holding no teacher is refused by name."""
     import tensorflow as tf
 
-    from cryblock.blocks.learn.teacher import weights_from_tflite
+    from cryblock.blocks.learn.yamnet import weights_from_tflite
 
     module = tf.Module()
     module.vars = [tf.Variable(arr, name=n.split(":")[0])

@@ -4,7 +4,7 @@ The clips are cut into shards of ``shard_clips`` consecutive clips. Two phases, 
 independent shard jobs handed to a runner (a local process pool, or Ray: :mod:`.ray_runner`):
 
 1. **features** — each clip's audio is streamed through :mod:`cryblock.blocks.dsp.features`
-   (``stream_patches`` of ``cryblock.io.audio_blocks``) and its patches are written in the
+   (``stream_patches`` of ``cryblock.audio.audio_blocks``) and its patches are written in the
    dataset's patch format; a clip that cannot be read is skipped and listed (never half of it:
    a clip's rows are kept aside until its last block has been checked);
 2. **teacher** — each patch shard is read back row group by row group, decoded and scored by
@@ -205,7 +205,7 @@ def make_patch_shard(job: dict) -> dict:
     import pyarrow as pa
 
     from cryblock.blocks.dsp.features import stream_patches
-    from cryblock.io import audio_blocks
+    from cryblock.audio import audio_blocks
 
     t0 = time.perf_counter()
     dsp = DspParams(**job["dsp"])
@@ -419,8 +419,9 @@ def prepare_dataset(source: Source, out: str | os.PathLike, *, dsp: DspParams = 
         CryblockError: bad options, teacher not found, ``out`` not a dataset folder or locked,
             no clip readable; a failed shard job's error. Finished shards stay recorded.
     """
-    from cryblock.blocks.learn.teacher import load_class_names, resolve_teacher_path
-    from cryblock.io import check_output, remove_stale_staging
+    from cryblock.blocks.learn.teacher import load_class_names
+    from cryblock.blocks.learn.teacher_files import resolve_teacher_path
+    from cryblock.output import check_output, remove_stale_staging
 
     if patch_format not in S.PATCH_FORMATS:
         raise CryblockError(f"--patch-format: {patch_format!r} is not one of {', '.join(S.PATCH_FORMATS)}")

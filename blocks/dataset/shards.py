@@ -48,6 +48,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from cryblock.blocks.learn.yamnet import EMBEDDING_SIZE
 from cryblock.errors import DataError
 from cryblock.params import CRY_CLASSES, DspParams
 
@@ -66,9 +67,6 @@ PATCH_FORMATS = ("float16", "int8-patch", "int8-global")
 #: Columns of a patch shard other than the patch (and its int8 scale columns).
 INFO_COLUMNS = ("clip_id", "path", "sha1", "group", "label", "category", "source", "offset_s")
 _STRING_COLUMNS = ("path", "sha1", "group", "label", "category", "source")
-#: Size of YAMNet's embedding (blocks/learn/teacher.py EMBEDDING_SIZE; not imported: that module
-#: is light, but keeping the reader free of the learning stage keeps ``prepare`` workers small).
-EMBEDDING_SIZE = 1024
 
 
 # ------------------------------------------------------------------------------ files
@@ -96,11 +94,11 @@ def int8_global_range(dsp: DspParams) -> tuple[float, float]:
     The offset is the log-mel floor ``log(log_offset)`` (mel energies are ≥ 0); the top is the
     largest value any accepted recording can reach: ``log(MAX_PEAK · Σ window · max_b Σ_k
     M[k, b] + log_offset)`` (a bin's magnitude is at most the window's sum times the peak,
-    :data:`cryblock.io.MAX_PEAK`; M the mel matrix). YAMNet's front-end: −6.908 … 8.182, a step
+    :data:`cryblock.audio.MAX_PEAK`; M the mel matrix). YAMNet's front-end: −6.908 … 8.182, a step
     of 0.059 log units. No value is ever clipped.
     """
     from cryblock.blocks.dsp.features import mel_matrix, periodic_hann
-    from cryblock.io import MAX_PEAK
+    from cryblock.audio import MAX_PEAK
 
     lo = float(np.log(dsp.log_offset))
     top = MAX_PEAK * float(periodic_hann(dsp.window_length_samples).sum()) * float(mel_matrix(dsp).sum(axis=0).max())
@@ -197,7 +195,7 @@ class ShardWriter:
         w.rows, w.sha256, w.bytes
 
     The file is written under a staging name in the destination folder
-    (:func:`cryblock.io.atomic_open`) and renamed into place only when the block ends without
+    (:func:`cryblock.output.atomic_open`) and renamed into place only when the block ends without
     an exception; row groups do not depend on how rows were handed in, so the same rows give
     the same bytes. Memory is bounded by two row groups.
     """
@@ -211,7 +209,7 @@ class ShardWriter:
     def __enter__(self) -> "ShardWriter":
         import pyarrow.parquet as pq
 
-        from cryblock.io import atomic_open
+        from cryblock.output import atomic_open
 
         self._ctx = atomic_open(self.path, "wb")
         f = self._ctx.__enter__()
@@ -285,7 +283,7 @@ def read_meta(folder: str | os.PathLike) -> dict | None:
 
 def write_meta(folder: str | os.PathLike, meta: dict) -> None:
     """Write ``dataset.json`` atomically."""
-    from cryblock.io import atomic_write_text
+    from cryblock.output import atomic_write_text
 
     atomic_write_text(Path(folder) / META_NAME, json.dumps(meta, indent=1, sort_keys=True) + "\n")
 

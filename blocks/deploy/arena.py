@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cryblock.errors import CryblockError, ParameterError
 
-from .model import _op_names, _shape, tflite_schema
+from .model import Layer, layers
 
 
 _ARENA_RE = re.compile(r"Arena allocation total (\d+) bytes")
@@ -57,11 +57,6 @@ def measure_arena(model: bytes, probe_size: int = 8 << 20) -> int:
     if not m:
         raise CryblockError("could not parse TFLM's allocation report (no 'Arena allocation total')")
     return int(m.group(1))
-
-
-def _same_pad(size: int, out: int, k: int, stride: int) -> int:
-    # TFLM ComputePaddingHeightWidth for SAME padding (dilation 1): floor(total / 2)
-    return max(0, (out - 1) * stride + k - size) // 2
 
 
 def _conv_scratch_s3_v120(h, w, cin, kh, kw, cout, ph, pw, sh, sw) -> int:
@@ -166,47 +161,54 @@ def _dwconv_scratch_s3(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw) -> int:
                _dwconv_scratch_s3_v123(h, w, c, kh, kw, mult, oh, ow, ph, pw, sh, sw))
 
 
+def _dwconv_scratch_s3_asymmetric(h, w, c, oh, ow, sh, sw, pad) -> int:
+    """What esp-nn ≤ 1.2.3's S3 3×3 depthwise kernel really uses for asymmetric SAME padding with
+    channels % 16 == 0: it needs symmetric padding for its fast path and falls through to the
+    ``channels >= 12`` path, whose scratch the sizing function does not report (esp-nn #30, fixed
+    by PR #37)."""
+    top, bottom, left, right = pad
+    if (top, left) == (bottom, right):
+        return 0
+    nc = (c + 15) & ~15
+    tw = 2 * left + max(0, ow * sw + 2 - w)
+    th = 2 * top + max(0, oh * sh + 2 - h)
+    return 9 * nc + (w + tw) * (h + th) * nc + ow * oh * nc + 64
+
+
+def layer_scratch_s3(layer: Layer) -> int:
+    """ESP-NN S3 scratch bytes one conv or depthwise layer requests (0 for other layers): the
+    largest of the esp-nn 1.2.0 and 1.2.3 requests and, for esp-nn #30's shapes, of what the
+    depthwise kernel really writes."""
+    if layer.op not in ("CONV_2D", "DEPTHWISE_CONV_2D") or len(layer.input) != 4 or len(layer.filter) != 4:
+        return 0
+    _, h, w, cin = layer.input
+    _, oh, ow, cout = layer.output
+    kh, kw = layer.filter[1], layer.filter[2]
+    sh, sw = layer.stride
+    ph, pw = layer.pad[0], layer.pad[2]  # TFLite passes only the leading pad to the kernels
+    if layer.op == "CONV_2D":
+        return _conv_scratch_s3(h, w, cin, kh, kw, cout, oh, ow, ph, pw, sh, sw)
+    mult = max(1, cout // max(cin, 1))
+    need = _dwconv_scratch_s3(h, w, cin, kh, kw, mult, oh, ow, ph, pw, sh, sw)
+    if mult == 1 and (kh, kw) == (3, 3) and cin % 16 == 0:
+        need = max(need, _dwconv_scratch_s3_asymmetric(h, w, cin, oh, ow, sh, sw, layer.pad))
+    return need
+
+
 def esp_nn_scratch_bound(model: bytes) -> int:
     """Largest ESP-NN scratch buffer (bytes) any conv / depthwise op of ``model`` requests on the
-    ESP32-S3.
+    ESP32-S3 (:func:`layer_scratch_s3`).
 
     Mirrors esp-nn's ``esp_nn_get_conv_scratch_size_esp32s3`` and
     ``esp_nn_get_depthwise_conv_scratch_size_esp32s3`` of esp-nn 1.2.0 and 1.2.3 and takes the
     larger (aligned/padded int8 copies of filter and input, int16 copies for some depthwise
-    shapes, boundary copies), with TFLM's SAME-padding rule.
+    shapes, boundary copies), with TFLM's SAME-padding rule, and what the depthwise kernel
+    really uses where esp-nn #30 under-reports it.
     The host TFLM interpreter uses reference kernels that request none of this; TFLM plans
     scratch buffers like tensors living for one op, so the device arena grows by at most the
     largest one (plus alignment, covered by the margin of :func:`plan_arena`).
     """
-    fb = tflite_schema()
-    m = fb.Model.GetRootAs(model, 0)
-    codes = _op_names(fb, m)
-    sub = m.Subgraphs(0)
-    best = 0
-    for j in range(sub.OperatorsLength()):
-        o = sub.Operators(j)
-        op = codes[o.OpcodeIndex()]
-        if op not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            continue
-        x, f, y = _shape(sub, o.Inputs(0)), _shape(sub, o.Inputs(1)), _shape(sub, o.Outputs(0))
-        if len(x) != 4 or len(f) != 4 or len(y) != 4:
-            continue
-        tab = o.BuiltinOptions()
-        opt = fb.Conv2DOptions() if op == "CONV_2D" else fb.DepthwiseConv2DOptions()
-        opt.Init(tab.Bytes, tab.Pos)
-        sh, sw = opt.StrideH(), opt.StrideW()
-        _, h, w, cin = x
-        _, oh, ow, cout = y
-        kh, kw = f[1], f[2]
-        same = opt.Padding() == fb.Padding.SAME
-        ph = _same_pad(h, oh, kh, sh) if same else 0
-        pw = _same_pad(w, ow, kw, sw) if same else 0
-        if op == "CONV_2D":
-            need = _conv_scratch_s3(h, w, cin, kh, kw, cout, oh, ow, ph, pw, sh, sw)
-        else:
-            need = _dwconv_scratch_s3(h, w, cin, kh, kw, max(1, cout // max(cin, 1)), oh, ow, ph, pw, sh, sw)
-        best = max(best, need)
-    return best
+    return max((layer_scratch_s3(layer) for layer in layers(model)), default=0)
 
 
 #: RAM budgets for the arena on the ESP32-S3 (bytes).

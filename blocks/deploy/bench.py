@@ -1,6 +1,6 @@
 """Benchmark figures of a captured ``CRYB/1`` log: latency percentiles, arena, rates, resets.
 
-:func:`summarize` turns a :class:`~cryblock.blocks.deploy.capture.LogCapture` into a JSON-ready
+:func:`summarize` turns the records of a :class:`~cryblock.blocks.deploy.capture.LogCapture` into a JSON-ready
 dict; :func:`format_summary` renders it for the terminal.
 """
 from __future__ import annotations
@@ -9,9 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from cryblock.logformat import KINDS, MAGIC
-
-from .capture import LogRecord, _value, printable
+from cryblock.escape import printable
+from cryblock.logformat import KINDS, MAGIC, field_value
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float] | None:
@@ -53,7 +52,7 @@ def summarize(log, capture_s: float | None = None) -> dict:
     device_ms = 0.0
     seq_advance = 0
     lost = 0
-    by_session: dict[int, list[LogRecord]] = {}
+    by_session: dict[int, list] = {}
     for r in infs:
         by_session.setdefault(r.session, []).append(r)
     for recs in by_session.values():
@@ -74,7 +73,7 @@ def summarize(log, capture_s: float | None = None) -> dict:
     span = device_s if device_s else (capture_s if capture_s else None)
 
     boots = [r for r in log.records if r.kind == "BOOT"]
-    boot = {k: _value(v) for k, v in boots[-1].fields.items()} if boots else None
+    boot = {k: field_value(v) for k, v in boots[-1].fields.items()} if boots else None
     cfgs = [r for r in log.records if r.kind == "CFG"]
 
     def ib(key: str) -> int | None:
@@ -108,7 +107,7 @@ def summarize(log, capture_s: float | None = None) -> dict:
         "positive_fraction": (positives / len(infs)) if infs else None,
         "detections": detections,
         "detections_per_hour": (detections / span * 3600.0) if span else None,
-        "config": {k: _value(v) for k, v in cfgs[-1].fields.items()} if cfgs else None,
+        "config": {k: field_value(v) for k, v in cfgs[-1].fields.items()} if cfgs else None,
         "errors": [dict(r.fields) for r in log.records if r.kind == "ERR"],
     }
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,8 +19,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from cryblock.errors import CryblockError, ParameterError, one_line
-from cryblock.io import atomic_write_text, json_safe
+from cryblock.escape import csv_cell, printable
+from cryblock.output import atomic_write_text, json_safe
 from cryblock.logformat import MAGIC, Record, parse_line
+from cryblock.signals import Interrupted, interruptible
+
+from .bench import summarize
 
 
 #: The firmware console speed (ESP-IDF ``CONFIG_ESP_CONSOLE_UART_BAUDRATE`` default), Bd.
@@ -80,18 +83,6 @@ class LogRecord:
 _OTHER_VERSION = re.compile(rb"CRYB/(\d+) ")
 
 
-def _value(v: str) -> int | float | str:
-    try:
-        return int(v)
-    except ValueError:
-        pass
-    try:
-        f = float(v)
-        return f if math.isfinite(f) else v
-    except ValueError:
-        return v
-
-
 class LogCapture:
     """Accumulates a ``CRYB/1`` stream line by line and summarises it.
 
@@ -107,8 +98,10 @@ class LogCapture:
     that are not finite numbers (``seq=nan``) are kept as text and ignored by the statistics.
     """
 
-    def __init__(self, keep_garbage: int = 200) -> None:
+    def __init__(self, keep_garbage: int = 200, keep_records: bool = True) -> None:
         self.records: list[LogRecord] = []
+        self.keep_records = keep_records  #: False: records are only returned by feed_line (long streams)
+        self.n_records = 0
         self.lines = 0
         self.blank = 0
         self.garbage = 0
@@ -157,7 +150,7 @@ class LogCapture:
                 self.garbage_samples.append(raw.decode("utf-8", errors="replace"))
             return None
         if rec.kind == "BOOT":
-            if self.records:
+            if self.n_records:
                 self.resets += 1
             self.session += 1
             self._last_inf = None
@@ -179,20 +172,21 @@ class LogCapture:
         lr = LogRecord(float(host_s), self.session, rec.kind, dict(rec.fields))
         if rec.kind == "INF":
             self._last_inf = lr
-        self.records.append(lr)
+        self.n_records += 1
+        if self.keep_records:
+            self.records.append(lr)
         return lr
 
     def summary(self, capture_s: float | None = None) -> dict:
         """Summary of everything captured so far (:func:`cryblock.blocks.deploy.bench.summarize`)."""
-        from .bench import summarize
-
         return summarize(self, capture_s)
 
 
 @dataclass
 class CaptureResult:
     """What :func:`capture` returns: the accumulated :class:`LogCapture`, host duration (s),
-    why it stopped (``time``, ``interrupted``, ``port lost: …``) and the number of
+    why it stopped (``time``, ``interrupted`` (Ctrl-C), ``interrupted (SIGTERM)``, ``interrupted
+    (SIGHUP)``, ``port lost: …``, ``live output failed: …``) and the number of
     bytes of an unterminated last line (not counted as a line)."""
 
     log: LogCapture
@@ -228,7 +222,7 @@ def open_serial(port: str, baud: int = CONSOLE_BAUD, timeout: float = 0.05):
     import serial
 
     if not str(port).strip():
-        raise CryblockError("no serial port given (e.g. --port /dev/ttyACM0, COM5, rfc2217://host:4000)")
+        raise CryblockError("no serial port given (e.g. --port /dev/ttyUSB0, COM5, rfc2217://host:4000)")
     try:
         ser = serial.serial_for_url(port, do_not_open=True)  # device paths and URLs: socket://, rfc2217://, loop://
         ser.baudrate = int(baud)
@@ -262,7 +256,9 @@ def reset_board(ser) -> str | None:
 def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
             send: Iterable[str] = (), reset: bool = False,
             on_line: Callable[[bytes, LogRecord | None], None] | None = None) -> CaptureResult:
-    """Read and parse the ``CRYB/1`` log on ``port`` until time is up, Ctrl-C, or the port goes away.
+    """Read and parse the ``CRYB/1`` log on ``port`` until time is up, the capture is ended (Ctrl-C,
+    SIGTERM, SIGHUP: :func:`cryblock.signals.interruptible`), the port goes away or ``on_line``
+    fails to show a line (an OSError: the terminal was closed, the pipe reader exited).
 
     Args:
         port: serial device; opened by :func:`open_serial` (no reset on open).
@@ -273,8 +269,9 @@ def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
         on_line: called for every complete line with ``(raw_bytes, record_or_None)``.
 
     Returns:
-        :class:`CaptureResult`; never raises for device misbehaviour (garbage, resets, a port
-        that disappears mid-capture — ``port_lost`` is then True).
+        :class:`CaptureResult` with everything read however the capture ended; never raises for
+        device misbehaviour (garbage, resets, a port that disappears mid-capture — ``port_lost``
+        is then True).
 
     Raises:
         CryblockError: the port cannot be opened.
@@ -291,46 +288,53 @@ def capture(port: str, baud: int = CONSOLE_BAUD, seconds: float | None = None,
     stop_reason = "time"
     port_lost = False
     nbytes = 0
-    try:
-        if reset:
-            note = reset_board(ser)
-            if note:
-                notes.append(note)
+    with interruptible():  # SIGTERM and SIGHUP end the capture like Ctrl-C
         try:
-            for line in send:
-                ser.write(line.rstrip("\r\n").encode("ascii", errors="replace") + b"\n")
-            if send:
-                ser.flush()
-        except (serial.SerialException, OSError) as e:
-            stop_reason = f"port lost: {one_line(e)}"
-            port_lost = True
-        while not port_lost:
-            now = time.monotonic()
-            if seconds is not None and now - t0 >= seconds:
-                stop_reason = "time"
-                break
+            if reset:
+                note = reset_board(ser)
+                if note:
+                    notes.append(note)
             try:
-                waiting = ser.in_waiting
-                chunk = ser.read(max(1, min(waiting, 65536)))
+                for line in send:
+                    ser.write(line.rstrip("\r\n").encode("ascii", errors="replace") + b"\n")
+                if send:
+                    ser.flush()
             except (serial.SerialException, OSError) as e:
                 stop_reason = f"port lost: {one_line(e)}"
                 port_lost = True
-                break
-            if not chunk:
-                continue
-            nbytes += len(chunk)
-            host_s = time.monotonic() - t0
-            for raw in splitter.feed(chunk):
-                rec = log.feed_line(raw, host_s)
-                if on_line is not None:
-                    on_line(raw, rec)
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-    finally:
-        try:
-            ser.close()
-        except Exception:  # noqa: BLE001 - a vanished port may fail to close; nothing to save
-            pass
+            while not port_lost:
+                now = time.monotonic()
+                if seconds is not None and now - t0 >= seconds:
+                    stop_reason = "time"
+                    break
+                try:
+                    waiting = ser.in_waiting
+                    chunk = ser.read(max(1, min(waiting, 65536)))
+                except (serial.SerialException, OSError) as e:
+                    stop_reason = f"port lost: {one_line(e)}"
+                    port_lost = True
+                    break
+                if not chunk:
+                    continue
+                nbytes += len(chunk)
+                host_s = time.monotonic() - t0
+                shown = True
+                for raw in splitter.feed(chunk):
+                    rec = log.feed_line(raw, host_s)
+                    if on_line is not None and shown:
+                        try:
+                            on_line(raw, rec)
+                        except OSError as e:  # the terminal or pipe went away: keep what was read
+                            stop_reason, shown = f"live output failed: {one_line(e)}", False
+                if not shown:
+                    break
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP through interruptible()
+            stop_reason = f"interrupted ({e.signame})" if isinstance(e, Interrupted) else "interrupted"
+        finally:
+            try:
+                ser.close()
+            except Exception:  # noqa: BLE001 - a vanished port may fail to close; nothing to save
+                pass
     return CaptureResult(log=log, capture_s=time.monotonic() - t0, stop_reason=stop_reason,
                          port_lost=port_lost, unterminated_bytes=len(splitter.pending),
                          bytes_read=nbytes, notes=notes)
@@ -342,7 +346,8 @@ _CSV_COLUMNS = ("host_s", "session", "kind")
 def records_csv(records: Sequence[LogRecord]) -> str:
     """CSV text, one row per record: ``host_s,session,kind`` then every field name seen
     (first-seen order; empty where a record lacks it; a field named like one of the first three
-    columns is headed ``field_<name>``). Values are the raw strings from the line."""
+    columns is headed ``field_<name>``). Values are the raw strings from the line, except that a
+    name or value a spreadsheet would run as a formula is made text (:func:`cryblock.escape.csv_cell`)."""
     keys: list[str] = []
     seen: set[str] = set()
     for r in records:
@@ -353,9 +358,9 @@ def records_csv(records: Sequence[LogRecord]) -> str:
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     # a device field named like a capture column gets a prefix (two "kind" columns are unreadable)
-    w.writerow(["host_s", "session", "kind", *(f"field_{k}" if k in _CSV_COLUMNS else k for k in keys)])
+    w.writerow(["host_s", "session", "kind", *(csv_cell(f"field_{k}" if k in _CSV_COLUMNS else k) for k in keys)])
     for r in records:
-        w.writerow([f"{r.host_s:.3f}", r.session, r.kind, *(r.fields.get(k, "") for k in keys)])
+        w.writerow([f"{r.host_s:.3f}", r.session, r.kind, *(csv_cell(r.fields.get(k, "")) for k in keys)])
     return buf.getvalue()
 
 
@@ -379,20 +384,6 @@ def write_capture(result: CaptureResult, csv_path: str | Path | None = None,
         doc["garbage_samples"] = result.log.garbage_samples
         out.append(atomic_write_text(json_path, json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n"))
     return out
-
-
-_ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(raw: bytes | str) -> str:
-    """A line made safe for a terminal: UTF-8 decoded (bad bytes → U+FFFD), ESP_LOG colour codes
-    removed, other control characters (which noise — or a field value of a checksum-valid line —
-    could turn into terminal escape sequences) shown as ``?``; newlines and tabs are kept."""
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    return _CONTROL.sub("?", _ANSI_SGR.sub("", text))
 
 
 def format_record(rec: LogRecord) -> str:

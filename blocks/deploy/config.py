@@ -10,9 +10,9 @@ import re
 import time
 
 from cryblock.errors import CryblockError, ParameterError, one_line
-from cryblock.logformat import Record, parse_line
+from cryblock.logformat import Record, field_value, parse_line
 
-from .capture import CONSOLE_BAUD, LineSplitter, _value, open_serial
+from .capture import CONSOLE_BAUD, LineSplitter, open_serial
 
 
 def config_commands(threshold: float | None = None, vote: tuple[int, int] | None = None,
@@ -119,14 +119,14 @@ def configure(port: str, threshold: float | None = None, vote: tuple[int, int] |
             if answer.kind == "ERR":
                 raise CryblockError(f"port {port}: device rejected {cmd!r}: {answer.fields.get('msg', '?')}")
             last = answer
-        cfg = {k: _value(v) for k, v in last.fields.items()}
+        cfg = {k: field_value(v) for k, v in last.fields.items()}
         deadline = time.monotonic() + timeout_s
         while _mismatches(cfg, threshold, vote, hold_ms):
             later = next_answer(deadline)
             if later is None:
                 break
             if later.kind == "CFG":
-                cfg = {k: _value(v) for k, v in later.fields.items()}
+                cfg = {k: field_value(v) for k, v in later.fields.items()}
     except (serial.SerialException, OSError) as e:
         raise CryblockError(f"port {port}: lost the port while configuring ({one_line(e)})") from None
     finally:

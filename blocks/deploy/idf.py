@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Sequence
 
 from cryblock.errors import CryblockError
 
@@ -19,11 +21,12 @@ def find_idf() -> str | None:
     return None
 
 
-def run_idf_build(project: Path, target: str = "esp32s3") -> subprocess.CompletedProcess:
-    """Run ``idf.py build`` in ``project`` (through ``$IDF_PATH/export.sh`` when idf.py is not on
-    PATH; ``--preview`` for the linux target). The target comes from the project's
+def run_idf_build(project: Path, target: str = "esp32s3", options: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """Run ``idf.py [options] build`` in ``project`` (through ``$IDF_PATH/export.sh`` when idf.py
+    is not on PATH; ``--preview`` for the linux target). The target comes from the project's
     ``sdkconfig.defaults`` (``CONFIG_IDF_TARGET``) — not ``idf.py set-target``, which would wipe
-    the user's ``sdkconfig`` and ``build/``. Output goes to the terminal.
+    the user's ``sdkconfig`` and ``build/``. ``options`` go before ``build`` (e.g. ``-B folder
+    -D SDKCONFIG_DEFAULTS=…``). Output goes to the terminal.
 
     Raises:
         CryblockError: ESP-IDF is not available, or the build fails.
@@ -31,13 +34,13 @@ def run_idf_build(project: Path, target: str = "esp32s3") -> subprocess.Complete
     how = find_idf()
     if how is None:
         raise CryblockError("ESP-IDF not found (idf.py not on PATH and IDF_PATH unset)")
-    args = (["--preview"] if target == "linux" else []) + ["build"]
-    cmd = "idf.py " + " ".join(args)
+    args = (["--preview"] if target == "linux" else []) + list(options) + ["build"]
+    cmd = shlex.join(["idf.py", *args])
     if how == "idf.py":
         argv = ["idf.py", *args]
     else:
         export = Path(os.environ["IDF_PATH"]) / "export.sh"
-        argv = ["bash", "-c", f'. "{export}" >/dev/null && {cmd}']
+        argv = ["bash", "-c", f". {shlex.quote(str(export))} >/dev/null && {cmd}"]
     r = subprocess.run(argv, cwd=str(project))
     if r.returncode != 0:
         raise CryblockError(f"{project}: `{cmd}` failed with exit status {r.returncode}")

@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -92,6 +94,7 @@ class ModelInfo:
         output_activation: what the output holds — "sigmoid" / "softmax" (the model ends in
             LOGISTIC / SOFTMAX: probabilities) or "none" (logits: the firmware applies the sigmoid,
             or the softmax for several outputs, in float; :func:`output_scores`).
+        input_readers: names of the operators that read the input tensor directly.
     """
 
     size_bytes: int
@@ -101,15 +104,18 @@ class ModelInfo:
     macs: int
     macs_by_op: dict[str, int] = field(default_factory=dict)
     output_activation: str = "none"
+    input_readers: tuple[str, ...] = ()
 
 
 def read_model(path: str | os.PathLike) -> bytes:
     """Read a ``.tflite`` file. Raises CryblockError naming the file when it is missing, is not a
     TFLite flatbuffer (file identifier ``TFL3`` at byte 4), or is truncated or damaged
     (:func:`check_tflite_bytes`)."""
+    from cryblock.inputs import read_regular_bytes
+
     p = Path(path)
     try:
-        data = p.read_bytes()
+        data = read_regular_bytes(p)  # a FIFO or /dev/zero is refused, not read forever
     except FileNotFoundError:
         raise CryblockError(f"{p}: model file not found") from None
     except OSError as e:
@@ -203,8 +209,9 @@ def inspect_model(model: bytes, name: str = "model") -> ModelInfo:
     codes = _op_names(fb, m)
     if "CUSTOM" in codes:
         oc = m.OperatorCodes(codes.index("CUSTOM"))
-        cname = oc.CustomCode().decode() if oc.CustomCode() else "?"
-        raise CryblockError(f"{name}: custom operator '{cname}' is not supported by the generator")
+        cname = json.dumps(oc.CustomCode().decode("utf-8", errors="replace"))[:60] if oc.CustomCode() else "?"
+        raise CryblockError(f"{name}: custom operator {cname} is not supported by TFLite Micro's op resolver "
+                            "or the generator")
     sub = m.Subgraphs(0)
     if sub.InputsLength() != 1 or sub.OutputsLength() != 1:
         raise CryblockError(f"{name}: expected 1 input and 1 output tensor, found "
@@ -212,11 +219,14 @@ def inspect_model(model: bytes, name: str = "model") -> ModelInfo:
     used: list[str] = []
     macs_by_op: dict[str, int] = {}
     activation = "none"
+    readers: list[str] = []
     for j in range(sub.OperatorsLength()):
         o = sub.Operators(j)
         op = codes[o.OpcodeIndex()]
         if op not in used:
             used.append(op)
+        if sub.Inputs(0) in [o.Inputs(k) for k in range(o.InputsLength())]:
+            readers.append(op)
         macs_by_op[op] = macs_by_op.get(op, 0) + _op_macs(fb, sub, o, op)
         if o.OutputsLength() and o.Outputs(0) == sub.Outputs(0):
             activation = {"LOGISTIC": "sigmoid", "SOFTMAX": "softmax"}.get(op, "none")
@@ -225,8 +235,12 @@ def inspect_model(model: bytes, name: str = "model") -> ModelInfo:
         raise CryblockError(f"{name}: operator(s) {unknown} have no MicroMutableOpResolver "
                             "mapping in cryblock.blocks.deploy.model.OP_RESOLVER_METHODS")
     ordered = tuple(op for op in codes if op in used)
-    return ModelInfo(len(model), ordered, _tensor_info(fb, sub, sub.Inputs(0)),
-                     _tensor_info(fb, sub, sub.Outputs(0)), int(sum(macs_by_op.values())), macs_by_op, activation)
+    try:
+        tin, tout = _tensor_info(fb, sub, sub.Inputs(0)), _tensor_info(fb, sub, sub.Outputs(0))
+    except CryblockError as e:
+        raise CryblockError(f"{name}: {e}") from None
+    return ModelInfo(len(model), ordered, tin, tout, int(sum(macs_by_op.values())), macs_by_op, activation,
+                     tuple(readers))
 
 
 def _shape(sub, idx: int) -> tuple[int, ...]:
@@ -254,6 +268,61 @@ def _op_macs(fb, sub, o, op: str) -> int:
         s = _shape(sub, ins[0])
         return int(np.prod(s)) if s else 0
     return n_out
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED operator as its kernels see it.
+
+    Attributes:
+        op: operator name.
+        input / filter / output: tensor shapes (NHWC; filter ``[Cout, kh, kw, Cin]``, depthwise
+            ``[1, kh, kw, Cout]``, fully connected ``[units, in]``).
+        stride: (height, width); (1, 1) for FULLY_CONNECTED.
+        pad: SAME padding (top, bottom, left, right) by TFLite's rule (the extra row/column of an
+            odd total goes to the bottom/right); zeros for VALID and FULLY_CONNECTED.
+        per_channel: the weights carry one scale per output channel.
+    """
+
+    op: str
+    input: tuple[int, ...]
+    filter: tuple[int, ...]
+    output: tuple[int, ...]
+    stride: tuple[int, int] = (1, 1)
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    per_channel: bool = False
+
+
+def layers(model: bytes) -> list[Layer]:
+    """The conv, depthwise and fully connected operators of ``model`` (in graph order), for the
+    arena plan and the known-defect checks of esp-nn's kernels."""
+    fb = tflite_schema()
+    m = fb.Model.GetRootAs(model, 0)
+    codes = _op_names(fb, m)
+    sub = m.Subgraphs(0)
+    out = []
+    for j in range(sub.OperatorsLength()):
+        o = sub.Operators(j)
+        op = codes[o.OpcodeIndex()]
+        if op not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") or o.InputsLength() < 2:
+            continue
+        x, f, y = _shape(sub, o.Inputs(0)), _shape(sub, o.Inputs(1)), _shape(sub, o.Outputs(0))
+        q = sub.Tensors(o.Inputs(1)).Quantization()
+        per_channel = q is not None and q.ScaleLength() > 1
+        if op == "FULLY_CONNECTED" or len(x) != 4 or len(f) != 4 or len(y) != 4:
+            out.append(Layer(op, x, f, y, per_channel=per_channel))
+            continue
+        tab = o.BuiltinOptions()
+        opt = fb.Conv2DOptions() if op == "CONV_2D" else fb.DepthwiseConv2DOptions()
+        opt.Init(tab.Bytes, tab.Pos)
+        stride = (opt.StrideH(), opt.StrideW())
+        pad = (0, 0, 0, 0)
+        if opt.Padding() == fb.Padding.SAME:  # TFLM ComputePaddingHeightWidth (dilation 1)
+            th = max(0, (y[1] - 1) * stride[0] + f[1] - x[1])
+            tw = max(0, (y[2] - 1) * stride[1] + f[2] - x[2])
+            pad = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        out.append(Layer(op, x, f, y, stride, pad, per_channel))
+    return out
 
 
 def resolver_calls(ops) -> list[str]:
@@ -313,22 +382,56 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(q, -128, 127).astype(np.int8)
 
 
+#: Operators whose input must be a 4-D ``[batch, height, width, channels]`` tensor: fed a flat patch
+#: directly, TFLite Micro's kernels divide by a missing dimension (observed: SIGFPE in ``detect``).
+FOUR_D_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "TRANSPOSE_CONV",
+                        "SPACE_TO_DEPTH", "DEPTH_TO_SPACE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"})
+
+
+def input_layouts(frames: int, mels: int) -> tuple[tuple[int, ...], ...]:
+    """The input shapes that hold one ``frames × mels`` patch the way the firmware and Python feed it
+    (one row-major patch, batch 1): ``[1, frames, mels, 1]`` (cryblock's students), ``[1, frames,
+    mels]`` and ``[1, frames·mels]`` (Edge Impulse's learning block: a flat row reshaped inside)."""
+    return (1, frames, mels, 1), (1, frames, mels), (1, frames * mels)
+
+
 def check_model_for_params(info: ModelInfo, params: Params, name: str = "model") -> int:
-    """Check that a model can run on the patches and labels of ``params``: int8 input and output
-    (the full-integer export), an input holding one ``params.dsp.patch_shape`` patch, an output
-    of one unit or one per label. Returns :func:`positive_output_index`.
+    """Check that a model can run on the patches and labels of ``params`` — the one check that
+    ``build``, ``detect``, ``evaluate`` and ``emulate`` share, before TFLite Micro sees the model:
+
+    * int8 input and output (the full-integer export), each with a finite scale > 0 and a zero
+      point in the int8 range [−128, 127];
+    * an input of exactly one :func:`input_layouts` shape, 4-D when an operator of
+      :data:`FOUR_D_OPS` reads it;
+    * an output ``[1, K]`` (or ``[K]``) of one unit or one per label.
+
+    Returns :func:`positive_output_index`.
 
     Raises:
         CryblockError: naming ``name`` and what does not match.
     """
     for what, t in (("input", info.input), ("output", info.output)):
-        if t.dtype != "int8" or t.scale <= 0:
+        if t.dtype != "int8":
             raise CryblockError(f"{name}: model {what} must be quantised int8 (got {t.dtype}); use the "
                                 "full-integer export model_quantized_int8_io.tflite")
+        if not (math.isfinite(t.scale) and t.scale > 0):
+            raise CryblockError(f"{name}: model {what} scale is {t.scale!r}, not a finite number > 0; the model "
+                                "is damaged (re-export it with cryblock train)")
+        if not -128 <= t.zero_point <= 127:
+            raise CryblockError(f"{name}: model {what} zero point {t.zero_point} is outside the int8 range "
+                                "[-128, 127]; the model is damaged (re-export it with cryblock train)")
     frames, mels = params.dsp.patch_shape
-    if info.input.size != frames * mels:
-        raise CryblockError(f"{name}: model input shape {list(info.input.shape)} does not hold one "
-                            f"{frames}×{mels} log-mel patch of the DSP parameters")
+    layouts = input_layouts(frames, mels)
+    if info.input.shape not in layouts:
+        expected = ", ".join(str(list(s)) for s in layouts)
+        raise CryblockError(f"{name}: model input shape {list(info.input.shape)} does not hold one {frames}×{mels} "
+                            f"log-mel patch of the DSP parameters as the firmware feeds it (expected one of {expected})")
+    four_d = sorted(set(info.input_readers) & FOUR_D_OPS)
+    if four_d and len(info.input.shape) != 4:
+        raise CryblockError(f"{name}: model input shape {list(info.input.shape)} is fed straight to {four_d[0]}, "
+                            f"which needs [1, {frames}, {mels}, 1]; the model is damaged")
+    if len(info.output.shape) > 1 and any(d != 1 for d in info.output.shape[:-1]):
+        raise CryblockError(f"{name}: model output shape {list(info.output.shape)} is not one row of scores [1, K]")
     try:
         return positive_output_index(info, params)
     except CryblockError as e:

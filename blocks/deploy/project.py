@@ -19,25 +19,30 @@ ESP-IDF facts come from shared/docs/espidf-tflm-esptool-notes.md.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import stat
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from cryblock import __version__
+from cryblock import mqttformat as mf
 from cryblock.errors import CryblockError, ParameterError
 from cryblock.escape import c_comment, md_cell
-from cryblock.io import atomic_write_text, check_output, staging_dir
+from cryblock.output import atomic_write_text, check_output, staging_dir
 from cryblock.params import DspParams, Params
+from cryblock.signals import deferred
 
+from . import esp_nn
 from .arena import ArenaPlan, plan_arena
 from .model import (ModelInfo, check_model_for_params, inspect_model, model_c_source, positive_output_index,
                     read_model, resolver_calls)
@@ -143,6 +148,45 @@ class BuildOptions:
             raise ParameterError(f"parameter 'flash_mode': must be one of {FLASH_MODES}, got {self.flash_mode!r}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", self.project_name):
             raise ParameterError(f"parameter 'project_name': must be a C identifier, got {self.project_name!r}")
+
+
+@dataclass(frozen=True)
+class MqttOptions:
+    """``cryblock build --mqtt``: the firmware joins Wi-Fi and publishes the fleet messages
+    (:mod:`cryblock.mqttformat`; templates ``main/cry_msg.c``, ``main/cry_net.c``). Wi-Fi
+    credentials, broker URI and device id are set at run time over the serial console (NVS),
+    never here.
+
+    snippets: publish the audio around each alert onset (off by default: privacy).
+    ca: PEM file of the broker's CA, embedded as ``main/mqtt_ca.pem`` for ``mqtts://`` (None:
+    ESP-IDF's certificate bundle of public CAs). ha_prefix: Home Assistant's discovery prefix
+    (changeable at run time with ``set prefix``).
+    """
+
+    snippets: bool = False
+    ca: str | None = None
+    ha_prefix: str = "homeassistant"
+
+    def validate(self, target: str) -> None:
+        """Raise ParameterError naming the first bad option."""
+        if target != "esp32s3":
+            raise ParameterError("--mqtt: the firmware reaches the broker over the ESP32-S3's Wi-Fi; "
+                                 f"target {target} has none")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", self.ha_prefix) or len(self.ha_prefix) > 64:
+            raise ParameterError(f"--ha-prefix: {self.ha_prefix!r} is not an MQTT topic prefix (A-Z a-z 0-9 _ - /)")
+        if self.ca is not None:
+            p = Path(self.ca)
+            try:
+                text = p.read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ParameterError(f"--mqtt-ca: {p}: cannot read a PEM file ({getattr(e, 'strerror', None) or e})") \
+                    from None
+            if "-----BEGIN CERTIFICATE-----" not in text or "-----END CERTIFICATE-----" not in text:
+                raise ParameterError(f"--mqtt-ca: {p}: not a PEM certificate (no BEGIN/END CERTIFICATE lines)")
+
+
+#: Template files of the network firmware, rendered only with ``--mqtt``.
+MQTT_FILES = ("main/cry_msg.h", "main/cry_msg.c", "main/cry_net.h", "main/cry_net.c", "main/cry_net_config.h.j2")
 
 
 def templates_dir() -> Path:
@@ -257,9 +301,30 @@ def write_host_sources(dest: str | os.PathLike, dsp: DspParams = DspParams()) ->
     return d
 
 
+def threshold_x1000(threshold: float) -> int:
+    """The detector threshold in the firmware's unit: ``CONFIG_CRY_THRESHOLD_X1000`` thousandths,
+    which the firmware turns into ``k / 1000.0f`` (float32).
+
+    Raises:
+        ParameterError: ``float32(k) / 1000`` is not ``float32(threshold)`` — the firmware would
+            then count other patches as positive than :mod:`cryblock.detector` (which compares
+            ``float32(score) >= float32(threshold)``) and ``detect`` do; 0.0004 would become 0
+            and every patch would be positive. Names the two nearest thresholds the firmware holds.
+    """
+    k = int(round(threshold * 1000))
+    if np.float32(k) / np.float32(1000) != np.float32(threshold):
+        lo, hi = math.floor(threshold * 1000) / 1000, math.ceil(threshold * 1000) / 1000
+        raise ParameterError(f"parameter 'detector.threshold': {threshold!r} is finer than the firmware's resolution "
+                             f"of 0.001 (CONFIG_CRY_THRESHOLD_X1000), and rounding it would change which patches are "
+                             f"positive; set {lo:g} or {hi:g} in params.json")
+    return k
+
+
 def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: BuildOptions,
-                     report: dict[str, Any]) -> dict[str, Any]:
-    """Every variable the templates use (rendering uses jinja2 StrictUndefined)."""
+                     report: dict[str, Any], mqtt: MqttOptions | None = None,
+                     model_sha256: str = "") -> dict[str, Any]:
+    """Every variable the templates use (rendering uses jinja2 StrictUndefined); ``mqtt`` False
+    unless ``--mqtt``."""
     det = params.detector
     app_part = report["flash"]["app_partition_bytes"]
     if app_part + 0x20000 > opts.flash_mb * 1024 * 1024:
@@ -279,7 +344,7 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "output_activation_code": 0 if info.output_activation != "none" else (1 if info.output.size == 1 else 2),
         "positive_label": params.learn.positive_label,
         "arena": arena, "arena_bytes": arena.arena_bytes, "arena_psram": arena.region == "psram",
-        "threshold_x1000": int(round(det.threshold * 1000)),
+        "threshold_x1000": threshold_x1000(det.threshold),
         "vote_n": det.vote_n, "vote_m": det.vote_m,
         "hold_ms": int(round(det.hold_seconds * 1000)),
         "i2s": opts.i2s, "pin_bclk": opts.pin_bclk, "pin_ws": opts.pin_ws, "pin_din": opts.pin_din,
@@ -290,6 +355,11 @@ def template_context(info: ModelInfo, arena: ArenaPlan, params: Params, opts: Bu
         "audio_ring_bytes": report["ram"]["audio_ring_bytes"],
         "input_scale_c": _cfloat(info.input.scale), "output_scale_c": _cfloat(info.output.scale),
         "report": report,
+        "mqtt": False if mqtt is None else {
+            "snippets": mqtt.snippets, "ca": mqtt.ca is not None, "ha_prefix": mqtt.ha_prefix,
+            "snippet_pre_ms": int(round(mf.SNIPPET_PRE_S * 1000)), "snippet_post_ms": int(round(mf.SNIPPET_POST_S * 1000)),
+            "status_period_s": mf.STATUS_PERIOD_S},
+        "model_sha16": model_sha256[:16],
     }
 
 
@@ -304,6 +374,8 @@ def render_project(ctx: dict[str, Any], model: bytes, dest: Path) -> list[Path]:
             continue
         rel = src.relative_to(root)
         if rel.name == "partitions.csv.j2" and not ctx["custom_partitions"]:
+            continue
+        if rel.as_posix() in MQTT_FILES and not ctx.get("mqtt"):
             continue
         out_rel = rel.with_name(rel.name[:-3]) if rel.name.endswith(".j2") else rel
         out = dest / out_rel
@@ -348,6 +420,9 @@ def _sync_sdkconfig(project: Path) -> list[str]:
     cryblock options (``CONFIG_CRY_*``) are cryblock's output: set them to the new defaults.
     Returns one note per changed line."""
     sdk = project / "sdkconfig"
+    if sdk.is_symlink():
+        return ["sdkconfig is a symbolic link: read by ESP-IDF, not updated by cryblock (its CONFIG_CRY_* values "
+                "stay as they are)"]
     if not sdk.is_file():
         return []
     want = _sdkconfig_lines((project / "main" / "Kconfig.projbuild").read_text())
@@ -363,55 +438,201 @@ def _sync_sdkconfig(project: Path) -> list[str]:
     return notes
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _marker_entry_ok(rel: object, digest: object) -> bool:
+    """A marker entry as cryblock writes it: a relative, normalised POSIX path (no ``.``/``..``
+    part, no empty part, no backslash) with a SHA-256 hex digest or null."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        return False
+    p = PurePosixPath(rel)
+    return (not p.is_absolute() and p.as_posix() == rel and ".." not in p.parts
+            and (digest is None or (isinstance(digest, str) and _SHA256_HEX.fullmatch(digest) is not None)))
+
+
+class _ProjectTree:
+    """The files of an existing project folder, reached only through real sub-folders.
+
+    Every folder on the way to a file is opened relative to its parent with ``O_NOFOLLOW``, and
+    files are replaced, moved and removed relative to that folder's descriptor: a symlinked folder
+    (or one swapped for a link meanwhile) is never followed, so nothing outside ``out`` is read,
+    written or deleted. Files are hashed without following a link (a link is never "unchanged").
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._fds: dict[tuple[str, ...], int] = {(): os.open(out, os.O_RDONLY | os.O_DIRECTORY)}
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def folder(self, parts: tuple[str, ...], create: bool = False) -> int | None:
+        """Descriptor of the sub-folder ``parts`` (created when ``create``); None when absent.
+        Raises CryblockError when it is a symbolic link or not a folder."""
+        if parts in self._fds:
+            return self._fds[parts]
+        parent = self.folder(parts[:-1], create)
+        if parent is None:
+            return None
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(parts[-1], dir_fd=parent)
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            where = self.out.joinpath(*parts)
+            if where.is_symlink():
+                raise CryblockError(f"{where}: is a symbolic link; cryblock build writes only into real folders "
+                                    "inside --out, never through a link (replace it by a folder or choose "
+                                    "another --out)") from None
+            raise CryblockError(f"{where}: is not a folder, but cryblock generates files in it") from None
+        self._fds[parts] = fd
+        return fd
+
+    def locate(self, rel: str, create: bool = False) -> tuple[int | None, str]:
+        """(descriptor of the folder holding ``rel``, file name)."""
+        parts = tuple(rel.split("/"))
+        return self.folder(parts[:-1], create), parts[-1]
+
+    def kind(self, rel: str) -> str:
+        """"file", "link", "missing" or "other" (a folder, FIFO, …), without following a link."""
+        fd, name = self.locate(rel)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False) if fd is not None else None
+        except FileNotFoundError:
+            st = None
+        if st is None:
+            return "missing"
+        return "file" if stat.S_ISREG(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "other"
+
+    def sha256(self, rel: str) -> str | None:
+        """SHA-256 of the regular file ``rel``; None for anything else."""
+        if self.kind(rel) != "file":
+            return None
+        fd, name = self.locate(rel)
+        with os.fdopen(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+
+    def read(self, rel: str) -> bytes | None:
+        """Content of the regular file ``rel``; None for anything else."""
+        if self.kind(rel) != "file":
+            return None
+        fd, name = self.locate(rel)
+        with os.fdopen(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as fh:
+            return fh.read()
+
+    def move(self, rel: str, to: Path) -> None:
+        """Move ``rel`` to the path ``to`` (outside the tree: a backup)."""
+        fd, name = self.locate(rel)
+        to.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(name, to, src_dir_fd=fd)
+
+    def put(self, src: Path, rel: str) -> None:
+        """Move the path ``src`` to ``rel``, creating real folders on the way."""
+        fd, name = self.locate(rel, create=True)
+        os.replace(src, name, dst_dir_fd=fd)
+
+
+def _earlier_files(tree: _ProjectTree, out: Path, files: list[Path]) -> dict[str, str | None]:
+    """The generated files of the earlier cryblock project in ``out``: ``{relative path: SHA-256 or
+    None}`` from its marker (None = no hash recorded: cryblock 0.1 wrote no file list, and its files
+    are the ones generated now).
+
+    Raises:
+        CryblockError: ``out`` is not empty and holds no marker, or a marker entry is not a path of
+            a file inside the project (absolute, ``..``, not normalised, a bad hash).
+    """
+    marker = out / MARKER
+    kind = tree.kind(MARKER)
+    if kind != "file":
+        if kind == "missing" and not any(out.iterdir()):
+            return {}
+        raise CryblockError(f"{out}: folder exists and is not a cryblock project; choose another --out")
+    try:
+        doc = json.loads(tree.read(MARKER) or b"")
+    except ValueError:
+        doc = None
+    old = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(old, dict):
+        return {str(f): None for f in files}
+    for rel, digest in old.items():
+        if not _marker_entry_ok(rel, digest):
+            raise CryblockError(f"{marker}: entry {json.dumps(rel)[:80]} → {json.dumps(digest)[:20]} is not how cryblock "
+                                "records a generated file (a relative path inside --out and its SHA-256); the marker "
+                                "was not written by cryblock: remove it, or choose another --out")
+    return old
+
+
 def _install(tmp: Path, out: Path, files: list[Path], force: bool) -> tuple[list[str], list[str]]:
     """Put the freshly rendered project ``tmp`` (its ``files``) in place at ``out``.
 
     A new ``out`` is the renamed ``tmp`` (atomic). Into an earlier cryblock project the generated
-    files are replaced one by one (each atomically) and everything else — ``sdkconfig``,
-    ``build/``, ``managed_components/``, sources the user added — is kept; generated files the
-    user edited since (their hash differs from the marker's record) are refused unless ``force``.
+    files are replaced and everything else — ``sdkconfig``, ``build/``, ``managed_components/``,
+    sources the user added — is kept; generated files the user edited since (their hash differs
+    from the marker's record, or they were replaced by a link) are refused unless ``force``.
+
+    Nothing outside ``out`` is touched: the marker's entries are checked (:func:`_earlier_files`) and
+    files are reached only through real folders (:class:`_ProjectTree`). The replacement is all or
+    nothing: a failure puts every earlier file back, and Ctrl-C, SIGTERM or SIGHUP take effect only
+    once every file is in place (:func:`cryblock.signals.deferred`).
 
     Returns:
-        (names of top-level entries kept, notes on sdkconfig values updated).
+        (names of top-level entries kept, notes on sdkconfig values updated or left).
 
     Raises:
-        CryblockError: ``out`` is a file, a non-empty folder that is no cryblock project, or holds
-            edited generated files without ``force``.
+        CryblockError: ``out`` is a file, a non-empty folder that is no cryblock project, has a
+            damaged marker or a symlinked folder, or holds edited generated files without ``force``.
     """
     if not out.exists():
         os.replace(tmp, out)
         return [], []
     if not out.is_dir():
         raise CryblockError(f"{out}: exists and is not a folder")
-    marker = out / MARKER
-    if not marker.is_file():
-        if any(out.iterdir()):
-            raise CryblockError(f"{out}: folder exists and is not a cryblock project; choose another --out")
-        old: dict[str, str | None] = {}
-    else:
-        try:
-            old = json.loads(marker.read_text()).get("files")
-        except (OSError, ValueError, AttributeError):
-            old = None
-        if not isinstance(old, dict):  # written by cryblock 0.1 (no hashes): its files are the ones generated now
-            old = {str(f): None for f in files if (out / f).is_file()}
-    new = {str(f) for f in files}
-    edited = sorted(rel for rel, h in old.items() if h and (out / rel).is_file() and _sha256(out / rel) != h)
-    if edited and not force:
-        raise CryblockError(f"{out}: {', '.join(edited)} changed since cryblock generated them; save your changes "
-                            "elsewhere or pass --force to overwrite them")
-    for rel in sorted(new - {MARKER}):
-        dest = out / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / rel, dest)
-    for rel in sorted(set(old) - new):  # generated before, not any more (e.g. partitions.csv)
-        f = out / rel
-        if f.is_file() and (force or old[rel] is None or _sha256(f) == old[rel]):
-            f.unlink()
-    os.replace(tmp / MARKER, marker)
-    shutil.rmtree(tmp, ignore_errors=True)
-    top = {Path(rel).parts[0] for rel in new}
-    kept = sorted(e.name for e in out.iterdir() if e.name not in top and e.name != MARKER)
+    tree = _ProjectTree(out)
+    try:
+        old = _earlier_files(tree, out, files)
+        new = [str(f) for f in files if str(f) != MARKER] + [MARKER]  # the marker last
+        for rel in new:
+            if tree.kind(rel) == "other":
+                raise CryblockError(f"{out / rel}: is not a regular file, but cryblock generates this file")
+        obsolete = [rel for rel in sorted(set(old) - set(new)) if tree.kind(rel) == "file"]
+        edited = sorted(rel for rel, h in old.items() if h and tree.kind(rel) != "missing" and tree.sha256(rel) != h)
+        if edited and not force:
+            raise CryblockError(f"{out}: {', '.join(edited)} changed since cryblock generated them; save your "
+                                "changes elsewhere or pass --force to overwrite them")
+        obsolete = [rel for rel in obsolete if force or old[rel] is None or tree.sha256(rel) == old[rel]]
+        backup = tmp / ".earlier"
+        moved: list[tuple[str, bool, bool]] = []  # (rel, earlier file moved to backup, new file placed)
+        with deferred():
+            try:
+                for rel in new:
+                    had = tree.kind(rel) != "missing"
+                    if had:
+                        tree.move(rel, backup / rel)
+                    moved.append((rel, had, False))
+                    tree.put(tmp / rel, rel)
+                    moved[-1] = (rel, had, True)
+                for rel in obsolete:  # generated before, not any more (e.g. partitions.csv)
+                    tree.move(rel, backup / rel)
+                    moved.append((rel, True, False))
+            except BaseException:
+                for rel, had, placed in reversed(moved):
+                    fd, name = tree.locate(rel)
+                    if placed:
+                        os.unlink(name, dir_fd=fd)
+                    if had:
+                        os.replace(backup / rel, name, dst_dir_fd=fd)  # if this fails, the copy stays in tmp
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the earlier files too, before a held-back signal acts
+    finally:
+        tree.close()
+    top = {rel.split("/")[0] for rel in new}
+    kept = sorted(e.name for e in out.iterdir() if e.name not in top)
     return kept, _sync_sdkconfig(out)
 
 
@@ -433,7 +654,7 @@ class BuildResult:
 
 def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
                      params: Params | None = None, options: BuildOptions | None = None, *,
-                     force: bool = False) -> BuildResult:
+                     force: bool = False, mqtt: MqttOptions | None = None) -> BuildResult:
     """Generate the ESP-IDF project for ``model_path`` into ``out_dir`` (atomically).
 
     Args:
@@ -444,6 +665,7 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
         params: the run's parameters (DSP front-end, labels, detector defaults); defaults if None.
         options: board options (:class:`BuildOptions`).
         force: overwrite generated files the user edited since.
+        mqtt: network firmware (:class:`MqttOptions`); None: exactly the serial-only firmware.
 
     Returns:
         :class:`BuildResult` (``report`` also saved as ``size_report.json`` in the project).
@@ -455,6 +677,8 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     params = params or Params()
     opts = options or BuildOptions()
     opts.validate()
+    if mqtt is not None:
+        mqtt.validate(opts.target)
     out = Path(out_dir).resolve()
     check_output(out, folder=True)
     if re.search(r"\s", str(out)):  # "does not support spaces in the paths to ... projects" (ESP-IDF Get Started)
@@ -466,21 +690,31 @@ def generate_project(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     check_model_for_params(info, params, name)
     arena = plan_arena(model, opts.ram, opts.arena_margin, target=opts.target)
     report = size_report(info, arena, params.dsp)
-    ctx = template_context(info, arena, params, opts, report)
+    defects = esp_nn.known_defects(model) if opts.target == "esp32s3" else []
+    report["esp_nn"] = {"required": esp_nn.REQUIRED, "verified": esp_nn.VERIFIED,
+                        "statement": esp_nn.statement(opts.target),
+                        "known_defects": [{"level": lv, "text": t} for lv, t in defects]}
+    ctx = template_context(info, arena, params, opts, report, mqtt, hashlib.sha256(model).hexdigest())
 
     tmp = staging_dir(out.parent, f"{out.name}.tmp")
     try:
         files = render_project(ctx, model, tmp)
+        if mqtt is not None and mqtt.ca is not None:
+            shutil.copyfile(mqtt.ca, tmp / "main" / "mqtt_ca.pem")
+            files.append(Path("main/mqtt_ca.pem"))
         (tmp / "size_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         params.save(tmp / "params.json")
         files += [Path("size_report.json"), Path("params.json")]
         hashes = {str(f): _sha256(tmp / f) for f in files}
-        (tmp / MARKER).write_text(json.dumps({"generator": f"cryblock {__version__}", "model": name,
-                                              "options": asdict(opts), "files": hashes}, indent=2) + "\n")
+        marker = {"generator": f"cryblock {__version__}", "model": name, "options": asdict(opts), "files": hashes}
+        if mqtt is not None:
+            marker["mqtt"] = asdict(mqtt)
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         files.append(Path(MARKER))
         kept, notes = _install(tmp, out, files, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not any(p.is_file() for p in (tmp / ".earlier").rglob("*")):  # never delete files not put back
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     report = dict(report, project=str(out))
     return BuildResult(out, report, info, arena, files, kept=kept, notes=notes)

@@ -107,6 +107,9 @@ def format_report(report: dict[str, Any]) -> str:
         + (f", PSRAM {kb(r['psram_total_bytes'])}" if r["psram_total_bytes"] else ""),
         f"latency : ≈{lat['estimate_ms']} ms per patch (range {lat['range_ms'][0]}–{lat['range_ms'][1]} ms; {lat['basis']})",
     ]
+    if "esp_nn" in report:  # added by the project generator (:mod:`.esp_nn`)
+        lines.append(f"esp-nn  : {report['esp_nn']['statement']}")
+        lines += [f"{d['level']:8s}: {d['text']}" for d in report["esp_nn"]["known_defects"]]
     return "\n".join(lines)
 
 
@@ -117,7 +120,7 @@ def write_measured_sizes(project, sizes: dict) -> dict:
     import json
     from pathlib import Path
 
-    from cryblock.io import atomic_write_text
+    from cryblock.output import atomic_write_text
 
     f = Path(project) / "size_report.json"
     rep = json.loads(f.read_text())

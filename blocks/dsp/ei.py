@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from cryblock.errors import AudioError, ParameterError
-from cryblock.io import prepare_waveform
+from cryblock.audio import prepare_waveform
 from cryblock.params import DspParams
 
 from .features import waveform_to_patches

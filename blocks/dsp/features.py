@@ -178,7 +178,7 @@ def waveform_to_patches(waveform: np.ndarray, params: DspParams = DspParams()) -
 
     Args:
         waveform: float32 ``[n]`` in [-1, 1] at ``params.sample_rate`` (resample first with
-            :func:`cryblock.io.prepare_waveform` or load with :func:`cryblock.io.load_audio`).
+            :func:`cryblock.audio.prepare_waveform` or load with :func:`cryblock.audio.load_audio`).
 
     Returns:
         float32 ``[n_patches, 96, 64]``; patch k starts at sample k·7680 (0.48 s); at least one.
@@ -234,15 +234,15 @@ def stream_patches(blocks: Iterable[np.ndarray], params: DspParams = DspParams()
 
 
 def file_patch_blocks(path, params: DspParams = DspParams()) -> Iterator[np.ndarray]:
-    """Patches of an audio file, streamed (:func:`cryblock.io.audio_blocks` →
+    """Patches of an audio file, streamed (:func:`cryblock.audio.audio_blocks` →
     :func:`stream_patches`): memory stays flat for a recording of any length. Raises AudioError
     naming the file (a silent recording only after its last block)."""
-    from cryblock.io import audio_blocks
+    from cryblock.audio import audio_blocks
 
     return stream_patches(audio_blocks(path, params.sample_rate), params)
 
 
 def file_to_patches(path, params: DspParams = DspParams()) -> np.ndarray:
-    """Load any audio file (see :func:`cryblock.io.audio_blocks`) and return its patches
+    """Load any audio file (see :func:`cryblock.audio.audio_blocks`) and return its patches
     float32 ``[n_patches, 96, 64]``. Raises AudioError naming the file."""
     return np.concatenate(list(file_patch_blocks(path, params)))

@@ -1,4 +1,4 @@
-"""HTTP server of the Edge Impulse custom processing block (stdlib ``http.server``).
+"""HTTP server of the Edge Impulse custom processing block: a WSGI application served by waitress.
 
 Endpoints (Edge Impulse's dsp-server contract, shared/docs/edge-impulse-block-conventions.md):
 
@@ -11,39 +11,48 @@ Endpoints (Edge Impulse's dsp-server contract, shared/docs/edge-impulse-block-co
   implementation_version?, state?}``; reply ``{success, features: [[...]], labels,
   output_config, state}`` (labels/output_config of the first example, no graphs).
 * Errors (bad JSON, missing field, bad samples or parameters, too much work): HTTP 200
-  ``{"success": false, "error": "<one line>"}``; a body over the size limit: HTTP 413 with the same
-  JSON, without reading the body. Unknown path: 404 text/plain.
+  ``{"success": false, "error": "<one line>"}``. A body over the size limit: HTTP 413 (waitress's
+  text/plain page), answered from the headers without reading the body. Unknown path: 404
+  text/plain; another method: 405.
 
-Resources are bounded so one client cannot exhaust the machine (:class:`Limits`): the request
-body size, the number of patches one request may produce, a socket timeout for idle or slow
-clients, at most ``max_connections`` connections handled at once (more wait in the listen backlog
-of ``backlog``), and at most ``workers`` requests computing at once (JSON parsing included, the
-memory-heavy step). A client that disconnects is logged in one line, never with a traceback.
+Connections are waitress's (:func:`make_server`): one event loop reads requests and writes
+replies for every connection, so a slow, idle or non-reading client holds a socket, not a worker;
+a request reaches one of ``workers`` threads only once it has fully arrived (bodies beyond 512 KB
+wait in a temporary file); a reply the client does not read waits in a temporary file beyond
+1 MB; a connection silent for ``timeout_s`` is closed; at most ``max_connections`` are open (more
+wait in the listen backlog). The work one request may ask for is bounded before anything is
+allocated (:class:`Limits`). A client that disconnects is never a traceback.
 
-Run with ``cryblock dsp serve --host 0.0.0.0 --port 4446`` (default port 4446 as Edge Impulse
-expects) or :func:`make_server` in tests (port 0 = any free port).
+Measured on loopback (tests/test_dsp_server.py): 32 clients trickling a request byte by byte do
+not delay a real request, 200 idle connections are closed after the timeout and a real request
+is served meanwhile, 40 clients that never read a ≈ 5 MB reply grow the server by a few MB (the
+stdlib server held them all in memory: +670 MB).
+
+Run with ``cryblock dsp serve [--host 127.0.0.1] [--port 4446]`` (loopback by default; the
+Dockerfile passes ``--host 0.0.0.0`` because a container's port mapping reaches only its external
+interface) or :func:`serve_in_thread` in tests (port 0 = any free port).
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import socket
 import sys
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from cryblock.audio import MAX_INPUT_RATE, MIN_INPUT_RATE
 from cryblock.errors import CryblockError
 from cryblock.params import DspParams
 
 from .ei import dsp_params_from_block, generate_features, load_parameters_json
 
 DEFAULT_PORT = 4446  #: Edge Impulse's DSP block port (example-custom-processing-block-python)
+DEFAULT_HOST = "127.0.0.1"  #: loopback: only this machine (a container passes --host 0.0.0.0)
 
 #: Request fields that are arguments of generate_features, never block parameters.
 RESERVED_NAMES = ("raw_data", "draw_graphs", "axes", "sampling_freq", "implementation_version")
@@ -59,8 +68,9 @@ class Limits:
         max_patches: most work one request may ask for, all examples of a batch together, in
             YAMNet-default patches (96 × 64 values, 48 × 512-point FFTs, 7680 samples each;
             default 512 ≈ 4 min of audio; the reply is ≈ 120 KB of JSON per patch).
-        timeout_s: socket timeout for reading a request and writing the reply, s.
-        max_connections: connections handled at once; more wait in the listen backlog.
+        timeout_s: a connection that sends and reads nothing for this long is closed, s
+            (waitress's ``channel_timeout``, whole seconds, at least 1).
+        max_connections: connections open at once; more wait in the listen backlog.
         workers: requests parsed and computed at once (default: the CPU count).
         backlog: listen backlog (pending connections the kernel keeps).
     """
@@ -68,7 +78,7 @@ class Limits:
     max_body_bytes: int = 16 * 1024 * 1024
     max_patches: int = 512
     timeout_s: float = 30.0
-    max_connections: int = 32
+    max_connections: int = 100
     workers: int = max(1, os.cpu_count() or 1)
     backlog: int = 128
 
@@ -117,8 +127,8 @@ def _work_of(n_values: int, args: dict[str, Any]) -> float:
     except (TypeError, ValueError, OverflowError):
         return 1.0  # reported by generate_features
     n_axes = max(1, len(args["axes"])) if isinstance(args["axes"], list) else 1
-    if not (math.isfinite(rate) and rate > 0):
-        return 1.0
+    if not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:  # also NaN; 1e-300 Hz would make the work infinite
+        return 1.0  # reported by generate_features
     ref = DspParams()
     n = n_values / n_axes * dsp.sample_rate / rate
     patches = 1 + max(0, math.ceil((n - dsp.patch_samples) / dsp.patch_hop_samples))
@@ -187,143 +197,110 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Request handler; see the module docstring for the endpoints."""
+def _answer(start_response: Callable, code: str, payload: bytes, ctype: str,
+            extra: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+    start_response(code, [("Content-Type", ctype), ("Content-Length", str(len(payload))), *extra])
+    return [payload]
 
-    server_version = "cryblock-dsp/1"
-    quiet = True
-    limits = Limits()
-    timeout = limits.timeout_s  # StreamRequestHandler: socket timeout for reads and writes
 
-    def _send(self, code: int, payload: bytes, ctype: str, close: bool = False) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(payload)))
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(payload)
+def make_app(limits: Limits = Limits(), quiet: bool = True) -> Callable:
+    """The block as a WSGI application (endpoints in the module docstring)."""
+    handlers = {"/run": handle_run, "/batch": handle_batch}
 
-    def _json(self, obj: Any, code: int = 200, close: bool = False) -> None:
-        self._send(code, json.dumps(obj, allow_nan=False).encode("utf-8"), "application/json", close)
-
-    def _not_found(self) -> None:
-        self._send(404, f"Invalid path {self.path}\n".encode("utf-8", "replace"), "text/plain")
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        path = urlparse(self.path).path
-        if path == "/":
-            info = load_parameters_json()["info"]
-            self._send(200, f"Edge Impulse DSP block: {info['title']} by {info['author']}".encode("utf-8"),
-                       "text/plain")
-        elif path == "/parameters":
-            p = load_parameters_json()
-            p["version"] = 1
-            self._json(p)
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO") or "/"
+        code, payload, ctype = "200 OK", b"", "application/json"
+        if path in ("/", "/parameters") and method == "GET":
+            if path == "/":
+                info = load_parameters_json()["info"]
+                payload, ctype = f"Edge Impulse DSP block: {info['title']} by {info['author']}".encode(), "text/plain"
+            else:
+                payload = json.dumps({**load_parameters_json(), "version": 1}).encode()
+        elif path in handlers and method == "POST":
+            payload = _post(environ, handlers[path], limits)
+        elif path in handlers or path in ("/", "/parameters"):
+            code, payload, ctype = "405 Method Not Allowed", f"{method} not allowed on {path}\n".encode(), "text/plain"
         else:
-            self._not_found()
+            code, ctype = "404 Not Found", "text/plain"
+            payload = f"Invalid path {path}\n".encode("utf-8", "replace")
+        if not quiet:
+            sys.stderr.write(f"{environ.get('REMOTE_ADDR', '?')} - {method} {path} {code.split()[0]}\n")
+        return _answer(start_response, code, payload, ctype)
 
-    def do_POST(self) -> None:  # noqa: N802
-        path = urlparse(self.path).path
-        handlers = {"/run": handle_run, "/batch": handle_batch}
-        if path not in handlers:
-            self._not_found()
-            return
-        lim = self.limits
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self._json({"success": False, "error": "bad Content-Length header"}, close=True)
-            return
-        if length > lim.max_body_bytes:  # answered without reading the body
-            self._json({"success": False, "error": f"request body of {length} bytes exceeds the limit of "
-                                                   f"{lim.max_body_bytes} bytes"}, code=413, close=True)
-            return
-        if length <= 0:
-            self._json({"success": False, "error": "empty request body (expected JSON)"})
-            return
-        raw = self.rfile.read(length)
-        if len(raw) < length:
-            raise ConnectionResetError(f"client sent {len(raw)} of {length} body bytes")
-        with self.server.compute:  # bounded: JSON parsing and the DSP hold most of the memory
-            try:
-                result = handlers[path](parse_body(raw), lim)
-                payload = json.dumps(result, allow_nan=False).encode("utf-8")
-            except CryblockError as e:
-                payload = json.dumps({"success": False, "error": str(e)}).encode("utf-8")
-            except Exception as e:  # never let a bad request kill the worker thread silently
-                payload = json.dumps({"success": False, "error": f"internal error: {type(e).__name__}: {e}"}).encode()
-            del raw
-        self._send(200, payload, "application/json")
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        if not self.quiet:
-            sys.stderr.write("%s - %s\n" % (self.address_string(), format % args))
+    return app
 
 
-class BlockServer(ThreadingHTTPServer):
-    """:class:`ThreadingHTTPServer` with bounded connections and compute (see :class:`Limits`)."""
+def _post(environ: dict, handler: Callable, lim: Limits) -> bytes:
+    """The JSON reply of ``POST /run`` or ``/batch`` (never raises: errors are ``success: false``)."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = -1
+    if length <= 0:
+        return json.dumps({"success": False, "error": "empty request body (expected JSON)"}).encode()
+    if length > lim.max_body_bytes:  # waitress answers 413 first; kept for other WSGI servers
+        return json.dumps({"success": False, "error": f"request body of {length} bytes exceeds the limit of "
+                                                     f"{lim.max_body_bytes} bytes"}).encode()
+    try:
+        return json.dumps(handler(parse_body(environ["wsgi.input"].read(length)), lim), allow_nan=False).encode()
+    except CryblockError as e:
+        return json.dumps({"success": False, "error": str(e)}).encode()
+    except Exception as e:  # never let a bad request kill the worker thread silently
+        return json.dumps({"success": False, "error": f"internal error: {type(e).__name__}: {e}"}).encode()
 
-    daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[Handler], limits: Limits = Limits()) -> None:
-        self.request_queue_size = limits.backlog  # listen() backlog, read by server_activate
-        super().__init__(address, handler)
-        self.limits = limits
-        self.compute = threading.BoundedSemaphore(limits.workers)
-        self._slots = threading.BoundedSemaphore(limits.max_connections)
-        self._closing = threading.Event()
+class BlockServer:
+    """The block on waitress (:func:`make_server`): ``server_address``, ``serve_forever()``,
+    ``shutdown()``, ``server_close()``."""
 
-    def process_request(self, request, client_address) -> None:
-        # Wait for a free connection slot; meanwhile new connections queue in the kernel backlog.
-        while not self._slots.acquire(timeout=0.2):
-            if self._closing.is_set():
-                self.shutdown_request(request)
-                return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+    def __init__(self, server) -> None:
+        self._server = server
 
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return self._server.effective_host, int(self._server.effective_port)
 
-    def handle_error(self, request, client_address) -> None:
-        """One line per failed connection; a client that went away or timed out is not a server error."""
-        exc = sys.exc_info()[1]
-        host = client_address[0] if client_address else "?"
-        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
-            if not self.RequestHandlerClass.quiet:
-                sys.stderr.write(f"{host} - connection dropped ({type(exc).__name__}: {exc})\n")
-        else:
-            sys.stderr.write(f"{host} - request failed ({type(exc).__name__}: {exc})\n")
+    def serve_forever(self) -> None:
+        self._server.run()
 
     def shutdown(self) -> None:
-        self._closing.set()
-        super().shutdown()
+        self._server.close()
+
+    def server_close(self) -> None:
+        self._server.close()
 
 
-def make_server(host: str = "0.0.0.0", port: int = DEFAULT_PORT, quiet: bool = True,
+def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, quiet: bool = True,
                 limits: Limits = Limits()) -> BlockServer:
-    """Bind a :class:`BlockServer` (``port=0`` picks a free port; read it from
+    """Bind the block's waitress server (``port=0`` picks a free port; read it from
     ``server.server_address``). Call ``serve_forever()`` / ``shutdown()`` yourself.
+
+    waitress settings from ``limits``: ``threads`` = workers, ``channel_timeout`` = timeout_s,
+    ``connection_limit`` = max_connections, ``backlog``, ``max_request_body_size`` =
+    max_body_bytes; its defaults spool request bodies over 512 KB and unread replies over 1 MB to
+    temporary files; ``outbuf_high_watermark`` is raised above the largest reply
+    (max_patches × ≈ 120 KB) so a worker never waits for a client that does not read.
 
     Raises:
         CryblockError: the address cannot be bound (port in use, bad host).
     """
-    handler = type("BoundHandler", (Handler,), {"quiet": quiet, "limits": limits, "timeout": limits.timeout_s})
+    from waitress.server import create_server
+
+    logging.getLogger("waitress").setLevel(logging.ERROR if quiet else logging.WARNING)
+    timeout = max(1, math.ceil(limits.timeout_s))
     try:
-        return BlockServer((host, int(port)), handler, limits)
-    except OSError as e:
-        raise CryblockError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+        server = create_server(make_app(limits, quiet), host=host, port=int(port), threads=limits.workers,
+                               channel_timeout=timeout, cleanup_interval=max(1, min(30, timeout // 2)),
+                               connection_limit=limits.max_connections, backlog=limits.backlog,
+                               max_request_body_size=limits.max_body_bytes, max_request_header_size=65536,
+                               outbuf_high_watermark=max(16 << 20, limits.max_patches * 160_000),
+                               asyncore_use_poll=True, ident="cryblock-dsp/1", clear_untrusted_proxy_headers=True)
+    except (OSError, ValueError) as e:
+        raise CryblockError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e})") from None
+    return BlockServer(server)
 
 
-def serve_in_thread(host: str = "127.0.0.1", port: int = 0,
+def serve_in_thread(host: str = DEFAULT_HOST, port: int = 0,
                     limits: Limits = Limits()) -> tuple[BlockServer, threading.Thread]:
     """Start a server in a daemon thread (for tests/notebooks); returns (server, thread)."""
     srv = make_server(host, port, limits=limits)
@@ -332,14 +309,17 @@ def serve_in_thread(host: str = "127.0.0.1", port: int = 0,
     return srv, t
 
 
-def serve(host: str = "0.0.0.0", port: int = DEFAULT_PORT, quiet: bool = False, limits: Limits = Limits()) -> None:
-    """Serve until interrupted (Ctrl-C)."""
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, quiet: bool = False, limits: Limits = Limits()) -> None:
+    """Serve until interrupted (Ctrl-C, SIGTERM, SIGHUP)."""
+    from cryblock.signals import interruptible
+
     srv = make_server(host, port, quiet=quiet, limits=limits)
-    h, p = srv.server_address[:2]
+    h, p = srv.server_address
     print(f"cryblock DSP block listening on http://{h}:{p}", file=sys.stderr, flush=True)
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        srv.server_close()
+    with interruptible():
+        try:
+            srv.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            srv.server_close()

@@ -17,9 +17,12 @@ magnitude. Adding log patches would multiply the sounds; the augmentations there
   ``freq_masks`` × up to ``freq_mask_bands`` bands set to silence (M = 0).
 * **band-limit** to ``bandlimit_hz``: each mel band keeps the fraction of its triangle weight
   below the cutoff (the energy a flat spectrum leaves in it), as 8 kHz-sourced or phone audio.
+* **nursery bed** at SNR in ``nursery_snr_min_db … nursery_snr_max_db``: the same power sum with
+  a patch of a synthetic steady bed (white, pink, brown noise, fan, air purifier —
+  :mod:`cryblock.blocks.learn.nursery`, 30 s of each, seeded).
 
-Order per window: shift, gain, mix, band-limit, SpecAugment; each with its own probability
-(:class:`~cryblock.params.AugmentParams`), all drawn from one seeded generator.
+Order per window: shift, gain, mix, nursery bed, band-limit, SpecAugment; each with its own
+probability (:class:`~cryblock.params.AugmentParams`), all drawn from one seeded generator.
 """
 from __future__ import annotations
 
@@ -52,10 +55,11 @@ class Augmenter:
         background: indices into ``patches`` of the windows mixed in as background (training
             negatives); the quietest tenth is left out, since scaling near-silence to an SNR only
             amplifies its noise floor.
+        seed: the nursery beds' generator (:func:`nursery_patches`).
     """
 
     def __init__(self, params: AugmentParams, dsp: DspParams, patches: np.ndarray,
-                 clip_index: np.ndarray | None, background: np.ndarray) -> None:
+                 clip_index: np.ndarray | None, background: np.ndarray, seed: int = 0) -> None:
         self.p = params
         self.eps = float(dsp.log_offset)
         self.x = patches
@@ -74,6 +78,7 @@ class Augmenter:
             bg = bg[power > max(np.quantile(power, 0.1), 0.0)] if len(bg) >= 10 else bg[power > 0]
         self.background = bg
         self.fractions = band_fractions(dsp, params.bandlimit_hz)
+        self.beds = nursery_patches(dsp, seed) if params.p_nursery > 0 else np.zeros((0,) + patches.shape[1:], np.float32)
 
     def _lin(self, p: np.ndarray) -> np.ndarray:
         return np.maximum(np.exp(p.astype(np.float64)) - self.eps, 0.0)
@@ -99,21 +104,24 @@ class Augmenter:
         when all probabilities are zero (training is then exactly as without augmentation)."""
         if not self.p.active:
             return np.zeros(n, bool)
-        return rng.random(n) < 1.0 - np.prod([1.0 - q for q in (self.p.p_shift, self.p.p_gain, self.p.p_mix,
-                                                                   self.p.p_bandlimit, self.p.p_specaugment)])
+        return rng.random(n) < 1.0 - np.prod([1.0 - q for q in self._probs()])
+
+    def _probs(self) -> np.ndarray:
+        p = self.p
+        return np.array([p.p_shift, p.p_gain, p.p_mix, p.p_nursery, p.p_bandlimit, p.p_specaugment])
 
     def apply(self, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Augmented copies of windows ``idx`` (indices into ``patches``): float32 ``[len(idx), frames, mels]``.
         Each window gets at least one augmentation (chosen with the configured probabilities)."""
         p = self.p
-        probs = np.array([p.p_shift, p.p_gain, p.p_mix, p.p_bandlimit, p.p_specaugment])
+        probs = self._probs()
         out = np.empty((len(idx),) + self.x.shape[1:], np.float32)
         frames, mels = self.x.shape[1:]
         for k, i in enumerate(np.asarray(idx, dtype=np.int64)):
-            todo = rng.random(5) < probs
+            todo = rng.random(len(probs)) < probs
             while not todo.any():  # the caller picked this window to be augmented
-                todo = rng.random(5) < probs
-            shift, gain, mix, band, spec = todo
+                todo = rng.random(len(probs)) < probs
+            shift, gain, mix, bed, band, spec = todo
             m = self._shifted(i, int(rng.integers(1, self.hop // 2 + 1)) * (1 if rng.random() < 0.5 else -1)) \
                 if shift else self._lin(self.x[i])
             if gain:
@@ -123,6 +131,12 @@ class Augmenter:
                 ps, pb = float(np.sum(m * m)), float(np.sum(b * b))
                 if ps > 0 and pb > 0:
                     k2 = ps / (pb * 10.0 ** (rng.uniform(p.mix_snr_min_db, p.mix_snr_max_db) / 10.0))
+                    m = np.sqrt(m * m + k2 * b * b)
+            if bed and len(self.beds):
+                b = self._lin(self.beds[rng.integers(len(self.beds))])
+                ps, pb = float(np.sum(m * m)), float(np.sum(b * b))
+                if ps > 0 and pb > 0:
+                    k2 = ps / (pb * 10.0 ** (rng.uniform(p.nursery_snr_min_db, p.nursery_snr_max_db) / 10.0))
                     m = np.sqrt(m * m + k2 * b * b)
             if band:
                 m = m * self.fractions[None, :]
@@ -138,3 +152,20 @@ class Augmenter:
                     m[:, f0:f0 + w] = 0.0
             out[k] = self._log(m)
         return out
+
+
+#: Seconds of each synthetic nursery bed the augmenter mixes from.
+NURSERY_BED_SECONDS = 30.0
+
+
+def nursery_patches(dsp: DspParams, seed: int = 0) -> np.ndarray:
+    """Log-mel patches of :data:`NURSERY_BED_SECONDS` of every synthetic nursery bed
+    (:data:`cryblock.blocks.learn.nursery.SYNTHETIC`), each at a random level: float32 ``[n, frames, mels]``."""
+    from cryblock.blocks.dsp.features import waveform_to_patches
+    from cryblock.blocks.learn import nursery
+
+    rng = np.random.default_rng([seed, 5])
+    n = int(NURSERY_BED_SECONDS * dsp.sample_rate)
+    return np.concatenate([waveform_to_patches(nursery.bed(kind, n, dsp.sample_rate, rng,
+                                                           float(rng.uniform(*nursery.BED_LEVEL_DBFS))), dsp)
+                           for kind in nursery.SYNTHETIC])

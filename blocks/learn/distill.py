@@ -18,8 +18,11 @@ Losses (Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 
 
 Teacher-as-filter (:func:`teacher_filter`): positive-labelled windows are kept where the teacher's
 score > ``filter_pos`` (0.30) and negative ones where it is < ``filter_neg`` (0.05): a cry clip's
-silent gaps and a "not cry" clip that does contain crying are dropped. Each epoch then draws all
-kept positives and ``neg_per_pos`` × as many negatives at random (:func:`resample_epoch`).
+silent gaps and a "not cry" clip that does contain crying are dropped (``neg_filter = "clip"``
+keeps such negatives with the teacher's probability clipped to ``filter_neg`` instead). Each epoch
+then draws all kept positives and ``neg_per_pos`` × as many negatives (:func:`resample_epoch`):
+uniformly, or weighted by category balance (:func:`category_weights`) and hard-negative mining
+(negatives the student got wrong when last trained on are drawn more often).
 
 Training (:func:`fit_student`): Adam, cosine learning-rate decay over the epochs, early stopping
 on the validation ROC AUC (validation split made by group by the caller), best weights restored.
@@ -37,6 +40,7 @@ from typing import Callable
 
 import numpy as np
 
+from cryblock.progress import Progress
 from cryblock.errors import CryblockError, DataError
 from cryblock.params import LearnParams
 
@@ -130,7 +134,7 @@ def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike |
         cache_dir: if given, outputs are stored in ``<cache_dir>/teacher-<key>.npz`` (key =
             :func:`teacher_cache_key`) and reused by later runs on the same patches.
         batch_size: teacher batch size.
-        log: progress messages.
+        log: progress messages (:class:`cryblock.progress.Progress` lines while the teacher scores).
 
     Returns:
         (scores float32 ``[N, 521]``, embeddings float32 ``[N, 1024]``; embeddings are cached as
@@ -139,7 +143,7 @@ def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike |
     The cache file is an uncompressed npz (``np.savez``, written atomically): compressing
     ≈ 70 MB of float noise for the full manifest costs seconds and saves little.
     """
-    from cryblock.io import atomic_write_bytes
+    from cryblock.output import atomic_write_bytes
 
     cache_file = None
     if cache_dir is not None:
@@ -154,12 +158,11 @@ def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike |
                     return scores, emb
             except (OSError, ValueError, KeyError):
                 pass  # corrupt cache → recompute
-    t0 = time.perf_counter()
-    scores, emb = teacher.predict(np.asarray(patches, dtype=np.float32), batch_size=batch_size)
+    with Progress(len(patches), f"teacher scores of {len(patches):,} patches", log) as prog:
+        scores, emb = teacher.predict(np.asarray(patches, dtype=np.float32), batch_size=batch_size,
+                                      progress=prog.update)
     scores = np.asarray(scores, dtype=np.float32)
     emb = np.asarray(emb, dtype=np.float32)
-    if log:
-        log(f"teacher outputs: {len(patches)} patches in {time.perf_counter() - t0:.1f} s")
     if cache_file is not None:
         buf = io.BytesIO()
         np.savez(buf, scores=scores, emb=emb.astype(np.float16))
@@ -192,7 +195,7 @@ class TeacherHead:
 
     def save(self, path: str | os.PathLike) -> None:
         """Store the fitted coefficients (``.npz``: coef ``[K', 1024]``, intercept, classes, labels)."""
-        from cryblock.io import atomic_save_npz
+        from cryblock.output import atomic_save_npz
 
         atomic_save_npz(path, coef=self.clf.coef_, intercept=self.clf.intercept_, classes=self.clf.classes_,
                         labels=np.array(self.labels))
@@ -202,8 +205,10 @@ class TeacherHead:
         """The head :meth:`save` wrote. Raises DataError naming the file when it is unreadable."""
         from sklearn.linear_model import LogisticRegression
 
+        from cryblock.inputs import open_regular
+
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
                 clf = LogisticRegression()
                 clf.coef_, clf.intercept_, clf.classes_ = z["coef"], z["intercept"], z["classes"]
                 labels = tuple(str(v) for v in z["labels"])
@@ -254,15 +259,26 @@ def teacher_filter(y_pos: np.ndarray, teacher_p: np.ndarray, filter_pos: float, 
 
 
 def resample_epoch(pos_idx: np.ndarray, neg_idx: np.ndarray, neg_per_pos: float,
-                   rng: np.random.Generator) -> np.ndarray:
+                   rng: np.random.Generator, neg_weights: np.ndarray | None = None) -> np.ndarray:
     """One epoch's window indices: all positives + ``round(neg_per_pos · n_pos)`` negatives drawn
     without replacement (all negatives if there are fewer), shuffled.
+
+    Args:
+        neg_weights: float ``[len(neg_idx)]`` draw weights of the negatives (category balance,
+            hard-negative mining), or None for a uniform draw (the draw is then exactly the
+            unweighted one).
 
     Returns:
         int64 ``[n]`` indices.
     """
     n_neg = min(len(neg_idx), int(round(neg_per_pos * len(pos_idx))))
-    neg = rng.choice(neg_idx, size=n_neg, replace=False) if n_neg else np.zeros(0, dtype=np.int64)
+    if n_neg and neg_weights is not None:
+        w = np.asarray(neg_weights, dtype=np.float64)
+        w = np.where(w > 0, w, 0.0)
+        n_neg = min(n_neg, int(np.count_nonzero(w)))
+        neg = rng.choice(neg_idx, size=n_neg, replace=False, p=w / w.sum())
+    else:
+        neg = rng.choice(neg_idx, size=n_neg, replace=False) if n_neg else np.zeros(0, dtype=np.int64)
     idx = np.concatenate([np.asarray(pos_idx, dtype=np.int64), neg.astype(np.int64)])
     rng.shuffle(idx)
     return idx
@@ -283,6 +299,8 @@ class DistillData:
             (needed when aux_weight > 0).
         source_index: int ``[N]`` index of each window in the augmenter's patch array (the whole
             training split, which also holds the windows the teacher filter dropped), or None.
+        neg_weight: float ``[N]`` base draw weight of each window when it is a negative
+            (category balance, :func:`category_weights`), or None (uniform).
     """
 
     x: np.ndarray
@@ -292,6 +310,21 @@ class DistillData:
     pos_mask: np.ndarray
     aux_targets: np.ndarray | None = None
     source_index: np.ndarray | None = None
+    neg_weight: np.ndarray | None = None
+
+
+def category_weights(categories: np.ndarray, balance: float) -> np.ndarray | None:
+    """Draw weight of each window for category-balanced sampling: ``n_c ** -balance`` with n_c
+    the windows of its category (0 → None: uniform; 1 → each category drawn equally often).
+
+    Args:
+        categories: ``[N]`` category of each window (any hashable values).
+        balance: exponent in [0, 1].
+    """
+    if balance <= 0:
+        return None
+    _, inv, counts = np.unique(np.asarray(categories), return_inverse=True, return_counts=True)
+    return counts[inv].astype(np.float64) ** (-float(balance))
 
 
 #: Teacher targets of augmented windows: patches ``[n, 96, 64]`` →
@@ -361,11 +394,13 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
         val_x: float32 ``[M, 96, 64]`` validation patches (split by group by the caller).
         val_y: int ``[M]`` validation labels (0/1 or label index).
         learn: epochs, batch_size, learning_rate (cosine-decayed per epoch to 0), temperature,
-            alpha, neg_per_pos, embedding_weight, aux_weight, patience, seed.
+            alpha, neg_per_pos, embedding_weight, aux_weight, hard_negative_weight, patience, seed.
         augmenter: :class:`cryblock.blocks.learn.augment.Augmenter` over the training split, or
             None. Each epoch it picks windows to augment (its own seeded generator, untouched when
-            every probability is zero) and ``rescore`` gives the teacher's targets for them.
-        rescore: teacher targets of augmented windows (required with an active augmenter).
+            every probability is zero) and ``rescore`` gives the teacher's targets for them — or,
+            with ``teacher_target = "clean"``, they keep the clean window's targets.
+        rescore: teacher targets of augmented windows (required with an active augmenter that
+            re-scores).
         log: called with one progress line per epoch.
 
     Returns:
@@ -392,7 +427,7 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
     if use_aux and (data.aux_targets is None or len(models.train_model.outputs) < n_heads):
         raise CryblockError("aux_weight > 0 needs the teacher's aux-class scores and a student built with aux_outputs")
     augmenting = augmenter is not None and augmenter.p.active
-    if augmenting and (rescore is None or data.source_index is None):
+    if augmenting and ((rescore is None and augmenter.p.teacher_target != "clean") or data.source_index is None):
         raise CryblockError("augmentation needs the teacher (rescore) and each window's source_index")
     x_all = model_input(models.model, data.x)
     y_all = np.asarray(data.y)
@@ -421,10 +456,20 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
                 loss = loss + aw * tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=ab, logits=outs[-1]))
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+        # how wrong the student is on each window: its probability of not the window's own label
+        yf = tf.cast(yb, tf.float32)
+        wrong = (tf.reshape(tf.abs(yf - tf.sigmoid(outs[0])), [-1]) if binary
+                 else 1.0 - tf.reduce_sum(yf * tf.nn.softmax(outs[0]), -1))
+        return loss, wrong
 
     rng = np.random.default_rng(learn.seed)
     aug_rng = np.random.default_rng([learn.seed, 1])  # its own stream: augmentation off changes nothing
+    clean_targets = augmenting and augmenter.p.teacher_target == "clean"
+    # negatives' draw weights: category balance × (1 + hard_negative_weight · how wrong the student
+    # was on the window when last trained on it); None = the plain uniform draw
+    base_w = None if data.neg_weight is None else np.asarray(data.neg_weight, dtype=np.float64)[neg_idx]
+    mining = learn.hard_negative_weight > 0
+    wrong = np.zeros(len(y_all), np.float32)
     res = FitResult()
     best_weights, bad_epochs = None, 0
     dummy = np.zeros((1, 1), dtype=np.float32)
@@ -433,7 +478,10 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
         lr = 0.5 * learn.learning_rate * (1 + math.cos(math.pi * epoch / learn.epochs))
         opt.learning_rate.assign(lr)
         t0 = time.perf_counter()
-        idx = resample_epoch(pos_idx, neg_idx, learn.neg_per_pos, rng)
+        w = base_w
+        if mining:
+            w = (np.ones(len(neg_idx)) if w is None else w) * (1.0 + learn.hard_negative_weight * wrong[neg_idx])
+        idx = resample_epoch(pos_idx, neg_idx, learn.neg_per_pos, rng, w)
         aug_mask = augmenter.draw(len(idx), aug_rng) if augmenting else np.zeros(len(idx), bool)
         losses = []
         for c0 in range(0, len(idx), chunk):
@@ -442,7 +490,10 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
             ec = emb_all[cidx] if use_emb else None
             ac = aux_all[cidx] if use_aux else None
             am = aug_mask[c0:c0 + chunk]
-            if am.any():
+            if am.any() and clean_targets:  # the student hears the augmented window, the targets stay the clean ones
+                xc = xc.copy()
+                xc[am] = model_input(models.model, augmenter.apply(data.source_index[cidx[am]], aug_rng))
+            elif am.any():
                 xa = augmenter.apply(data.source_index[cidx[am]], aug_rng)
                 za, ea, aa = rescore(xa)
                 xc = xc.copy()
@@ -458,8 +509,11 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
             for i in range(0, len(cidx), learn.batch_size):
                 sl = slice(i, i + learn.batch_size)
                 order = np.argsort(cidx[sl], kind="stable")  # the order batches were drawn in before
-                losses.append(float(step(xc[sl][order], y_t[cidx[sl]][order], zc[sl][order],
-                                         ec[sl][order] if use_emb else dummy, ac[sl][order] if use_aux else dummy)))
+                loss, wr = step(xc[sl][order], y_t[cidx[sl]][order], zc[sl][order],
+                                ec[sl][order] if use_emb else dummy, ac[sl][order] if use_aux else dummy)
+                losses.append(float(loss))
+                if mining:
+                    wrong[cidx[sl][order]] = np.asarray(wr)
         probs = predict_batches(models.model, val_x)
         auc = val_auc(val_y, probs)
         rec = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "val_auc": auc,

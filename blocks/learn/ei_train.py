@@ -103,7 +103,7 @@ def log_mel_range(dsp: DspParams = DspParams()) -> tuple[float, float]:
     for every bin, so ``mel ≤ W · win / 2`` (×2 for the ``MAX_PEAK`` headroom of float audio).
     """
     from cryblock.blocks.dsp.features import mel_matrix
-    from cryblock.io import MAX_PEAK
+    from cryblock.audio import MAX_PEAK
 
     w = float(mel_matrix(dsp).sum(axis=0).max())
     hi = math.log(w * dsp.window_length_samples / 2 * MAX_PEAK + dsp.log_offset)
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace, log=print):
     from cryblock.blocks.learn.train import Split, train_arrays
     from cryblock.data import default_cache_dir
 
-    from cryblock.io import check_output
+    from cryblock.output import check_output
 
     dsp = DspParams()
     check_output(args.out_directory, folder=True, what="--out-directory")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,6 +231,91 @@ class TflmRunner:
         return output_scores((q.astype(np.float32) - self.out_zp) * self.out_scale, self.activation)
 
 
+_POOL_RUNNER: "TflmRunner | None" = None
+
+
+def _pool_init(model_bytes: bytes, arena_size: int) -> None:
+    global _POOL_RUNNER
+    _POOL_RUNNER = TflmRunner(model_bytes, arena_size)
+
+
+def _pool_predict(x: np.ndarray) -> tuple[np.ndarray, float, int]:
+    r = _POOL_RUNNER
+    t, n = r.seconds, r.invokes
+    q = r.predict_raw(x)
+    return q, r.seconds - t, r.invokes - n
+
+
+class TflmPool:
+    """:class:`TflmRunner` over several processes (each its own TFLite Micro interpreter on the
+    same model and arena): the same int8 outputs, patch by patch, in less wall time. ``workers``
+    defaults to the CPU count; 1 runs in this process. Use as a context manager or :meth:`close`.
+
+    Attributes:
+        min_arena_bytes: the arena TFLM's recording allocator reports for the model.
+        ms_per_invoke: mean host time of one invoke, ms (summed over the workers' invokes).
+    """
+
+    #: patches per task handed to a worker
+    CHUNK = 256
+
+    def __init__(self, model_bytes: bytes, workers: int | None = None) -> None:
+        self.local = TflmRunner(model_bytes)
+        self.min_arena_bytes = self.local.min_arena_bytes
+        self.scores = self.local.scores
+        self.workers = max(1, min(workers or os.cpu_count() or 1, os.cpu_count() or 1))
+        self._ex = None
+        self._seconds, self._invokes = 0.0, 0
+
+    def _executor(self):
+        if self._ex is None and self.workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork (where there is one): the workers use only NumPy and TFLite Micro, never the
+            # parent's TensorFlow; spawn would re-run an unguarded user script in every worker
+            ctx = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self._ex = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(ctx),
+                                           initializer=_pool_init, initargs=(self.local.model_bytes,
+                                                                             self.local.arena_size))
+        return self._ex
+
+    def predict_raw(self, x: np.ndarray) -> np.ndarray:
+        """int8 outputs ``[N, n_out]`` of float32 patches, as :meth:`TflmRunner.predict_raw`."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.workers == 1 or len(x) < 2 * self.CHUNK:
+            t, n = self.local.seconds, self.local.invokes
+            q = self.local.predict_raw(x)
+            self._seconds += self.local.seconds - t
+            self._invokes += self.local.invokes - n
+            return q
+        parts = list(self._executor().map(_pool_predict, [x[i:i + self.CHUNK] for i in range(0, len(x), self.CHUNK)]))
+        for _, sec, n in parts:
+            self._seconds += sec
+            self._invokes += n
+        return np.concatenate([q for q, _, _ in parts])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Scores ``[N, n_out]`` in [0, 1] (:meth:`TflmRunner.predict`)."""
+        return self.scores(self.predict_raw(x))
+
+    @property
+    def ms_per_invoke(self) -> float:
+        return 1000.0 * self._seconds / max(1, self._invokes)
+
+    def close(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(cancel_futures=True)
+            self._ex = None
+
+    def __enter__(self) -> "TflmPool":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+
 def _qparams(det: dict) -> tuple[float, int]:
     """(scale, zero point) of a TFLite Micro tensor detail (``quantization_parameters``, the only
     form ``tflite_micro.runtime`` reports). Raises CryblockError for an int8 tensor without a
@@ -295,102 +379,273 @@ def category_table(scores: np.ndarray, clip_index: np.ndarray, categories: list[
     return dict(sorted(out.items(), key=lambda kv: (-kv[1]["alerting"], kv[0])))
 
 
-def verdict_dict(v) -> dict:
-    """A :class:`cryblock.blocks.learn.night.Verdict` as plain JSON (SNR keys as strings)."""
-    return {"recall": {f"{k:g}": r for k, r in v.recall.items()}, "mean_recall": v.mean_recall,
-            "episodes": {f"{k:g}": len(d) for k, d in v.detected.items()},
-            "false_alerts": v.false_alerts, "hours": v.hours, "fa_per_8h": v.fa_per_8h,
-            "fa_per_8h_ci": list(v.fa_per_8h_ci), "fa_categories": v.fa_categories,
-            "fa_times_s": v.fa_times_s}
-
-
-def night_of(split, pos_index: int, params, seed: int = 0):
-    """The night stream (:func:`cryblock.blocks.learn.night.build_night`) of a split that carries
-    its clips: its negative clips as background, its positive clips inserted."""
-    from cryblock.blocks.learn.night import build_night
-
-    neg = [c for c, y in zip(split.clips, split.clip_y) if y != pos_index]
-    pos = [c for c, y in zip(split.clips, split.clip_y) if y == pos_index]
-    return build_night(neg, pos, params.dsp, params.night, seed)
-
-
-def calibrate_on(night, scorer, params):
-    """Calibrate the detector of one model (its ``scorer``) on a night stream
-    (:func:`cryblock.blocks.learn.night.calibrate` with the run's budget)."""
-    from cryblock.blocks.learn.night import calibrate, score_night
-
-    return calibrate(night, score_night(night, scorer), params.detector, params.night.fa_budget_per_8h)
-
-
 def setting_dict(det: DetectorParams) -> dict:
     """Threshold / votes / hold of a detector setting as JSON."""
     return {"threshold": det.threshold, "vote_n": det.vote_n, "vote_m": det.vote_m, "hold_seconds": det.hold_seconds}
 
 
-def calibration_dict(cal) -> dict:
-    """A :class:`cryblock.blocks.learn.night.Calibration` as JSON: the chosen setting, whether it
-    met the budget, its validation verdict and the Pareto front of the candidates."""
-    from cryblock.blocks.learn.night import pareto
-
-    return {"setting": setting_dict(cal.setting), "within_budget": cal.within_budget,
-            "budget_per_8h": cal.budget_per_8h, "validation": verdict_dict(cal.verdict),
-            "candidates": len(cal.candidates),
-            "pareto": [{**setting_dict(d), "mean_recall": r, "fa_per_8h": fa} for d, r, fa in pareto(cal.candidates)]}
+def setting_from_dict(d: dict) -> DetectorParams:
+    """Inverse of :func:`setting_dict`."""
+    return DetectorParams(threshold=d["threshold"], vote_n=d["vote_n"], vote_m=d["vote_m"],
+                          hold_seconds=d["hold_seconds"])
 
 
-def night_summary(night) -> dict:
-    """Length and content of a night stream (JSON)."""
-    return {"hours": night.duration_s / 3600.0, "negative_clips": len(night.segments),
-            "episodes": {f"{k:g}": len(v) for k, v in night.episodes.items()}}
+# ----------------------------------------------------------------------------- one fold, pooled folds
+@dataclass
+class Fold:
+    """What one model (or one cross-validation fold's models) produced for evaluation.
+
+    Attributes:
+        test: the evaluated split (its ``x`` may be None when ``window`` was scored elsewhere).
+        window: model name → positive score of each test window, float ``[N]``.
+        test_night, test_scores: the test split's night and each model's scores of it (or None).
+        val, val_window: the validation split and its window scores (for the best-F1 fallback
+            when there is no night), or None.
+        val_night, val_scores: the validation night (episodes only) and its scores, or None.
+        hub_threshold: the verdict threshold of the hub model whose scores ``test_scores["hub"]``
+            hold (the cascade), or None.
+    """
+
+    test: object | None
+    window: dict
+    test_night: object | None = None
+    test_scores: dict | None = None
+    val: object | None = None
+    val_window: dict | None = None
+    val_night: object | None = None
+    val_scores: dict | None = None
+    hub_threshold: float | None = None
 
 
-def evaluate_split(scores: np.ndarray, split, pos_index: int, det: DetectorParams, params, *,
-                   night=None, night_scores=None) -> dict:
-    """Every metric of one model on one split at its detector setting ``det``.
+def waves_for(params, cache) -> "object":
+    """The decoded-audio cache of the nights (``<cache>/waves``, or a temporary one)."""
+    from cryblock.blocks.learn.night import WaveCache
+
+    return WaveCache(params.dsp.sample_rate, None if cache is None else Path(cache) / "waves")
+
+
+def split_night(split, pos_index: int, params, seed, waves, *, singles: bool):
+    """The night (:func:`cryblock.blocks.learn.night.build_night`) of a split that carries its
+    clips: its negative clips as household background, its positive clips laid in; None without
+    clips or without any audio to build one from."""
+    from cryblock.blocks.learn.night import build_night
+
+    if split is None or split.clips is None:
+        return None
+    neg = [c for c, y in zip(split.clips, split.clip_y) if y != pos_index]
+    pos = [c for c, y in zip(split.clips, split.clip_y) if y == pos_index]
+    return build_night(neg, pos, params.dsp, params.night, seed, waves=waves, singles=singles)
+
+
+def _score_night(night, scorers: dict, what: str, log):
+    from cryblock.blocks.learn.night import patches_to_score, score_night
+    from cryblock.progress import Progress
+
+    n = patches_to_score(night)
+    with Progress(n, f"scoring the {what} ({night.hours('household') * 60:.0f} min household, "
+                     f"{night.hours('nursery') * 60:.0f} min nursery beds, {n:,} patches × {len(scorers)} models)",
+                  log) as prog:
+        return score_night(night, scorers, progress=prog.update)
+
+
+def evaluate_fold(scorers: dict, val, test, params, pos_index: int, *, cache=None, seed: int | None = None,
+                  test_window: dict | None = None, test_extra: dict | None = None, log=print) -> Fold:
+    """Score one fold: the test windows, the validation night (episodes only; when the
+    validation split carries clips) and the test night (single cries and episodes), each patch
+    once for all ``scorers``.
 
     Args:
-        scores: float ``[N]`` positive score per window of ``split``.
-        split: :class:`cryblock.blocks.learn.train.Split`.
-        pos_index: label index of the positive class.
-        det: the model's detector setting.
-        params: run parameters (DSP hop, bootstrap count, seed).
-        night: the split's night stream and the model's ``night_scores``
-            (:func:`cryblock.blocks.learn.night.score_night`), or None.
+        scorers: model name → patches ``[n, 96, 64]`` → positive score ``[n]``.
+        val, test: :class:`~cryblock.blocks.learn.train.Split` (either may be None).
+        params: DSP, night and seed.
+        cache: cache folder (decoded audio for the nights) or None.
+        seed: night seed, an int or a list of ints (default ``params.learn.seed``).
+        test_window: the test windows' scores when already computed (then ``test.x`` is unused).
+        test_extra: scorers of the test night only (``hub``: the second opinion, for the cascade).
+    """
+    seed = [int(v) for v in np.atleast_1d(params.learn.seed if seed is None else seed)]
+    waves = waves_for(params, cache)
+    if test_window is None and test is not None:
+        test_window = {k: np.asarray(f(test.x), dtype=np.float64).reshape(-1) for k, f in scorers.items()}
+    fold = Fold(test, test_window or {}, val=val)
+    if val is not None and val.clips is not None and params.learn.tune_threshold:
+        fold.val_night = split_night(val, pos_index, params, [*seed, 1], waves, singles=False)
+        fold.val_scores = _score_night(fold.val_night, scorers, "validation night", log)
+    elif val is not None and params.learn.tune_threshold:
+        fold.val_window = {k: np.asarray(f(val.x), dtype=np.float64).reshape(-1) for k, f in scorers.items()}
+    if test is not None and test.clips is not None:
+        fold.test_night = split_night(test, pos_index, params, [*seed, 2], waves, singles=True)
+        fold.test_scores = _score_night(fold.test_night, {**scorers, **(test_extra or {})}, "test night", log)
+    return fold
+
+
+def calibration_dict(cal, snrs) -> dict:
+    """A :class:`cryblock.blocks.learn.night.Calibration` as JSON: the chosen setting, whether its
+    false-alert limit met the budget, what the validation nights promise (point estimate and
+    upper 95 % limit per 8 h, episodes alerted within 10 s), its validation verdict and the
+    Pareto front of the candidates."""
+    from cryblock.blocks.learn.night import fa_upper_per_8h, pareto, verdict_summary
+
+    v = cal.verdict
+    k = len(v.alerts)
+    return {"setting": setting_dict(cal.setting), "within_budget": cal.within_budget,
+            "budget_per_8h": cal.budget_per_8h, "hours": cal.hours, "candidates": len(cal.candidates),
+            "promised": {"false_alerts": k, "fa_per_8h": k / cal.hours * 8 if cal.hours else None,
+                         "fa_per_8h_upper": fa_upper_per_8h(k, cal.hours), "within_10s": v.headline_recall(),
+                         "single_recall": v.single_recall()},
+            "validation": verdict_summary(v, snrs),
+            "pareto": [{**setting_dict(c[0]), "within_10s": c[1], "fa_per_8h": c[2], "fa_per_8h_upper": c[3]}
+                       for c in pareto(cal.candidates)]}
+
+
+#: Validation nights shorter than this give a warning: no false-alert budget can be checked on them.
+MIN_VALIDATION_HOURS = 1.0
+
+
+def choose_settings(folds: list[Fold], params, *, log=print) -> tuple[dict, dict | None]:
+    """Each model's detector setting: calibrated on the (pooled) validation nights of ``folds``
+    (:func:`cryblock.blocks.learn.night.calibrate`), else the best clip-F1 threshold of the
+    validation windows (Edge Impulse rows), else ``params.detector``.
 
     Returns:
-        :func:`evaluate_scores`'s dict plus ``auc_ci`` (window/clip, groups resampled),
-        ``categories`` (negative clips alerting, per category), ``night``
-        (:func:`verdict_dict`, or None) and ``detector_setting``. Metrics that need both classes
-        are None when the split has only one (a user's all-negative recordings).
+        (model name → :class:`DetectorParams`, model name → :func:`calibration_dict` or None).
     """
-    y_win = (np.asarray(split.y) == pos_index).astype(int)
-    y_clip = (np.asarray(split.clip_y) == pos_index).astype(int)
-    both = len(np.unique(y_clip)) == 2
-    hop = params.dsp.patch_hop_seconds
-    if both:
-        res = evaluate_scores(scores, y_win, split.clip_index, y_clip, det, params.dsp)
-    else:
-        res = {"window": None, "clip": None,
-               "detector": false_alerts_per_hour(scores, split.clip_index, y_clip == 0, det, hop)}
-    res["auc_ci"] = None
-    if both and split.clips is not None:
-        groups = np.array([c.group for c in split.clips])
-        cm = clip_max(scores, split.clip_index, len(y_clip))
-        res["auc_ci"] = {"window": bootstrap_auc(y_win, scores, groups[split.clip_index], params.night.bootstrap,
-                                                 params.learn.seed),
-                         "clip": bootstrap_auc(y_clip, cm, groups, params.night.bootstrap, params.learn.seed)}
-    res["categories"] = None
-    if split.clips is not None:
-        res["categories"] = category_table(scores, split.clip_index, [c.category or c.label for c in split.clips],
-                                           y_clip == 0, det, hop)
-    res["night"] = None
-    if night is not None and night_scores is not None:
-        from cryblock.blocks.learn.night import judge
+    from cryblock.blocks.learn.night import calibrate
 
-        res["night"] = verdict_dict(judge(night, night_scores, det))
-    res["detector_setting"] = setting_dict(det)
-    res["detector_threshold"] = det.threshold
-    return res
+    with_night = [f for f in folds if f.val_night is not None]
+    models = [k for k in (with_night[0].val_scores if with_night else folds[0].window or {})] or ["teacher", "float",
+                                                                                                  "int8"]
+    settings = {k: params.detector for k in models}
+    if with_night:
+        calibration = {}
+        for k in models:
+            cal = calibrate([(f.val_night, f.val_scores[k]) for f in with_night], params.detector,
+                            params.night.fa_budget_per_8h)
+            settings[k] = cal.setting
+            calibration[k] = calibration_dict(cal, params.night.snrs_db)
+        from cryblock.blocks.learn.report import setting_text
+
+        c8 = calibration.get("int8") or next(iter(calibration.values()))
+        log(f"detector calibrated on {c8['hours']:.1f} h of validation nights (" + ", ".join(
+            f"{k}: {setting_text(settings[k])}" for k in settings) + "; INT8 deployed)")
+        if c8["hours"] < MIN_VALIDATION_HOURS:
+            log(f"warning: the validation nights hold only {c8['hours'] * 60:.0f} min of background: a false-alert "
+                f"budget of {params.night.fa_budget_per_8h:g} per 8 h cannot be checked on them (its upper limit "
+                f"with no alert at all is {c8['promised']['fa_per_8h_upper']:.0f} per 8 h); record more negatives")
+        elif not c8["within_budget"]:
+            log(f"warning: no detector setting's false-alert rate has an upper 95 % limit within the budget of "
+                f"{params.night.fa_budget_per_8h:g} per 8 h on {c8['hours']:.1f} h of validation nights (with no "
+                f"alert at all it is {c8['promised']['fa_per_8h_upper']:.1f}); deployed the one with the fewest "
+                f"({c8['promised']['false_alerts']})")
+        return settings, calibration
+    vals = [f for f in folds if f.val_window]
+    if vals and params.learn.tune_threshold:
+        y = np.concatenate([(np.asarray(f.val.clip_y) == params_pos(params)).astype(int) for f in vals])
+        for k in models:
+            cm = np.concatenate([clip_max(f.val_window[k], f.val.clip_index, len(f.val.clip_y)) for f in vals])
+            best = binary_metrics(y, cm)["threshold"]
+            # floored to 1e-3 (the firmware Kconfig holds it ×1000), never above the best-F1 point
+            settings[k] = dataclasses.replace(params.detector, threshold=float(np.clip(np.floor(best * 1000) / 1000,
+                                                                                      0.0, 1.0)))
+        log("detector thresholds tuned on validation clips (best clip F1): "
+            + ", ".join(f"{k} {settings[k].threshold}" for k in settings) + " (INT8 one deployed)")
+    return settings, None
+
+
+def params_pos(params) -> int:
+    """Index of the positive label in the model output (1 for the cry preset)."""
+    learn = params.learn
+    return 1 if learn.preset == "cry" else learn.labels.index(learn.positive_label)
+
+
+def tuned_on(params, calibration: dict | None, cv_summary: dict | None) -> str:
+    """Where the deployed detector setting came from, in words."""
+    budget = f"{params.night.fa_budget_per_8h:g} false alerts per 8 h"
+    if cv_summary is not None:
+        return (f"pooled validation nights of {cv_summary['folds']}-fold cross-validation (most episodes alerted "
+                f"within 10 s with the false-alert rate's upper 95 % limit within {budget})")
+    if calibration:
+        return f"validation night (most episodes alerted within 10 s with the false-alert rate's upper 95 % limit within {budget})"
+    return "best clip F1 on the validation split" if params.learn.tune_threshold else "given"
+
+
+def summarise(folds: list[Fold], params, pos_index: int, settings: dict, calibration: dict | None) -> dict:
+    """Every metric of each model over the (pooled) test folds at its detector setting.
+
+    Returns:
+        model name → dict: ``window``/``clip`` (:func:`binary_metrics`, None without both
+        classes), ``auc_ci`` (group bootstrap), ``detector`` (:func:`false_alerts_per_hour` over
+        the test clips one by one), ``categories`` (negative clips alerting, per category),
+        ``night`` (:func:`cryblock.blocks.learn.night.verdict_summary` of the pooled test nights,
+        or None), ``det`` (:func:`cryblock.blocks.learn.night.det_curve`), ``detector_setting``,
+        ``calibration`` (when calibrated); plus ``int8_vs_float`` and ``night`` (the nights'
+        hours and insertions).
+    """
+    from cryblock.blocks.learn.night import det_curve, judge, pool, verdict_summary
+
+    tests = [f for f in folds if f.test is not None]
+    hop = params.dsp.patch_hop_seconds
+    y_win, clip_idx, clip_y, clips, off = [], [], [], [], 0
+    for f in tests:
+        y_win.append((np.asarray(f.test.y) == pos_index).astype(int))
+        clip_idx.append(np.asarray(f.test.clip_index) + off)
+        clip_y.append((np.asarray(f.test.clip_y) == pos_index).astype(int))
+        clips += list(f.test.clips) if f.test.clips is not None else [None] * len(f.test.clip_y)
+        off += len(f.test.clip_y)
+    y_win, clip_idx, clip_y = (np.concatenate(a) if a else np.zeros(0, int) for a in (y_win, clip_idx, clip_y))
+    both = len(np.unique(clip_y)) == 2
+    with_clips = all(c is not None for c in clips) and len(clips) > 0
+    groups = np.array([c.group for c in clips]) if with_clips else None
+    nights = [f for f in tests if f.test_night is not None]
+    out = {}
+    for k in settings:
+        if not tests or k not in tests[0].window:
+            continue
+        s = np.concatenate([f.window[k] for f in tests])
+        det = settings[k]
+        res = {"detector_setting": setting_dict(det), "detector_threshold": det.threshold}
+        if both:
+            res.update(evaluate_scores(s, y_win, clip_idx, clip_y, det, params.dsp))
+        else:
+            res.update({"window": None, "clip": None,
+                        "detector": false_alerts_per_hour(s, clip_idx, clip_y == 0, det, hop)})
+        res["auc_ci"] = None
+        if both and with_clips:
+            cm = clip_max(s, clip_idx, len(clip_y))
+            res["auc_ci"] = {"window": bootstrap_auc(y_win, s, groups[clip_idx], params.night.bootstrap,
+                                                     params.learn.seed),
+                             "clip": bootstrap_auc(clip_y, cm, groups, params.night.bootstrap, params.learn.seed)}
+        res["categories"] = category_table(s, clip_idx, [c.category or c.label for c in clips], clip_y == 0, det,
+                                           hop) if with_clips else None
+        res["night"], res["det"] = None, None
+        if nights:
+            pairs = [(f.test_night, f.test_scores[k]) for f in nights]
+            res["night"] = verdict_summary(pool([judge(n, sc, det) for n, sc in pairs]), params.night.snrs_db)
+            res["det"] = det_curve(pairs, det)
+        if calibration and k in calibration:
+            res["calibration"] = calibration[k]
+        if k == "int8" and nights and all("hub" in f.test_scores and f.hub_threshold is not None for f in nights):
+            from cryblock.blocks.hub.opinion import CONFIRM_DELAY_S, confirmer
+
+            v = pool([judge(f.test_night, f.test_scores[k], det, confirm_delay_s=CONFIRM_DELAY_S,
+                            confirm=confirmer(f.test_night, f.test_scores["hub"], f.hub_threshold)) for f in nights])
+            res["cascade"] = verdict_summary(v, params.night.snrs_db)
+            res["cascade"]["hub_thresholds"] = [f.hub_threshold for f in nights]
+        out[k] = res
+    if "int8" in out and "float" in out and tests:
+        a = np.concatenate([f.window["int8"] for f in tests])
+        b = np.concatenate([f.window["float"] for f in tests])
+        thr = settings["int8"].threshold
+        d = np.abs(a - b)
+        out["int8_vs_float"] = {"max_abs_diff": float(d.max()) if len(d) else None,
+                                "mean_abs_diff": float(d.mean()) if len(d) else None,
+                                "decision_agreement": float(np.mean((a >= thr) == (b >= thr))) if len(d) else None}
+    if nights:
+        summ = [f.test_night.summary() for f in nights]
+        out["night"] = {"hours": {b: sum(x["hours"].get(b, 0.0) for x in summ) for b in summ[0]["hours"]},
+                        "negative_clips": sum(x["negative_clips"] for x in summ),
+                        "dropped": sum(x["dropped"] for x in summ), "folds": len(nights)}
+    return out
 
 
 # ----------------------------------------------------------------------------- a trained run, reused
@@ -399,13 +654,24 @@ class FloatRunner:
     probabilities ``[N, n_out]`` of float32 patches."""
 
     def __init__(self, path) -> None:
-        from cryblock.blocks.learn.teacher import tflite_interpreter
+        from cryblock.blocks.learn.tflite import tflite_interpreter
 
         self.path = path
         self.interp = tflite_interpreter(path)
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
         self._batch = None
+
+    def check(self, patch_shape: tuple[int, ...]) -> None:
+        """Raise CryblockError (naming the file) unless the model takes float32 patches of
+        ``patch_shape`` (or their flat form) and gives float32 scores."""
+        shape = tuple(int(v) for v in self.inp["shape"][1:])
+        flat = int(np.prod(patch_shape))
+        if (self.inp["dtype"] != np.float32 or self.out["dtype"] != np.float32
+                or int(np.prod(shape)) != flat or shape not in (tuple(patch_shape), (*patch_shape, 1), (flat,))):
+            raise CryblockError(f"{self.path}: not this run's float model (input {self.inp['dtype'].__name__} "
+                                f"{list(shape)}, output {self.out['dtype'].__name__}; expected float32 patches "
+                                f"{list(patch_shape)})")
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -463,6 +729,7 @@ def load_run(folder) -> Run:
     from cryblock.blocks.deploy.model import check_model_for_params, inspect_model, read_model
     from cryblock.blocks.learn.distill import TeacherHead
     from cryblock.blocks.learn.export import FLOAT_NAME, INT8_NAME
+    from cryblock.inputs import read_regular_text
     from cryblock.params import Params
 
     d = Path(folder)
@@ -474,11 +741,15 @@ def load_run(folder) -> Run:
     if not (d / FLOAT_NAME).is_file():
         raise CryblockError(f"{d / FLOAT_NAME}: not found (a cryblock train run folder holds it)")
     metrics = {}
-    if (d / "metrics.json").is_file():
+    if (d / "metrics.json").exists():
         try:
-            metrics = json.loads((d / "metrics.json").read_text())
+            metrics = json.loads(read_regular_text(d / "metrics.json"))
         except (OSError, ValueError) as e:
-            raise CryblockError(f"{d / 'metrics.json'}: not readable JSON ({e})") from None
+            raise CryblockError(f"{d / 'metrics.json'}: not readable JSON ({getattr(e, 'strerror', None) or e})") from None
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("cost", {}), dict):
+            raise CryblockError(f"{d / 'metrics.json'}: not a run's metrics (expected a JSON object with a "
+                                "'cost' object)")
+    FloatRunner(d / FLOAT_NAME).check(params.dsp.patch_shape)  # a swapped model fails now, not after the features
     head = None
     if params.learn.preset == "general":
         from cryblock.blocks.learn.train import TEACHER_HEAD_NAME
@@ -487,7 +758,14 @@ def load_run(folder) -> Run:
             raise CryblockError(f"{d / TEACHER_HEAD_NAME}: not found (needed to score the teacher of a "
                                 "general-preset run)")
         head = TeacherHead.load(d / TEACHER_HEAD_NAME)
-    return Run(d, params, metrics, int8, d / FLOAT_NAME, head)
+    run = Run(d, params, metrics, int8, d / FLOAT_NAME, head)
+    for model in ("teacher", "float", "int8"):  # the detector settings evaluate uses, checked now
+        try:
+            run.setting(model)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CryblockError(f"{d / 'metrics.json'}: {model}'s detector setting is malformed "
+                                f"({type(e).__name__}: {e})") from None
+    return run
 
 
 def detect_file(path, run: Run, runner: "TflmRunner | None" = None) -> dict:
@@ -528,32 +806,36 @@ def detect_file(path, run: Run, runner: "TflmRunner | None" = None) -> dict:
 
 
 def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | None = None,
-                 workers: int | None = None, cache_dir=None, log=print) -> dict:
+                 workers: int | None = None, cache_dir=None, log=print, force: bool = False) -> dict:
     """``cryblock evaluate``: a trained run on any manifest (all its clips, no split) — teacher,
     float and INT8 at the run's detector settings: window/clip AUC with group-bootstrap intervals,
-    per-category alerting clips, and the nursery night built from the manifest's clips. Writes
+    per-category alerting clips, and the nursery nights built from the manifest's clips. Writes
     metrics.json, report.md and report.html into ``out_dir``.
 
+    Memory stays flat in the length of the recordings: each clip's patches are computed into the
+    cache and scored one clip at a time; the nights are rendered block by block.
+
     A manifest with one label gets what is defined: negatives only → false alerts (per clip and
-    over the night's background), positives only → the fraction of clips alerted; the metrics
+    over the nights' backgrounds), positives only → the fraction of clips alerted; the metrics
     that need both are listed as undefined.
 
     Raises:
         CryblockError: run folder or files missing, labels the run does not know (listed),
-            unreadable manifest, ``out_dir`` not writable, no readable clip.
+            unreadable manifest, ``out_dir`` not writable or holding another output (unless ``force`` for an
+            earlier evaluation), no readable clip.
     """
     from cryblock.blocks.learn import distill, report
-    from cryblock.blocks.learn.night import build_night, score_night
     from cryblock.blocks.learn.teacher import cry_probability, load_teacher
     from cryblock.blocks.learn.train import Split
-    from cryblock.data import compute_patches, deduplicate, default_cache_dir, load_manifest
+    from cryblock.data import deduplicate, default_cache_dir, load_manifest, patch_files
     from cryblock.errors import DataError
-    from cryblock.io import check_output, staging_dir
+    from cryblock.output import check_run_output
+    from cryblock.progress import Progress
 
+    check_run_output(out_dir, "evaluation", force=force, inputs=(run_dir, manifest, teacher))
     run = load_run(run_dir)
     params = run.params
     learn = params.learn
-    check_output(out_dir, folder=True, inputs=(run_dir, manifest))
     mp = Path(manifest)
     mp = mp / "manifest.csv" if mp.is_dir() else mp
     clips = load_manifest(mp)
@@ -568,58 +850,66 @@ def evaluate_run(run_dir, manifest, out_dir, *, teacher=None, label_map: dict | 
         log(f"warning: {w}")
     teacher = load_teacher(teacher)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    ps = compute_patches(clips, params.dsp, workers=workers, cache_dir=cache)
-    log(f"features: {len(ps.patches)} patches of {len(ps.clips)} clips"
-        + (f" ({len(ps.skipped)} skipped, first: {ps.skipped[0][1]})" if ps.skipped else ""))
     pos = run.pos_index
     cry = learn.preset == "cry"
     label_index = {lab: (int(lab == learn.positive_label) if cry else learn.labels.index(lab)) for lab in learn.labels}
-    y_clip = np.array([label_index[c.label] for c in ps.clips], dtype=np.int64)
-    split = Split(ps.patches, y_clip[ps.clip_index], ps.clip_index.astype(np.int64), y_clip, list(ps.clips))
-    runner, floatr = TflmRunner(run.int8), FloatRunner(run.float_path)
+    with Progress(len(clips), f"features of {len(clips)} clips", log) as prog:
+        files = patch_files(clips, params.dsp, cache, cached=True, workers=workers, progress=prog.update)
+    runner, floatr = TflmPool(run.int8, workers), FloatRunner(run.float_path)
+    try:
+        def teacher_score(x):
+            sc, em = distill.teacher_outputs(teacher, x, None)
+            return cry_probability(sc) if cry else run.head.proba(em)[:, pos]
 
-    def teacher_score(x):
-        sc, em = distill.teacher_outputs(teacher, x, cache / "teacher")
-        return cry_probability(sc) if cry else run.head.proba(em)[:, pos]
+        def pick(p):
+            return p.reshape(-1) if p.shape[1] == 1 else p[:, pos]
 
-    def pick(p):
-        return p.reshape(-1) if p.shape[1] == 1 else p[:, pos]
-
-    scorers = {"teacher": teacher_score, "float": lambda x: pick(floatr.predict(x)),
-               "int8": lambda x: pick(runner.predict(x))}
-    scores = {k: f(split.x) for k, f in scorers.items()}
+        scorers = {"teacher": teacher_score, "float": lambda x: pick(floatr.predict(x)),
+                   "int8": lambda x: pick(runner.predict(x))}
+        kept, skipped, window = [], [], {k: [] for k in scorers}
+        clip_index = []
+        with Progress(sum(n for _, n, e in files if e is None), "scoring the clips' windows", log) as prog:
+            for clip, (f, n, err) in zip(clips, files):
+                if err is not None:
+                    skipped.append((str(clip.path), err))
+                    continue
+                if not n:
+                    continue
+                x = np.load(f, mmap_mode="r")
+                for k, fn in scorers.items():
+                    window[k].append(np.asarray(fn(np.asarray(x)), np.float64).reshape(-1))
+                clip_index.append(np.full(n, len(kept)))
+                kept.append(clip)
+                prog.update(n)
+        if not kept:
+            raise DataError(f"none of {len(clips)} clip(s) could be read; first error: "
+                            f"{skipped[0][1] if skipped else 'no clips'}")
+        log(f"features: {sum(len(c) for c in clip_index)} patches of {len(kept)} clips"
+            + (f" ({len(skipped)} skipped, first: {skipped[0][1]})" if skipped else ""))
+        y_clip = np.array([label_index[c.label] for c in kept], dtype=np.int64)
+        ci = np.concatenate(clip_index)
+        split = Split(None, y_clip[ci], ci, y_clip, kept)
+        window = {k: np.concatenate(v) for k, v in window.items()}
+        fold = evaluate_fold(scorers, None, split, params, pos, cache=cache, test_window=window, log=log)
+    finally:
+        runner.close()
+    settings = {k: run.setting(k) for k in scorers}
+    results = summarise([fold], params, pos, settings, None)
     n_pos, n_neg = int(np.sum(y_clip == pos)), int(np.sum(y_clip != pos))
-    night = build_night([c for c, y in zip(ps.clips, y_clip) if y != pos], [c for c, y in zip(ps.clips, y_clip) if y == pos],
-                        params.dsp, params.night, learn.seed) if n_neg else None
-    results, night_scores, settings = {}, {}, {k: run.setting(k) for k in scorers}
-    for k, f in scorers.items():
-        if night is not None:
-            night_scores[k] = score_night(night, f)
-        results[k] = evaluate_split(scores[k], split, pos, settings[k], params, night=night,
-                                    night_scores=night_scores.get(k))
     undefined = []
     if not (n_pos and n_neg):
         undefined += ["window and clip AUC (need both labels)", "best-F1 thresholds"]
     if not n_pos:
-        undefined.append("night cry-episode recall (no positive clip)")
+        undefined.append("cry recall and time to alert (no positive clip)")
     if not n_neg:
-        undefined += ["false alerts (no negative clip)", "night stream (no negative audio)"]
+        undefined += ["false alerts over household recordings (no negative clip)"]
     metrics = {"kind": "evaluation", "run": str(run.folder), "manifest": str(mp), "preset": learn.preset,
                "labels": list(learn.labels), "positive_index": pos,
-               "data": {"clips": len(ps.clips), "patches": int(len(ps.patches)), "positive_clips": n_pos,
-                        "negative_clips": n_neg, "skipped": [list(s) for s in ps.skipped]},
-               "teacher": results["teacher"], "float": results["float"], "int8": results["int8"],
+               "data": {"clips": len(kept), "patches": int(len(ci)), "positive_clips": n_pos,
+                        "negative_clips": n_neg, "skipped": [list(s) for s in skipped]},
+               **{k: results.get(k) for k in scorers}, "int8_vs_float": results.get("int8_vs_float"),
                "cost": run.metrics.get("cost", {}), "detector": params.to_dict()["detector"],
-               "night": {"evaluation": night_summary(night)} if night is not None else {},
-               "undefined": undefined}
-    out = Path(out_dir)
-    staging = staging_dir(out)
-    try:
-        report.write_metrics(staging, metrics)
-        report.write_reports(staging, metrics, params, split, scores, pos, night, night_scores, settings)
-        for f in sorted(staging.iterdir()):
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+               "night": results.get("night") or {}, "undefined": undefined}
+    report.publish(out_dir, metrics, params, [fold])
     log(report.results_table(metrics))
     return metrics

@@ -15,7 +15,7 @@ File names and layout follow Edge Impulse's custom learning blocks
   the negatives is lost; int8 logits keep it. The Edge Impulse block exports probabilities
   (``logits_model=None``), as Edge Impulse deployments expect.
 
-Every file is written atomically (temp file + rename, :mod:`cryblock.io`).
+Every file is written atomically (temp file + rename, :mod:`cryblock.output`).
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cryblock.tflogs import native_log_filter
 from cryblock.errors import CryblockError
-from cryblock.io import atomic_write_bytes
+from cryblock.output import atomic_write_bytes
 
 FLOAT_NAME = "model.tflite"
 INT8_NAME = "model_quantized_int8_io.tflite"
@@ -81,7 +82,8 @@ def convert_float(saved_model_dir: Path) -> bytes:
     import tensorflow as tf
 
     conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
-    return conv.convert()
+    with native_log_filter():
+        return conv.convert()
 
 
 def convert_int8(saved_model_dir: Path, rep_patches: np.ndarray, input_shape: tuple[int, ...]) -> bytes:
@@ -108,7 +110,8 @@ def convert_int8(saved_model_dir: Path, rep_patches: np.ndarray, input_shape: tu
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    return conv.convert()
+    with native_log_filter():  # the converter prints its quantiser parameters natively
+        return conv.convert()
 
 
 def export_all(model, rep_patches: np.ndarray, out_dir: str | os.PathLike, logits_model=None) -> ExportedModels:
@@ -125,15 +128,34 @@ def export_all(model, rep_patches: np.ndarray, out_dir: str | os.PathLike, logit
 
     Returns:
         :class:`ExportedModels`.
+
+    Raises:
+        CryblockError: ``out_dir`` cannot be written (a full disk, permissions); nothing of the
+            export is left behind.
     """
+    import tensorflow as tf
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as td:
-        sm = export_saved_model(model, Path(td))
-        f32 = convert_float(sm)
-        sm8 = sm if logits_model is None else export_saved_model(logits_model, Path(td) / "logits")
-        i8 = convert_int8(sm8, rep_patches, _input_shape(model))
-        zip_path = zip_saved_model(sm, out / SAVED_MODEL_ZIP)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as td:
+            sm = export_saved_model(model, Path(td))
+            f32 = convert_float(sm)
+            sm8 = sm if logits_model is None else export_saved_model(logits_model, Path(td) / "logits")
+            i8 = convert_int8(sm8, rep_patches, _input_shape(model))
+            zip_path = zip_saved_model(sm, out / SAVED_MODEL_ZIP)
+    except (OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
+        # TensorFlow's own file writer reports a full disk as ResourceExhaustedError
+        why = getattr(e, "strerror", None) or str(getattr(e, "message", e)).rsplit(";", 1)[-1].strip()
+        raise CryblockError(f"{out}: cannot write the exported models ({why})") from None
     fp = atomic_write_bytes(out / FLOAT_NAME, f32)
     ip = atomic_write_bytes(out / INT8_NAME, i8)
     return ExportedModels(f32, i8, zip_path, fp, ip)
+
+
+def int8_only(model, rep_patches: np.ndarray, logits_model=None) -> bytes:
+    """The INT8 flatbuffer alone (as :func:`export_all` makes it, nothing written): for the
+    cross-validation folds, whose models are scored and dropped."""
+    with tempfile.TemporaryDirectory(prefix="cryblock-int8-") as td:
+        sm = export_saved_model(logits_model if logits_model is not None else model, Path(td))
+        return convert_int8(sm, rep_patches, _input_shape(model))

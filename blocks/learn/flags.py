@@ -44,10 +44,24 @@ LEARN_FLAGS: list[tuple[str, str, type, tuple | None, str, bool]] = [
     ("--shift", "augment.p_shift", float, None, "probability of a time shift (up to half a patch hop)", True),
     ("--specaugment", "augment.p_specaugment", float, None, "probability of SpecAugment time/frequency masks", True),
     ("--bandlimit", "augment.p_bandlimit", float, None, "probability of band-limiting to 4 kHz", True),
+    ("--nursery", "augment.p_nursery", float, None,
+     "probability of mixing a training window with a synthetic nursery noise bed (white/pink/brown, fan, purifier)",
+     True),
+    ("--teacher-target", "augment.teacher_target", str, ("augmented", "clean"),
+     "soft targets of augmented windows: the teacher on the augmented window, or on the clean one "
+     "(noise-robust distillation)", True),
+    ("--neg-filter", "learn.neg_filter", str, ("drop", "clip"),
+     "negatives the teacher finds cry-like: drop them, or keep them with the teacher's p clipped to --filter-neg",
+     True),
+    ("--negative-balance", "learn.negative_balance", float, None,
+     "category balance of the negatives drawn each epoch (0 uniform over windows … 1 every category equally)", True),
+    ("--hard-negatives", "learn.hard_negative_weight", float, None,
+     "hard-negative mining: negatives the student gets wrong are drawn 1 + this × p(wrong) times as often", True),
     ("--fa-budget", "night.fa_budget_per_8h", float, None,
-     "false alerts per 8 h the detector calibration may spend", False),
+     "false alerts per 8 h the detector calibration may spend (on the upper 95 % limit of the validation rate)",
+     False),
     ("--night-gap", "night.gap_seconds", float, None,
-     "the night stream holds one inserted cry per slot of this many seconds", False),
+     "mean seconds of background between two cries laid into the night", False),
 ]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cryblock.escape import md_cell
-from cryblock.io import atomic_write_text, json_safe
+from cryblock.output import atomic_write_text, json_safe
 
 MODELS = (("teacher", "Teacher (YAMNet)"), ("float", "Student float32"), ("int8", "Student INT8 (TFLM)"))
 
@@ -46,39 +46,126 @@ def setting_text(det) -> str:
     return f"thr {d['threshold']:.3g}, {d['vote_n']}/{d['vote_m']}, hold {d['hold_seconds']:g} s"
 
 
-def results_table(metrics: dict) -> str:
-    """Markdown table of the test split: teacher / float / INT8 — window and clip AUC with 95 %
-    group-bootstrap intervals, night recall per SNR and false alerts per 8 h (exact Poisson
-    interval) at each model's own calibrated detector, the setting, size and arena."""
-    cost = metrics.get("cost", {})
-    snrs = []
+def _pct(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.0f} %"
+
+
+def _ci_pct(ci) -> str:
+    return f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci and ci[0] == ci[0] else ""
+
+
+def _fa(night: dict | None, background: str = "household") -> str:
+    fa = ((night or {}).get("false_alerts") or {}).get(background)
+    if not fa:
+        return "–"
+    lo, hi = fa["per_8h_ci"]
+    return f"{fa['per_8h']:.1f} [{lo:.1f}, {hi:.1f}] ({fa['count']} in {fa['hours']:.1f} h)"
+
+
+def _snrs(metrics: dict) -> list[str]:
     for key, _ in MODELS:
-        night = (metrics.get(key) or {}).get("night")
-        if night:
-            snrs = list(night["recall"])
-            break
-    head = ["model", "window AUC", "clip AUC"] + [f"night recall {s} dB" for s in snrs]
-    head += ["false alerts / 8 h"] if snrs else ["false alerts / h (clips)"]
-    head += ["detector", "size", "arena"]
+        night = (metrics.get(key) or {}).get("night") or {}
+        keys = list(night.get("episodes") or {}) + list(night.get("singles") or {})
+        if keys:
+            return sorted({k.split()[-1] for k in keys}, key=float)
+    return []
+
+
+def results_table(metrics: dict) -> str:
+    """Markdown table: teacher / float / INT8 — window AUC with its 95 % group-bootstrap interval,
+    crying episodes alerted within 10 s per SNR (household sounds / nursery noise), single cries
+    detected per SNR (household), false alerts per 8 h over the household recordings (exact
+    Poisson interval) and over the nursery beds, at each model's detector setting; size and arena."""
+    cost = metrics.get("cost", {})
+    snrs = _snrs(metrics)
+    head = ["model", "window AUC"]
+    head += [f"episodes ≤ 10 s at {s} dB (household / nursery)" for s in snrs]
+    head += [f"single cries at {s} dB" for s in snrs]
+    head += ["false alerts / 8 h (household)", "nursery beds" if snrs else "false alerts / h (clips)",
+             "detector", "size", "arena"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, name in MODELS:
         m = metrics.get(key)
         if not m:
             continue
-        w, c, night = m.get("window"), m.get("clip"), m.get("night")
-        cells = [name, _f(w and w["auc"]) + _ci(m, "window"), _f(c and c["auc"]) + _ci(m, "clip")]
+        w, night = m.get("window"), m.get("night") or {}
+        cells = [name, _f(w and w["auc"]) + _ci(m, "window")]
+        eps, sing = night.get("episodes") or {}, night.get("singles") or {}
+        for s in snrs:
+            cells.append(" / ".join(_pct((eps.get(f"{b} {s}") or {}).get("within_10s")) for b in ("household", "nursery")))
+        for s in snrs:
+            cells.append(_pct((sing.get(f"household {s}") or {}).get("recall")))
         if snrs:
-            cells += [_f(night["recall"].get(s)) if night else "–" for s in snrs]
-            cells.append(f"{night['fa_per_8h']:.1f} [{night['fa_per_8h_ci'][0]:.1f}, {night['fa_per_8h_ci'][1]:.1f}] "
-                         f"({night['false_alerts']} in {night['hours']:.2f} h)" if night else "–")
+            cells += [_fa(night), _fa(night, "nursery")]
         else:
-            cells.append(_f(m["detector"]["per_hour"], "{:.1f}"))
+            cells += ["–", _f(m["detector"]["per_hour"], "{:.1f}")]
         cells.append(setting_text(m["detector_setting"]) if m.get("detector_setting") else "–")
-        cells.append({"teacher": "–", "float": f"{cost.get('float_bytes', 0):,} B",
+        cells.append({"teacher": "–", "float": f"{cost.get('float_bytes', 0):,} B" if cost.get("float_bytes") else "–",
                       "int8": f"{cost.get('int8_bytes', 0):,} B"}[key])
-        cells.append(f"{cost.get('arena_bytes', 0):,} B" if key == "int8" else "–")
+        cells.append(f"{cost.get('arena_bytes', 0):,} B" if key == "int8" and cost.get("arena_bytes") else "–")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def episode_table(metrics: dict, key: str = "int8") -> str:
+    """Markdown: per (background, SNR) the crying episodes' time to alert (median, 90th
+    percentile) and the share alerted within 5, 10 (95 % Wilson interval) and 30 s."""
+    eps = (((metrics.get(key) or {}).get("night")) or {}).get("episodes") or {}
+    if not eps:
+        return ""
+    rows = ["| background | SNR | episodes | median time to alert | 90th percentile | ≤ 5 s | ≤ 10 s | ≤ 30 s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for cond, e in eps.items():
+        b, snr = cond.rsplit(" ", 1)
+        sec = lambda v: "never" if v is None or v == float("inf") or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f} s"
+        rows.append(f"| {b} | {snr} dB | {e['n']} | {sec(e['median_s'])} | {sec(e['p90_s'])} | {_pct(e['within_5s'])} | "
+                    f"{_pct(e['within_10s'])}{_ci_pct(e.get('within_10s_ci'))} | {_pct(e['within_30s'])} |")
+    return "\n".join(rows)
+
+
+def single_table(metrics: dict) -> str:
+    """Markdown: single cries (one clip, ≤ 10 s) detected, per background and SNR, each model."""
+    conds = []
+    for key, _ in MODELS:
+        conds += [c for c in ((((metrics.get(key) or {}).get("night")) or {}).get("singles") or {}) if c not in conds]
+    if not conds:
+        return ""
+    rows = ["| background | SNR | cries | " + " | ".join(n for _, n in MODELS) + " |", "|---|---|---|---|---|---|"]
+    for cond in conds:
+        b, snr = cond.rsplit(" ", 1)
+        cells = []
+        n = 0
+        for key, _ in MODELS:
+            x = ((((metrics.get(key) or {}).get("night")) or {}).get("singles") or {}).get(cond)
+            n = n or (x or {}).get("n", 0)
+            cells.append(_pct((x or {}).get("recall")) + _ci_pct((x or {}).get("ci")))
+        rows.append(f"| {b} | {snr} dB | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def det_table(metrics: dict, points: int = 8) -> str:
+    """Markdown DET table: per model, miss rate of crying episodes (not alerted within 10 s)
+    against false alerts per hour over its thresholds (at its votes and hold), the deployed
+    threshold marked."""
+    rows = ["| model | threshold | false alerts / h (household) | false alerts / 8 h | episodes missed (> 10 s) | "
+            "single cries missed | |", "|---|---|---|---|---|---|---|"]
+    any_ = False
+    for key, name in MODELS:
+        m = metrics.get(key) or {}
+        det = m.get("det") or []
+        if not det:
+            continue
+        any_ = True
+        chosen = (m.get("detector_setting") or {}).get("threshold")
+        keep = set(np.linspace(0, len(det) - 1, min(points, len(det))).round().astype(int))
+        for i, d in enumerate(det):
+            mark = d["threshold"] == chosen
+            if i not in keep and not mark:
+                continue
+            rows.append(f"| {name} | {d['threshold']:.3g} | {_f(d['fa_per_hour'], '{:.2f}')} | "
+                        f"{_f(d['fa_per_hour'] * 8 if d['fa_per_hour'] == d['fa_per_hour'] else None, '{:.1f}')} | "
+                        f"{_pct(d['miss_rate'])} | {_pct(d['single_miss_rate'])} | {'**deployed**' if mark else ''} |")
+    return "\n".join(rows) if any_ else ""
 
 
 def window_table(metrics: dict) -> str:
@@ -94,21 +181,22 @@ def window_table(metrics: dict) -> str:
 
 def category_tables(metrics: dict) -> str:
     """Markdown: per category of negative test clips, how many alert (each model, its setting),
-    and the categories of the night's false alerts."""
+    and the categories of the nights' false alerts."""
     cats: dict[str, dict] = {}
     for key, _ in MODELS:
         for cat, row in ((metrics.get(key) or {}).get("categories") or {}).items():
             cats.setdefault(cat, {"clips": row["clips"]})[key] = row["alerting"]
-    if not cats:
-        return ""
-    lines = ["| category (negative test clips) | clips | teacher alerting | float alerting | INT8 alerting |",
-             "|---|---|---|---|---|"]
-    for cat, row in sorted(cats.items(), key=lambda kv: (-kv[1].get("int8", 0), -kv[1].get("teacher", 0), kv[0])):
-        lines.append(f"| {md_cell(cat)} | {row['clips']} | {row.get('teacher', 0)} | {row.get('float', 0)} | "
-                     f"{row.get('int8', 0)} |")
+    lines = []
+    if cats:
+        lines = ["| category (negative test clips, each alone) | clips | teacher alerting | float alerting | "
+                 "INT8 alerting |", "|---|---|---|---|---|"]
+        for cat, row in sorted(cats.items(), key=lambda kv: (-kv[1].get("int8", 0), -kv[1].get("teacher", 0), kv[0])):
+            if row.get("int8", 0) or row.get("teacher", 0) or row.get("float", 0) or len(cats) <= 25:
+                lines.append(f"| {md_cell(cat)} | {row['clips']} | {row.get('teacher', 0)} | {row.get('float', 0)} | "
+                             f"{row.get('int8', 0)} |")
     fa = {}
     for key, _ in MODELS:
-        for cat, n in (((metrics.get(key) or {}).get("night") or {}).get("fa_categories") or {}).items():
+        for cat, n in ((((metrics.get(key) or {}).get("night") or {}).get("fa_categories")) or {}).items():
             fa.setdefault(cat, {})[key] = n
     if fa:
         lines += ["", "| night false alerts caused by | teacher | float | INT8 |", "|---|---|---|---|"]
@@ -117,14 +205,50 @@ def category_tables(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def group_table(metrics: dict, key: str = "int8", limit: int = 12) -> str:
+    """Markdown: the cry groups (babies, recording sources) whose cries the model catches least
+    (single cries detected, episodes alerted within 10 s)."""
+    groups = ((((metrics.get(key) or {}).get("night")) or {}).get("groups")) or {}
+    if not groups:
+        return ""
+
+    def rate(g):
+        n = g["singles"] + g["episodes"]
+        return (g["detected"] + g["within_10s"]) / n if n else 1.0
+
+    worst = sorted(groups.items(), key=lambda kv: (rate(kv[1]), kv[0]))[:limit]
+    rows = [f"| cry group (worst {len(worst)} of {len(groups)}) | single cries detected | episodes ≤ 10 s |",
+            "|---|---|---|"]
+    for g, r in worst:
+        rows.append(f"| {md_cell(g)} | {r['detected']}/{r['singles']} | {r['within_10s']}/{r['episodes']} |")
+    return "\n".join(rows)
+
+
+def cascade_table(metrics: dict) -> str:
+    """Markdown: the INT8 device alone vs the device with the hub's confirmation (YAMNet and the
+    hub model on the snippet around each alert): false alerts per 8 h and crying episodes alerted
+    within 10 s (for the hub, its 2 s wait for audio after the onset included)."""
+    m = metrics.get("int8") or {}
+    cas = m.get("cascade")
+    if not cas or not m.get("night"):
+        return ""
+    rows = ["| | false alerts / 8 h (household) | nursery beds | episodes alerted within 10 s (mean) | single cries |",
+            "|---|---|---|---|---|"]
+    for name, v in (("INT8 device alone", m["night"]), ("device + hub confirmation", cas)):
+        rows.append(f"| {name} | {_fa(v)} | {_fa(v, 'nursery')} | {_pct(v['headline_recall'])} | "
+                    f"{_pct(v['single_recall'])} |")
+    return "\n".join(rows)
+
+
 def pareto_table(calibration: dict | None, key: str = "int8", limit: int = 15) -> str:
-    """Markdown Pareto front (false alerts per 8 h vs mean cry-episode recall) of the detector
-    candidates tried on the validation night, the chosen one marked."""
+    """Markdown Pareto front (false alerts per 8 h vs episodes alerted within 10 s) of the
+    detector candidates tried on the validation nights, the chosen one marked."""
     cal = (calibration or {}).get(key)
     if not cal:
         return ""
     chosen = cal["setting"]
-    rows = ["| threshold | votes | hold | mean recall | false alerts / 8 h | |", "|---|---|---|---|---|---|"]
+    rows = ["| threshold | votes | hold | episodes ≤ 10 s | false alerts / 8 h | upper 95 % limit | |",
+            "|---|---|---|---|---|---|---|"]
     front = cal["pareto"]
     if len(front) > limit:  # keep the chosen one and an even spread
         keep = set(np.linspace(0, len(front) - 1, limit).round().astype(int))
@@ -132,8 +256,21 @@ def pareto_table(calibration: dict | None, key: str = "int8", limit: int = 15) -
     for p in front:
         mark = "**deployed**" if all(p[k] == chosen[k] for k in chosen) else ""
         rows.append(f"| {p['threshold']:.3f} | {p['vote_n']}/{p['vote_m']} | {p['hold_seconds']:g} s | "
-                    f"{p['mean_recall']:.3f} | {p['fa_per_8h']:.1f} | {mark} |")
+                    f"{_pct(p['within_10s'])} | {p['fa_per_8h']:.1f} | {p['fa_per_8h_upper']:.1f} | {mark} |")
     return "\n".join(rows)
+
+
+def _pyplot():
+    """``matplotlib.pyplot`` for the report's figures: the Agg backend, and every text literal —
+    mathtext off (``text.parse_math``), so a ``$`` in a file, label or category name is drawn as
+    it is instead of being parsed as TeX (``baby$_$cry.wav`` used to abort the report)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _png(fig) -> str:
@@ -147,10 +284,7 @@ def _png(fig) -> str:
 
 def roc_figure(curves: dict) -> str:
     """Base64 PNG of ROC curves; ``curves[name] = (y_window, s_window, y_clip, s_clip)``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
@@ -171,10 +305,7 @@ def roc_figure(curves: dict) -> str:
 def timeline_figure(timelines: list[dict], threshold: float) -> str:
     """Base64 PNG: scores of the three models over each given clip (one panel per clip; x in
     seconds) with the detector threshold. Each dict: name, hop_seconds, label, teacher, float, int8."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(len(timelines), 1, figsize=(10, 3.0 * len(timelines)), squeeze=False)
     for ax, tl in zip(axes[:, 0], timelines):
@@ -190,34 +321,67 @@ def timeline_figure(timelines: list[dict], threshold: float) -> str:
 
 
 def night_figure(night, night_scores: dict, settings: dict, snr: float | None = None) -> str:
-    """Base64 PNG of the night stream at one SNR (default: the middle one): each model's score
-    over time (minutes), the inserted cries shaded (green: the INT8 detector caught it, red:
-    missed), the INT8 false alerts marked, the INT8 threshold dashed."""
-    import matplotlib
+    """Base64 PNG of a night's household stream at one SNR (default: the middle one): each
+    model's score over time (minutes), the laid-in cries shaded (green: the INT8 detector caught
+    it — an episode within 10 s —, red: missed), the INT8 false alerts marked, the INT8 threshold
+    dashed; legend below the plot."""
+    plt = _pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cryblock.blocks.learn.night import HEADLINE_WITHIN_S, judge
 
-    from cryblock.blocks.learn.night import judge
-
-    snrs = sorted(night.episodes)
+    streams = [(i, s) for i, s in enumerate(night.streams) if s.background == "household" and s.insertions]
+    if not streams:
+        streams = [(i, s) for i, s in enumerate(night.streams) if s.insertions]
+    snrs = sorted({s.snr_db for _, s in streams})
     snr = snrs[len(snrs) // 2] if snr is None else snr
-    fig, ax = plt.subplots(figsize=(14, 4.2))
-    t = np.arange(len(night.background)) * night.hop_s / 60.0
+    si, stream = next((i, s) for i, s in streams if s.snr_db == snr)
+    fig, ax = plt.subplots(figsize=(14, 4.6))
+    t = np.arange(len(night_scores[next(iter(night_scores))].streams[si])) * night.hop_s / 60.0
     for key, name in MODELS:
         if key in night_scores:
-            ax.plot(t, night_scores[key].streams[snr], lw=0.6, label=name, alpha=0.85)
+            ax.plot(t, night_scores[key].streams[si], lw=0.6, label=name, alpha=0.85)
     v = judge(night, night_scores["int8"], settings["int8"]) if "int8" in night_scores else None
-    for i, ep in enumerate(night.episodes[snr]):
-        hit = v.detected[snr][i] if v else True
-        ax.axvspan(ep.start_s / 60, ep.end_s / 60, color="tab:green" if hit else "tab:red", alpha=0.25, lw=0)
+    recs = [r for r in (v.records if v else []) if r["background"] == stream.background and r["snr"] == snr]
+    for ins, r in zip(stream.insertions, recs or [None] * len(stream.insertions)):
+        ok = True if r is None else (r["detected"] if ins.kind == "single" else r["time_to_alert"] <= HEADLINE_WITHIN_S)
+        ax.axvspan(ins.start / night.sample_rate / 60, ins.end / night.sample_rate / 60,
+                   color="tab:green" if ok else "tab:red", alpha=0.25 if ins.kind == "single" else 0.15, lw=0)
     if v:
-        for ts in v.fa_times_s:
-            ax.axvline(ts / 60, color="black", lw=0.8, ls=":")
-        ax.axhline(settings["int8"].threshold, color="red", ls="--", lw=0.8)
-    ax.set(ylim=(-0.02, 1.02), xlim=(0, t[-1] if len(t) else 1), xlabel="night time (min)", ylabel="positive score",
-           title=f"Night stream, cries at {snr:g} dB SNR (shaded: green detected / red missed by INT8; "
-                 "dotted: INT8 false alerts on the background)")
+        for a in v.alerts:
+            if a["background"] == stream.background:
+                ax.axvline(a["time_s"] / 60, color="black", lw=0.8, ls=":")
+        ax.axhline(settings["int8"].threshold, color="red", ls="--", lw=0.8, label="INT8 threshold")
+    ax.set(ylim=(-0.02, 1.02), xlim=(0, t[-1] if len(t) else 1), xlabel="night time (min)", ylabel="cry score",
+           title=f"{stream.background.capitalize()} night, cries at {snr:g} dB SNR (shaded: green caught / red missed "
+                 "by the INT8 detector; dotted: its false alerts on the background alone)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
+    return _png(fig)
+
+
+def det_figure(metrics: dict) -> str:
+    """Base64 PNG: DET curves (miss rate of crying episodes within 10 s against false alerts per
+    hour of household audio, log axes) of teacher / float / INT8, each at its votes and hold, the
+    deployed points marked, the one-per-night line (0.125 / h) dotted."""
+    plt = _pyplot()
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for key, name in MODELS:
+        m = metrics.get(key) or {}
+        det = m.get("det") or []
+        pts = [(d["fa_per_hour"], d["miss_rate"]) for d in det if d["fa_per_hour"] == d["fa_per_hour"]
+               and d["miss_rate"] == d["miss_rate"]]
+        if not pts:
+            continue
+        fa, miss = np.array(pts).T
+        floor = 0.5 / max(1e-9, ((m.get("night") or {}).get("false_alerts") or {}).get("household", {}).get("hours", 1))
+        line, = ax.plot(np.maximum(fa, floor), np.maximum(miss, 1e-3), label=name, drawstyle="steps-post")
+        chosen = (m.get("detector_setting") or {}).get("threshold")
+        for d in det:
+            if d["threshold"] == chosen and d["fa_per_hour"] == d["fa_per_hour"] and d["miss_rate"] == d["miss_rate"]:
+                ax.plot(max(d["fa_per_hour"], floor), max(d["miss_rate"], 1e-3), "o", color=line.get_color())
+    ax.axvline(1 / 8, color="grey", ls=":", lw=1, label="one false alert per 8 h")
+    ax.set(xscale="log", yscale="log", xlabel="false alerts per hour (household recordings; 0 plotted at ½ alert)",
+           ylabel="crying episodes not alerted within 10 s", title="DET curves (dots: deployed settings)")
     ax.legend(fontsize=8, loc="upper right")
     return _png(fig)
 
@@ -225,10 +389,7 @@ def night_figure(night, night_scores: dict, settings: dict, snr: float | None = 
 def detect_figure(results: list[dict], threshold: float) -> bytes:
     """PNG bytes for ``cryblock detect``: per recording, the INT8 score over time, the threshold
     and the alerts the firmware would raise (shaded)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(len(results), 1, figsize=(12, 2.6 * len(results)), squeeze=False)
     for ax, r in zip(axes[:, 0], results):
@@ -248,145 +409,255 @@ def detect_figure(results: list[dict], threshold: float) -> bytes:
     return buf.getvalue()
 
 
-def _summary_md(metrics: dict, params) -> str:
-    cost, tr, filt = metrics["cost"], metrics["training"], metrics["filter"]
+def parent_summary(metrics: dict, params) -> list[str]:
+    """The report's first lines, for a parent: how soon the monitor alerts when a baby cries over
+    nursery noise and household sounds, how many false alerts a night brings (with the interval
+    and what the validation nights had promised), the single-cry recall to read it against, the
+    device figures, version and date."""
+    import datetime
+
+    from cryblock import __version__
+
+    m = metrics.get("int8") or {}
+    night = m.get("night") or {}
+    eps = night.get("episodes") or {}
+    fa = (night.get("false_alerts") or {}).get("household")
+    lines = ["# What the baby monitor will do at night", ""]
+    if not eps and not fa:
+        lines += ["No night could be built from these data (no recordings): see the tables below.", ""]
+    else:
+        mid = _snrs(metrics)
+        mid = mid[len(mid) // 2] if mid else "10"
+        e_n, e_h = eps.get(f"nursery {mid}") or {}, eps.get(f"household {mid}") or {}
+        parts = []
+        if e_n:
+            parts.append(f"**alerts within 10 s in {_pct(e_n['within_10s'])}{_ci_pct(e_n.get('within_10s_ci'))} of "
+                         f"crying episodes over nursery noise** (white/pink/brown noise machines, fans, air purifiers, "
+                         f"rain, lullabies, a TV through the wall) at {mid} dB SNR")
+        if e_h:
+            parts.append(f"{_pct(e_h['within_10s'])}{_ci_pct(e_h.get('within_10s_ci'))} over household sounds")
+        head = "The deployed INT8 detector " + ", and ".join(parts) if parts else "The deployed INT8 detector"
+        if fa:
+            lo, hi = fa["per_8h_ci"]
+            head += (f"; **{fa['per_8h']:.1f} false alerts per night** (8 h; 95 % interval {lo:.1f}–{hi:.1f}; "
+                     f"{fa['count']} in {fa['hours']:.1f} h of household recordings it never trained on)")
+        lines += [head + ".", ""]
+        cv = metrics.get("cv")
+        where = (f"{cv['folds']}-fold cross-validation by group: every negative second and every cry of the data counts "
+                 "once, judged by a model that never heard its recording group") if cv else "the held-out test split"
+        lines += [f"Measured on {where}, with the firmware's own decision rule ({setting_text(metrics['detector'])}; "
+                  "a crying episode is 20–90 s of one baby's cries; SNR = cry power over the background's).", ""]
+        cal = (m.get("calibration") or (metrics.get("calibration") or {}).get("int8")) or {}
+        prom = cal.get("promised")
+        if prom and fa:
+            lines += [f"- Promised by the validation nights ({cal['hours']:.1f} h): {prom['fa_per_8h']:.1f} false alerts "
+                      f"per 8 h (upper 95 % limit {prom['fa_per_8h_upper']:.1f}; budget {cal['budget_per_8h']:g}"
+                      + ("" if cal["within_budget"] else ", **not met** — no setting's limit was within it") + "); "
+                      f"measured on held-out nights: **{fa['per_8h']:.1f}** [{fa['per_8h_ci'][0]:.1f}, "
+                      f"{fa['per_8h_ci'][1]:.1f}]."]
+        sing = night.get("singles") or {}
+        s_h = sing.get(f"household {mid}")
+        if s_h:
+            lines += [f"- A single short cry (one clip, ≤ {params.night.max_cry_seconds:g} s) at {mid} dB is caught in "
+                      f"{_pct(s_h['recall'])}{_ci_pct(s_h.get('ci'))}: read the episode figures against it — the detector "
+                      "waits for sustained crying, which is what a parent needs to hear."]
+        cas = m.get("cascade")
+        cfa = ((cas or {}).get("false_alerts") or {}).get("household")
+        if cfa:
+            lines += ["- With a home hub confirming each alert (YAMNet and the run's hub model on the 4 s around it, "
+                      f"`cryblock collect --confirm`): **{cfa['per_8h']:.1f} false alerts per night** "
+                      f"[{cfa['per_8h_ci'][0]:.1f}, {cfa['per_8h_ci'][1]:.1f}], with {_pct(cas['headline_recall'])} of crying "
+                      "episodes still alerted within 10 s (the hub's 2 s wait for audio after the onset included; "
+                      f"device alone: {_pct(night.get('headline_recall'))}, both the mean over SNRs and backgrounds)."]
+        fn = (night.get("false_alerts") or {}).get("nursery")
+        if fn:
+            lines += [f"- Over {fn['hours']:.1f} h of nursery noise beds alone: {fn['count']} false alert(s)."]
+        w = m.get("window")
+        if w:
+            lines += [f"- Window AUC {_f(w['auc'])}{_ci(m, 'window')} (teacher "
+                      f"{_f(((metrics.get('teacher') or {}).get('window') or {}).get('auc'))})."]
+    cost = metrics.get("cost") or {}
+    if cost.get("int8_bytes"):
+        lines += [f"- On the device: INT8 model {cost['int8_bytes']:,} B, {cost.get('macs', 0) / 1e6:.2f} M MACs per "
+                  f"0.96 s patch, TFLite Micro arena {cost.get('arena_bytes') or 0:,} B on the host (`cryblock build` "
+                  "adds the ESP-NN scratch and prints the device plan and latency)."]
+    lines += [f"- cryblock {__version__}, {datetime.date.today().isoformat()}.", ""]
+    return lines
+
+
+def _training_md(metrics: dict, params) -> list[str]:
+    cost, tr, filt = metrics["cost"], metrics.get("training") or {}, metrics.get("filter") or {}
     d = metrics.get("data", {})
     aug = params.augment
     augs = [n for n, p in (("mix", aug.p_mix), ("gain", aug.p_gain), ("shift", aug.p_shift),
-                           ("SpecAugment", aug.p_specaugment), ("band-limit", aug.p_bandlimit)) if p > 0]
-    lines = [
-        "# cryblock learning run",
-        "",
-        f"Preset **{metrics['preset']}**, labels {', '.join(md_cell(x) for x in metrics['labels'])}. "
-        f"Temperature {params.learn.temperature}, α {params.learn.alpha}, student {cost.get('architecture', '')}, "
-        f"neg_per_pos {params.learn.neg_per_pos}, embedding_weight {params.learn.embedding_weight}, "
-        f"aux_weight {params.learn.aux_weight}; augmentation: {', '.join(augs) if augs else 'none'}.",
-        "",
-    ]
+                           ("SpecAugment", aug.p_specaugment), ("band-limit", aug.p_bandlimit),
+                           ("nursery beds", aug.p_nursery)) if p > 0]
+    lp = params.learn
+    lines = ["## Training", "",
+             f"Preset **{metrics['preset']}**, labels {', '.join(md_cell(x) for x in metrics['labels'])}. "
+             f"Temperature {lp.temperature}, α {lp.alpha}, student {cost.get('architecture', '')}, "
+             f"neg_per_pos {lp.neg_per_pos}, negatives failing the teacher filter: {lp.neg_filter}, category balance "
+             f"{lp.negative_balance:g}, hard-negative weight {lp.hard_negative_weight:g}, aux_weight {lp.aux_weight}; "
+             f"augmentation: {', '.join(augs) if augs else 'none'}"
+             + (f" (teacher targets: {aug.teacher_target})" if augs else "") + ".", ""]
     if d.get("split"):
-        lines.append("Data (split by group): " + ", ".join(
-            f"{k} {v['clips']} clips / {v['windows']} windows" for k, v in d["split"].items()) + ".")
-        lines.append("")
-    lines += [
-        f"Teacher filter: kept {filt['positive_kept']}/{filt['positive_windows']} positive and "
-        f"{filt['negative_kept']}/{filt['negative_windows']} negative training windows. "
-        f"Best epoch {tr['best_epoch']} (validation AUC {_f(tr['best_val_auc'])}).",
-        "",
-        "## Results on the test split",
-        "",
-        results_table(metrics),
-        "",
-        "AUC intervals: 95 % bootstrap over groups (recording sources). Each model uses its own "
-        f"detector, {metrics['detector']['tuned_on']}; the INT8 one is deployed "
-        f"({setting_text(metrics['detector'])}).",
-    ]
+        lines += ["Data (split by group): " + ", ".join(
+            f"{k} {v['clips']} clips / {v['windows']} windows" for k, v in d["split"].items()) + ".", ""]
+    if filt:
+        lines += [f"Teacher filter: kept {filt['positive_kept']}/{filt['positive_windows']} positive and "
+                  f"{filt['negative_kept']}/{filt['negative_windows']} negative training windows. "
+                  f"Best epoch {tr.get('best_epoch')} (validation AUC {_f(tr.get('best_val_auc'))}).", ""]
+    cv = metrics.get("cv")
+    if cv:
+        lines += [f"Cross-validation: {cv['folds']} folds by group; per fold: " + "; ".join(
+            f"{p['fold']}: {p['train_clips']}/{p['validation_clips']}/{p['test_clips']} clips, best epoch "
+            f"{p['best_epoch']}, val AUC {_f(p['best_val_auc'])}" for p in cv["per_fold"]) + ".", ""]
+    return lines
+
+
+def _results_md(metrics: dict, params, title: str) -> list[str]:
+    lines = [f"## {title}", "", results_table(metrics), "",
+             "AUC intervals: 95 % bootstrap over groups (recording sources); false alerts: exact Poisson 95 %; shares: "
+             f"Wilson 95 %. Each model at its own detector setting, {metrics['detector'].get('tuned_on', 'as given')}; "
+             "the INT8 one is deployed. The teacher's score is YAMNet's own probability of its cry classes ("
+             "'Baby cry, infant cry', 'Crying, sobbing'), on another scale than the student's: its threshold is not "
+             "comparable with the student's.", ""]
     nights = metrics.get("night") or {}
-    if "test" in nights:
-        n = nights["test"]
-        lines += ["", f"Test night: {n['hours'] * 60:.1f} min of negative audio ({n['negative_clips']} clips, longest "
-                  f"first) with {', '.join(f'{v} cries at {k} dB' for k, v in n['episodes'].items())} "
-                  f"(one per {params.night.gap_seconds:g} s slot); false alerts counted on the negative audio "
-                  "alone, rate interval exact Poisson 95 %."]
-    else:
-        lines += ["", "No night stream: these data carry no recordings (false alerts per hour are over the "
-                  "negative test clips run one by one)."]
-    lines += ["", window_table(metrics), ""]
-    cat = category_tables(metrics)
-    if cat:
-        lines += ["## Which sounds alert", "", cat, ""]
-    par = pareto_table(metrics.get("calibration"))
+    if nights.get("hours"):
+        h = nights["hours"]
+        lines += [f"Nights: {h.get('household', 0):.1f} h of household recordings ({nights.get('negative_clips', 0)} "
+                  f"negative clips, longest first) and {h.get('nursery', 0):.1f} h of nursery noise beds, with single "
+                  "cries and 20–90 s crying episodes laid in at each SNR; false alerts counted on the backgrounds "
+                  "alone." + (f" {nights['dropped']} insertions found no room." if nights.get("dropped") else ""), ""]
+    for title2, text in (("Crying episodes: time to alert (INT8)", episode_table(metrics)),
+                         ("Single cries detected", single_table(metrics)),
+                         ("DET: missed episodes against false alerts", det_table(metrics)),
+                         ("Second opinion: a home hub confirms each alert", cascade_table(metrics)),
+                         ("Which sounds alert", category_tables(metrics)),
+                         ("Cry groups caught least (INT8)", group_table(metrics))):
+        if text:
+            lines += [f"## {title2}", "", text, ""]
+    lines += ["## Per window", "", window_table(metrics), ""]
+    return lines
+
+
+def _summary_md(metrics: dict, params) -> str:
+    cost = metrics["cost"]
+    lines = parent_summary(metrics, params)
+    title = ("Cross-validated results (pooled held-out folds)" if metrics.get("cv") else "Results on the test split")
+    if any(metrics.get(k) for k, _ in MODELS):
+        lines += _results_md(metrics, params, title)
+    cal = metrics.get("calibration") or {k: (metrics.get(k) or {}).get("calibration") for k, _ in MODELS}
+    par = pareto_table(cal)
     if par:
-        cal = metrics["calibration"]["int8"]
-        lines += ["## Detector calibration (INT8, validation night)", "",
-                  f"{cal['candidates']} candidate settings; the deployed one has the highest mean cry-episode "
-                  f"recall with at most {cal['budget_per_8h']:g} false alerts per 8 h"
-                  + ("" if cal["within_budget"] else " — **none met the budget**: the one with the fewest false "
-                     "alerts is deployed") + ". Pareto front:", "", par, ""]
-    lines += [
-        "## INT8 cost",
-        "",
-        f"- size {cost['int8_bytes']:,} B (float {cost['float_bytes']:,} B)",
-        f"- parameters {cost['params']:,}, MACs {cost['macs']:,} per 0.96 s patch",
-        f"- TFLite Micro arena {cost['arena_bytes']:,} B (host interpreter)",
-        f"- INT8 vs float: max |Δp| {_f(metrics['int8_vs_float']['max_abs_diff'], '{:.4f}')}, "
-        f"decision agreement {_f(metrics['int8_vs_float']['decision_agreement'], '{:.4f}')}",
-        "",
-        "## Timing",
-        "",
-        ", ".join(f"{k.replace('_seconds', '')} {v:.1f} s" for k, v in metrics["timing"].items()),
-        "",
-    ]
+        c = cal["int8"]
+        lines += ["## Detector calibration (INT8, validation nights)", "",
+                  f"{c['candidates']} candidate settings on {c['hours']:.1f} h of validation nights; the deployed one "
+                  "has the most episodes alerted within 10 s whose false-alert rate's upper 95 % limit is within "
+                  f"{c['budget_per_8h']:g} per 8 h" + ("" if c["within_budget"] else " — **no candidate met it**: the "
+                                                        "one with the fewest false alerts is deployed") + ". Pareto front:",
+                  "", par, ""]
+    lines += _training_md(metrics, params)
+    lines += ["## INT8 cost", "",
+              f"- size {cost['int8_bytes']:,} B" + (f" (float {cost['float_bytes']:,} B)" if cost.get("float_bytes") else ""),
+              f"- parameters {cost['params']:,}, MACs {cost['macs']:,} per 0.96 s patch",
+              f"- TFLite Micro arena {cost['arena_bytes']:,} B (host interpreter)"]
+    agree = metrics.get("int8_vs_float") or {}
+    if agree.get("max_abs_diff") is not None:
+        lines.append(f"- INT8 vs float: max |Δp| {_f(agree['max_abs_diff'], '{:.4f}')}, decision agreement "
+                     f"{_f(agree['decision_agreement'], '{:.4f}')}")
+    lines += ["", "## Timing", "",
+              ", ".join(f"{k.replace('_seconds', '')} {v:.1f} s" for k, v in metrics["timing"].items()), ""]
     return "\n".join(lines)
 
 
 def _evaluation_md(metrics: dict, params) -> str:
     d = metrics["data"]
-    lines = [
-        "# cryblock evaluation",
-        "",
+    lines = parent_summary(metrics, params)
+    lines += [
         f"Run `{md_cell(metrics['run'])}` on `{md_cell(metrics['manifest'])}`: {d['clips']} clips "
         f"({d['positive_clips']} positive, {d['negative_clips']} negative), {d['patches']} windows, all evaluated "
         f"(no split). Preset {metrics['preset']}, labels {', '.join(md_cell(x) for x in metrics['labels'])}; each model "
-        f"at the run's detector setting (INT8: {setting_text(metrics['detector'])}).",
-        "",
-        results_table(metrics),
-        "",
-    ]
+        f"at the run's detector setting (INT8: {setting_text(metrics['detector'])}).", ""]
     if metrics.get("undefined"):
         lines += ["Not defined for these recordings: " + "; ".join(metrics["undefined"]) + ".", ""]
-    pos = {k: (metrics.get(k) or {}).get("detector", {}).get("pos_clips_detected") for k, _ in MODELS}
+    pos = {k: ((metrics.get(k) or {}).get("detector") or {}).get("pos_clips_detected") for k, _ in MODELS}
     if any(v is not None and v == v for v in pos.values()):
         lines += ["Positive clips alerted (detector over each clip alone): " + ", ".join(
             f"{name} {_f(pos[k])}" for k, name in MODELS) + ".", ""]
-    n = (metrics.get("night") or {}).get("evaluation")
-    if n:
-        lines += [f"Night: {n['hours'] * 60:.1f} min of negative audio ({n['negative_clips']} clips) with "
-                  f"{', '.join(f'{v} cries at {k} dB' for k, v in n['episodes'].items()) or 'no cries'}.", ""]
-    if metrics["teacher"].get("window"):
-        lines += [window_table(metrics), ""]
-    cat = category_tables(metrics)
-    if cat:
-        lines += ["## Which sounds alert", "", cat, ""]
+    lines += _results_md(metrics, params, "Results")
     return "\n".join(lines)
 
 
-def write_reports(out_dir: str | Path, metrics: dict, params, split, scores: dict, pos_index: int,
-                  night=None, night_scores: dict | None = None, settings: dict | None = None) -> None:
+def publish(out_dir: str | Path, metrics: dict, params, folds: list | None = None) -> None:
+    """metrics.json, report.md and report.html written into a staging folder inside ``out_dir``
+    and moved into place together (an evaluation never leaves half a report)."""
+    import os
+    import shutil
+
+    from cryblock.output import staging_dir
+
+    out = Path(out_dir)
+    staging = staging_dir(out)
+    try:
+        write_metrics(staging, metrics)
+        write_reports(staging, metrics, params, folds)
+        for f in sorted(staging.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_reports(out_dir: str | Path, metrics: dict, params, folds: list | None = None) -> None:
     """Write ``report.md`` and ``report.html`` (plots embedded) into ``out_dir``, atomically — of a
-    training run, or of ``cryblock evaluate`` when ``metrics["kind"] == "evaluation"``.
+    training run, a cross-validation, or ``cryblock evaluate`` (``metrics["kind"] == "evaluation"``).
 
     Args:
-        split: the evaluated split (:class:`cryblock.blocks.learn.train.Split`); ``scores`` its
-            per-window positive scores by model.
-        night, night_scores, settings: the split's night stream, each model's scores of it and
-            detector setting (the night timeline is plotted when given).
+        folds: the evaluated :class:`~cryblock.blocks.learn.evaluate.Fold` s (window scores, test
+            splits' clips, nights) for the plots; None: tables only.
     """
-    from cryblock.blocks.learn.evaluate import clip_max
+    from cryblock.blocks.learn.evaluate import clip_max, setting_from_dict
 
     out = Path(out_dir)
     evaluation = metrics.get("kind") == "evaluation"
     md = _evaluation_md(metrics, params) if evaluation else _summary_md(metrics, params)
     atomic_write_text(out / "report.md", md)
-    y_bin = (np.asarray(split.y) == pos_index).astype(int)
-    clip_bin = (np.asarray(split.clip_y) == pos_index).astype(int)
     imgs = []
-    if len(np.unique(clip_bin)) == 2:
-        curves = {k: (y_bin, s, clip_bin, clip_max(s, split.clip_index, len(clip_bin))) for k, s in scores.items()}
-        imgs.append(("ROC curves", roc_figure(curves)))
-    if night is not None and night_scores and night.episodes and any(night.episodes.values()):
-        imgs.append(("Nursery night", night_figure(night, night_scores, settings)))
-    counts = np.bincount(split.clip_index, minlength=len(split.clip_y))
-    timeline = []
-    for lab in (1, 0):  # longest positive and longest negative clip
-        cand = np.flatnonzero(clip_bin == lab)
-        if len(cand):
-            c = int(cand[np.argmax(counts[cand])])
-            m = split.clip_index == c
-            timeline.append({"name": split.clip_names[c], "hop_seconds": params.dsp.patch_hop_seconds, "label": lab,
-                             **{k: s[m] for k, s in scores.items()}})
-    if timeline:
-        imgs.append(("Score timelines of the longest positive and negative clips",
-                     timeline_figure(timeline, params.detector.threshold)))
+    if any((metrics.get(k) or {}).get("det") for k, _ in MODELS):
+        imgs.append(("DET curves", det_figure(metrics)))
+    tests = [f for f in (folds or []) if f.test is not None and f.window]
+    pos = metrics.get("positive_index", 1)
+    if tests:
+        y = np.concatenate([(np.asarray(f.test.y) == pos).astype(int) for f in tests])
+        cy = np.concatenate([(np.asarray(f.test.clip_y) == pos).astype(int) for f in tests])
+        if len(np.unique(cy)) == 2:
+            curves = {}
+            for k in tests[0].window:
+                s = np.concatenate([f.window[k] for f in tests])
+                cm = np.concatenate([clip_max(f.window[k], f.test.clip_index, len(f.test.clip_y)) for f in tests])
+                curves[k] = (y, s, cy, cm)
+            imgs.append(("ROC curves (pooled held-out windows)", roc_figure(curves)))
+    settings = {k: setting_from_dict(m["detector_setting"]) for k in ("teacher", "float", "int8")
+                if (m := metrics.get(k)) and m.get("detector_setting")}
+    night_fold = next((f for f in tests if f.test_night is not None and f.test_scores
+                       and any(st.insertions for st in f.test_night.streams)), None)
+    if night_fold is not None and "int8" in settings:
+        imgs.append(("Nursery night (first fold)", night_figure(night_fold.test_night, night_fold.test_scores, settings)))
+    if tests:
+        f = tests[0]
+        cb = (np.asarray(f.test.clip_y) == pos).astype(int)
+        counts = np.bincount(f.test.clip_index, minlength=len(cb))
+        timeline = []
+        for lab in (1, 0):  # longest positive and longest negative clip
+            cand = np.flatnonzero(cb == lab)
+            if len(cand):
+                c = int(cand[np.argmax(counts[cand])])
+                msk = np.asarray(f.test.clip_index) == c
+                timeline.append({"name": f.test.clip_names[c], "hop_seconds": params.dsp.patch_hop_seconds,
+                                 "label": lab, **{k: sc[msk] for k, sc in f.window.items()}})
+        if timeline:
+            imgs.append(("Score timelines of the longest positive and negative clips",
+                         timeline_figure(timeline, params.detector.threshold)))
     body = _md_to_html(md)
     for title, b64 in imgs:
         body += f"<h2>{html.escape(title)}</h2>\n<img alt=\"{html.escape(title)}\" src=\"data:image/png;base64,{b64}\">\n"
@@ -425,7 +696,7 @@ def _md_text(s: str) -> str:
 def _md_to_html(md: str) -> str:
     """Tiny converter for the report's own Markdown (headings, tables, bullet lists, paragraphs)."""
     out, in_table, in_list = [], False, False
-    for line in md.splitlines():
+    for line in md.split("\n"):  # our own line breaks only: str.splitlines() also splits at U+2028, U+0085, …
         if line.startswith("|"):
             cells = _md_cells(line)
             if set("".join(cells)) <= set("-"):

@@ -11,11 +11,13 @@ place only when everything succeeded, so a failed run leaves no half-written out
     model.tflite                     float32 student
     model_quantized_int8_io.tflite   INT8 student (int8 in/out), the one deployed
     saved_model.zip                  saved_model/ (Edge Impulse layout)
+    hub_model.npz                    the hub's second-opinion classifier on teacher embeddings
     metrics.json, report.md, report.html, params.json
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import time
@@ -63,13 +65,15 @@ class RunResult:
     table: str
 
 
-def _subset(ps, clip_ids: np.ndarray, label_index: dict[str, int]) -> Split:
+def subset(ps, clip_ids: np.ndarray, label_index: dict[str, int]) -> Split:
+    """The :class:`Split` of a :class:`~cryblock.data.PatchSet`'s clips ``clip_ids`` (labels by
+    ``label_index``)."""
     sub = ps.subset_clips(clip_ids)
     y_clip = np.array([label_index[c.label] for c in sub.clips], dtype=np.int64)
     return Split(sub.patches, y_clip[sub.clip_index], sub.clip_index.astype(np.int64), y_clip, list(sub.clips))
 
 
-def _positive_score(probs: np.ndarray, pos_index: int) -> np.ndarray:
+def positive_score(probs: np.ndarray, pos_index: int) -> np.ndarray:
     """Positive-class score per window ``[N]``: the sigmoid output of ``[N]``/``[N, 1]``
     probabilities, or column ``pos_index`` of softmax ones ``[N, K]``."""
     return probs.reshape(-1) if probs.ndim == 1 or probs.shape[1] == 1 else probs[:, pos_index]
@@ -208,62 +212,80 @@ def prepare_clips(manifest: str | os.PathLike, params: Params, *, label_map: dic
     return mp, clips, params
 
 
+def load_patches(manifest, params: Params, *, max_clips: int | None = None, cache_dir=None, workers: int | None = None,
+                 label_map: dict[str, str] | None = None, log: Log = print):
+    """Manifest → (manifest path, :class:`~cryblock.data.PatchSet`, params, label index, data info)
+    for training: :func:`prepare_clips`, then every clip's patches (cached)."""
+    from cryblock.data import compute_patches, default_cache_dir
+    from cryblock.progress import Progress
+
+    mp, clips, params = prepare_clips(manifest, params, label_map=label_map, max_clips=max_clips, log=log)
+    learn = params.learn
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    t0 = time.perf_counter()
+    with Progress(len(clips), f"features of {len(clips)} clips", log) as prog:
+        ps = compute_patches(clips, params.dsp, workers=workers, cache_dir=cache, progress=prog.update)
+    t_feat = time.perf_counter() - t0
+    log(f"features: {len(ps.patches)} patches of {len(ps.clips)} clips in {t_feat:.1f} s"
+        + (f" ({len(ps.skipped)} clip(s) skipped, first: {ps.skipped[0][1]})" if ps.skipped else ""))
+    found = sorted({c.label for c in ps.clips})
+    label_index = ({lab: int(lab == learn.positive_label) for lab in found} if learn.preset == "cry"
+                   else {lab: i for i, lab in enumerate(learn.labels)})
+    info = {"manifest": str(mp), "clips": len(ps.clips), "patches": int(len(ps.patches)),
+            "skipped": [list(s) for s in ps.skipped], "features_seconds": t_feat}
+    return mp, ps, params, label_index, info
+
+
 def train_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, params: Params = Params(), *,
                         teacher=None, max_clips: int | None = None, cache_dir: str | os.PathLike | None = None,
                         workers: int | None = None, label_map: dict[str, str] | None = None,
-                        log: Log = print) -> RunResult:
-    """Train, export, evaluate and report one run from a manifest CSV.
+                        log: Log = print, force: bool = False) -> RunResult:
+    """Train, export, evaluate and report one run from a manifest CSV (one group split: train /
+    validation / test).
 
     Args:
         manifest: manifest CSV (``path,label,group`` …) or a folder holding ``manifest.csv``.
-        out_dir: run folder (created; existing outputs of the same names are replaced).
-        params: all parameters; ``learn`` drives the split and training, ``detector`` the
-            false-alert evaluation. For preset "general" the labels are the manifest's.
+        out_dir: run folder (created). An existing non-empty one is refused unless ``force``
+            (:func:`cryblock.output.check_run_output`).
+        params: all parameters; ``learn`` drives the split and training, ``night`` the nursery
+            nights and the calibration. For preset "general" the labels are the manifest's.
         teacher: a loaded teacher, a path to one, or None (``$CRYBLOCK_TEACHER``/cache/download).
-        max_clips: use a label-stratified random subset of this many clips (quick runs).
-        cache_dir: feature and teacher-output cache (default ``$CRYBLOCK_CACHE`` or
-            ``~/.cache/cryblock``).
+        max_clips: use a subset stratified by label and group of this many clips (quick runs).
+        cache_dir: feature, teacher-output and decoded-audio cache (default ``$CRYBLOCK_CACHE``
+            or ``~/.cache/cryblock``).
         workers: feature-extraction processes.
         label_map: manifest label → training label (see :func:`prepare_clips`).
         log: progress lines.
+        force: replace an earlier run in ``out_dir``.
 
     Returns:
         :class:`RunResult`.
 
     Raises:
-        CryblockError: bad manifest or labels, ``out_dir`` not writable, too few groups, one class
+        CryblockError: bad manifest or labels, ``out_dir`` not writable or holding another run, too few groups, one class
             only, a label missing from a split, missing/corrupt teacher, … (checked before the long
             work where possible; nothing is written to ``out_dir`` then).
     """
-    from cryblock.data import compute_patches, default_cache_dir, split_by_group
-    from cryblock.io import check_output
+    from cryblock.data import default_cache_dir, split_by_group
+    from cryblock.output import check_run_output
 
     t_start = time.perf_counter()
-    check_output(out_dir, folder=True)
-    mp, clips, params = prepare_clips(manifest, params, label_map=label_map, max_clips=max_clips, log=log)
-    learn = params.learn
-    found = sorted({c.label for c in clips})
+    check_run_output(out_dir, "run", force=force,
+                     inputs=(manifest, teacher if isinstance(teacher, (str, os.PathLike)) else None))
+    prepare_clips(manifest, params, label_map=label_map, max_clips=max_clips, log=lambda s: None)  # fail fast
     teacher = _teacher(teacher)  # fail fast on a missing/corrupt teacher, before feature extraction
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    t0 = time.perf_counter()
-    ps = compute_patches(clips, params.dsp, workers=workers, cache_dir=cache)
-    t_feat = time.perf_counter() - t0
-    log(f"features: {len(ps.patches)} patches of {len(ps.clips)} clips in {t_feat:.1f} s"
-        + (f" ({len(ps.skipped)} clip(s) skipped, first: {ps.skipped[0][1]})" if ps.skipped else ""))
+    mp, ps, params, label_index, info = load_patches(manifest, params, max_clips=max_clips, cache_dir=cache,
+                                                     workers=workers, label_map=label_map, log=log)
+    learn = params.learn
     tr, va, te = split_by_group(ps.clips, learn.test_fraction, learn.validation_fraction, learn.seed)
-    if learn.preset == "cry":
-        label_index = {lab: int(lab == learn.positive_label) for lab in found}
-    else:
-        label_index = {lab: i for i, lab in enumerate(learn.labels)}
-    splits = {name: _subset(ps, ids, label_index) for name, ids in (("train", tr), ("val", va), ("test", te))}
+    splits = {name: subset(ps, ids, label_index) for name, ids in (("train", tr), ("val", va), ("test", te))}
     log("split by group: " + ", ".join(f"{k} {len(s.clip_y)} clips / {len(s.x)} windows" for k, s in splits.items()))
-    info = {"manifest": str(mp), "clips": len(ps.clips), "patches": int(len(ps.patches)),
-            "skipped": [list(s) for s in ps.skipped], "features_seconds": t_feat,
-            "split": {k: {"clips": int(len(s.clip_y)), "windows": int(len(s.x)),
-                          "positive_clips": int(np.sum(s.clip_y == 1)) if learn.preset == "cry" else None}
-                      for k, s in splits.items()}}
+    info["split"] = {k: {"clips": int(len(s.clip_y)), "windows": int(len(s.x)),
+                         "positive_clips": int(np.sum(s.clip_y == 1)) if learn.preset == "cry" else None}
+                     for k, s in splits.items()}
     return train_arrays(splits["train"], splits["val"], splits["test"], out_dir, params, teacher=teacher,
-                        cache_dir=cache / "teacher", log=log, data_info=info, t_start=t_start)
+                        cache_dir=cache, log=log, data_info=info, t_start=t_start)
 
 
 def _teacher(teacher):
@@ -274,42 +296,195 @@ def _teacher(teacher):
     return teacher
 
 
-def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLike, params: Params = Params(), *,
+@dataclass
+class Fitted:
+    """A trained student and what went into it.
+
+    Attributes:
+        models: :class:`~cryblock.blocks.learn.student.StudentModels` (best weights restored).
+        fit: per-epoch history and the chosen epoch.
+        filt: teacher-filter counts (windows kept per class).
+        keep: bool ``[n_train]`` windows the filter kept.
+        head: the general preset's teacher head (logistic regression on embeddings), else None.
+        pos_index: index of the positive label in the model output.
+    """
+
+    models: object
+    fit: object
+    filt: dict
+    keep: np.ndarray
+    head: object | None
+    pos_index: int
+
+
+def fit_split(train: Split, val: Split, params: Params, teacher, t_scores: np.ndarray, emb: np.ndarray, *,
+              flat_input: bool = False, log: Log = print) -> Fitted:
+    """Distil the student on one training split.
+
+    Args:
+        train: training windows (x float32 ``[N, 96, 64]``, labels 0/1 or label indices).
+        val: validation windows (early stopping on their AUC).
+        params: recipe (``learn``, ``augment``, ``dsp``).
+        teacher: the loaded teacher (re-scores augmented windows).
+        t_scores, emb: the teacher's scores ``[N, 521]`` and embeddings ``[N, 1024]`` of ``train``.
+        flat_input: student takes flat ``[6144]`` input (Edge Impulse).
+
+    Raises:
+        DataError: the teacher filter leaves no positive or no negative window.
+    """
+    from cryblock.blocks.learn import augment, distill
+    from cryblock.blocks.learn.student import build_student
+    from cryblock.blocks.learn.teacher import cry_probability
+
+    learn = params.learn
+    cry = learn.preset == "cry"
+    n_labels = 2 if cry else len(learn.labels)
+    aux = list(learn.aux_classes) if learn.aux_weight > 0 else None
+    head = None
+    y_tr = np.asarray(train.y)
+    if cry:
+        pos_index = 1
+        p_tr = cry_probability(t_scores)
+        keep = distill.teacher_filter(y_tr == 1, p_tr, learn.filter_pos, learn.filter_neg)
+        pos_mask = y_tr == 1
+        if learn.neg_filter == "clip":  # keep the negatives the teacher finds cry-like, target clipped
+            p_tr = np.where(pos_mask, p_tr, np.minimum(p_tr, learn.filter_neg))
+            keep = keep | ~pos_mask
+        zt = distill.logit(p_tr)[:, None]
+    else:
+        pos_index = learn.labels.index(learn.positive_label)
+        head = distill.fit_teacher_head(emb, train.y, learn.labels, learn.seed)
+        zt = head.logits(emb)
+        # general: keep windows whose teacher-head probability of their own label > filter_pos
+        keep = head.proba(emb)[np.arange(len(y_tr)), y_tr] > learn.filter_pos
+        pos_mask = y_tr == pos_index
+    filt = {"positive_windows": int(np.sum(pos_mask)), "positive_kept": int(np.sum(pos_mask & keep)),
+            "negative_windows": int(np.sum(~pos_mask)), "negative_kept": int(np.sum(~pos_mask & keep))}
+    log(f"teacher filter: kept {filt['positive_kept']}/{filt['positive_windows']} positive windows "
+        f"(p > {learn.filter_pos}), {filt['negative_kept']}/{filt['negative_windows']} negative"
+        + ((" (p < {0})" if learn.neg_filter == "drop" else " (all; p clipped to {0})").format(learn.filter_neg)
+           if cry else f" (own-label p > {learn.filter_pos})"))
+    if filt["positive_kept"] == 0 or filt["negative_kept"] == 0:
+        raise DataError(f"the teacher filter left {filt['positive_kept']} positive / {filt['negative_kept']} "
+                        f"negative training windows; loosen filter_pos/filter_neg")
+    kept = np.flatnonzero(keep)
+    weight = None
+    if learn.negative_balance > 0 and train.clips is not None:
+        cats = np.array([c.category or c.label for c in train.clips], dtype=object)[train.clip_index]
+        weight = distill.category_weights(cats[kept], learn.negative_balance)
+    data = distill.DistillData(train.x[keep], y_tr[keep], zt[keep], emb[keep] if learn.embedding_weight > 0 else None,
+                               pos_mask[keep], aux_targets=t_scores[keep][:, aux] if aux else None,
+                               source_index=kept, neg_weight=weight)
+    augmenter = None
+    if params.augment.active:
+        augmenter = augment.Augmenter(params.augment, params.dsp, train.x,
+                                      None if train.clips is None else train.clip_index, np.flatnonzero(~pos_mask),
+                                      seed=learn.seed)
+
+    def rescore(patches: np.ndarray):
+        """Teacher targets of augmented windows (not cached: they are new every epoch)."""
+        sc, em = teacher.predict(patches, batch_size=256)
+        z = distill.logit(cry_probability(sc))[:, None] if cry else head.logits(em)
+        return z, (em if learn.embedding_weight > 0 else None), (sc[:, aux] if aux else None)
+
+    models = build_student(learn, params.dsp, n_out=1 if cry else n_labels,
+                           embedding_projection=learn.embedding_weight > 0, aux_outputs=len(aux) if aux else 0,
+                           flat_input=flat_input)
+    fit = distill.fit_student(models, data, val.x, val.y, learn, augmenter=augmenter, rescore=rescore, log=log)
+    return Fitted(models, fit, filt, keep, head, pos_index)
+
+
+def teacher_scorer(teacher, params: Params, head, cache_dir: str | os.PathLike | None, hub=None) -> dict:
+    """The teacher's positive score of any patches ``[n, 96, 64]`` → ``[n]`` (cry preset: the
+    max of YAMNet's two cry classes; general: the teacher head), cached by the patches' bytes:
+    ``{"teacher": scorer}``. With a hub model (:class:`cryblock.blocks.hub.opinion.HubModel`) also
+    ``"hub"``: its score of the teacher's embeddings, from the same teacher pass (not cached)."""
+    from cryblock.blocks.learn import distill
+    from cryblock.blocks.learn.night import teacher_score_cache
+    from cryblock.blocks.learn.teacher import cry_probability
+
+    learn = params.learn
+    pos = 1 if learn.preset == "cry" else learn.labels.index(learn.positive_label)
+
+    def positive(sc, em):
+        return cry_probability(sc) if learn.preset == "cry" else head.proba(em)[:, pos]
+
+    if hub is not None:
+        last: dict = {}
+
+        def outputs(x):
+            if last.get("x") is not x:  # the night scorer hands every model the same batch
+                sc, em = teacher.predict(np.asarray(x, np.float32), batch_size=256)
+                last.update(x=x, teacher=positive(sc, em), hub=hub.proba(em))
+            return last
+        return {"teacher": lambda x: outputs(x)["teacher"], "hub": lambda x: outputs(x)["hub"]}
+
+    def score(x):
+        return positive(*distill.teacher_outputs(teacher, np.asarray(x, np.float32), None))
+    ident = f"{getattr(teacher, 'sha256', None) or getattr(teacher, 'path', '')}|{learn.preset}|" + (
+        "" if head is None else hashlib.sha1(np.asarray(head.clf.coef_).tobytes()).hexdigest())
+    return {"teacher": teacher_score_cache(score, None if cache_dir is None else Path(cache_dir) / "teacher-night",
+                                           ident)}
+
+
+def model_scorers(fitted: Fitted, int8: bytes | None, teacher_score, *, workers: int | None = None):
+    """``({"teacher", "float", "int8"} → patches → positive score [n], INT8 runner)``: the three
+    models as scorers; the INT8 one runs in TFLite Micro (:class:`~.evaluate.TflmPool`, one invoke
+    per patch as on the device). Close the runner when done. Without ``int8`` bytes there is no
+    INT8 scorer and the runner is None."""
+    from cryblock.blocks.learn import distill
+    from cryblock.blocks.learn.evaluate import TflmPool
+
+    pos = fitted.pos_index
+    scorers = {"teacher": teacher_score,
+               "float": lambda x: positive_score(distill.predict_batches(fitted.models.model, x), pos)}
+    runner = None
+    if int8 is not None:
+        runner = TflmPool(int8, workers)
+        scorers["int8"] = lambda x: positive_score(runner.predict(x), pos)
+    return scorers, runner
+
+
+def train_arrays(train: Split, val: Split, test: Split | None, out_dir: str | os.PathLike, params: Params = Params(), *,
                  teacher=None, cache_dir: str | os.PathLike | None = None, log: Log = print,
                  data_info: dict | None = None, flat_input: bool = False, t_start: float | None = None,
-                 write_report: bool = True) -> RunResult:
+                 write_report: bool = True, cv: dict | None = None) -> RunResult:
     """Distil, export, calibrate, evaluate and report from split window arrays.
 
     Args:
         train, val, test: :class:`Split` (x float32 ``[N, 96, 64]``). Labels are 0/1 with
             1 = positive (preset "cry") or indices into ``params.learn.labels`` ("general").
-            Splits that carry their ``clips`` get the nursery-night evaluation (and the detector
-            is calibrated on the validation night); without clips (Edge Impulse rows) the
-            detector threshold is the validation best clip-F1 one.
+            Splits that carry their ``clips`` get the nursery nights (the detector is calibrated
+            on the validation night); without clips (Edge Impulse rows) the detector threshold is
+            the validation best clip-F1 one. ``test`` None: no test evaluation here — the run's
+            figures come from ``cv`` (``cryblock demo`` deploys a model of the recipe it
+            cross-validated, with the cross-validated detector setting in ``params.detector``).
         out_dir: run folder.
         params: parameters.
         teacher: loaded teacher / path / None.
-        cache_dir: where teacher outputs are cached (None = no cache).
+        cache_dir: cache folder (teacher outputs under ``teacher/``, decoded audio under
+            ``waves/``); None = no cache.
         log: progress lines.
         data_info: dataset description stored in metrics.json.
         flat_input: student takes flat ``[6144]`` input (Edge Impulse).
         write_report: also write report.md/report.html (metrics.json and params.json always).
+        cv: the :class:`~cryblock.blocks.learn.cv.CrossValidation` of this recipe: its calibrated
+            detector setting is deployed and its pooled figures are the run's metrics and report.
 
     Returns:
         :class:`RunResult`.
     """
-    from cryblock.blocks.learn import augment, distill, evaluate, export, report
-    from cryblock.blocks.learn.night import score_night
+    from cryblock.blocks.learn import distill, evaluate, export, report
     from cryblock.blocks.deploy.model import inspect_model
-    from cryblock.blocks.learn.student import architecture, build_student, count_params
-    from cryblock.blocks.learn.teacher import cry_probability
-    from cryblock.io import staging_dir
+    from cryblock.blocks.learn.student import architecture, count_params
+    from cryblock.output import staging_dir
 
     t_start = t_start or time.perf_counter()
     learn = params.learn
     cry = learn.preset == "cry"
     n_labels = 2 if cry else len(learn.labels)
-    for name, s in (("train", train), ("validation", val), ("test", test)):
+    named = [("train", train), ("validation", val)] + ([("test", test)] if test is not None else [])
+    for name, s in named:
         if len(s.x) == 0:
             raise DataError(f"the {name} split has no windows")
         present = set(np.unique(s.y).tolist())
@@ -321,174 +496,96 @@ def train_arrays(train: Split, val: Split, test: Split, out_dir: str | os.PathLi
             raise DataError(f"label(s) {miss} missing from the {name} split")
     out = Path(out_dir)
     teacher = _teacher(teacher)
+    cache = Path(cache_dir) if cache_dir else None
     timing = {}
 
-    # --- teacher outputs (cached) on all windows
+    # --- teacher outputs (cached) of the training windows, then the student
     t0 = time.perf_counter()
-    all_x = np.concatenate([train.x, val.x, test.x]).reshape(-1, *params.dsp.patch_shape)
-    t_scores, emb = distill.teacher_outputs(teacher, all_x, cache_dir, log=log)
+    t_scores, emb = distill.teacher_outputs(teacher, train.x, None if cache is None else cache / "teacher", log=log)
     timing["teacher_seconds"] = time.perf_counter() - t0
-    n_tr, n_va = len(train.x), len(val.x)
-    sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}
-    aux = list(learn.aux_classes) if learn.aux_weight > 0 else None
-    head = None
-    if cry:
-        pos_index = 1
-        p_all = cry_probability(t_scores)
-        zt_train = distill.logit(p_all[sl["train"]])[:, None]
-    else:
-        pos_index = learn.labels.index(learn.positive_label)
-        head = distill.fit_teacher_head(emb[sl["train"]], train.y, learn.labels, learn.seed)
-        zt_train = head.logits(emb[sl["train"]])
-        p_all = head.proba(emb)[np.arange(len(all_x)), np.concatenate([train.y, val.y, test.y])]  # own-label prob
-
-    def teacher_score(patches: np.ndarray) -> np.ndarray:
-        """The teacher's positive score of any patches (cached like the split's)."""
-        sc, em = distill.teacher_outputs(teacher, patches, cache_dir)
-        return cry_probability(sc) if cry else head.proba(em)[:, pos_index]
-
-    def rescore(patches: np.ndarray):
-        """Teacher targets of augmented windows (not cached: they are new every epoch)."""
-        sc, em = teacher.predict(patches, batch_size=256)
-        z = distill.logit(cry_probability(sc))[:, None] if cry else head.logits(em)
-        return z, (em if learn.embedding_weight > 0 else None), (sc[:, aux] if aux else None)
-
-    # --- teacher-as-filter
-    y_tr = np.asarray(train.y)
-    if cry:
-        keep = distill.teacher_filter(y_tr == 1, p_all[sl["train"]], learn.filter_pos, learn.filter_neg)
-        pos_mask_all = y_tr == 1
-    else:  # general: keep windows whose teacher-head probability of their own label > filter_pos
-        keep = p_all[sl["train"]] > learn.filter_pos
-        pos_mask_all = y_tr == pos_index
-    filt = {"positive_windows": int(np.sum(pos_mask_all)), "positive_kept": int(np.sum(pos_mask_all & keep)),
-            "negative_windows": int(np.sum(~pos_mask_all)), "negative_kept": int(np.sum(~pos_mask_all & keep))}
-    log(f"teacher filter: kept {filt['positive_kept']}/{filt['positive_windows']} positive windows "
-        f"(p > {learn.filter_pos}), {filt['negative_kept']}/{filt['negative_windows']} negative"
-        + (f" (p < {learn.filter_neg})" if cry else f" (own-label p > {learn.filter_pos})"))
-    if filt["positive_kept"] == 0 or filt["negative_kept"] == 0:
-        raise DataError(f"the teacher filter left {filt['positive_kept']} positive / {filt['negative_kept']} "
-                        f"negative training windows; loosen filter_pos/filter_neg")
-    kept = np.flatnonzero(keep)
-    data = distill.DistillData(train.x[keep], y_tr[keep], zt_train[keep],
-                               emb[sl["train"]][keep] if learn.embedding_weight > 0 else None, pos_mask_all[keep],
-                               aux_targets=t_scores[sl["train"]][keep][:, aux] if aux else None, source_index=kept)
-    augmenter = None
-    if params.augment.active:
-        augmenter = augment.Augmenter(params.augment, params.dsp, train.x,
-                                      None if train.clips is None else train.clip_index, np.flatnonzero(~pos_mask_all))
-
-    # --- student
     t0 = time.perf_counter()
-    models = build_student(learn, params.dsp, n_out=1 if cry else n_labels,
-                           embedding_projection=learn.embedding_weight > 0, aux_outputs=len(aux) if aux else 0,
-                           flat_input=flat_input)
-    fit = distill.fit_student(models, data, val.x, val.y, learn, augmenter=augmenter, rescore=rescore, log=log)
+    fitted = fit_split(train, val, params, teacher, t_scores, emb, flat_input=flat_input, log=log)
     timing["train_seconds"] = time.perf_counter() - t0
+    del t_scores
+    models, pos_index = fitted.models, fitted.pos_index
 
     staging = staging_dir(out)
+    runner = None
     try:
         t0 = time.perf_counter()
-        rep = export.representative_patches(train.x[keep], 300, learn.seed)
+        log("exporting float, INT8 and SavedModel …")
+        rep = export.representative_patches(train.x[fitted.keep], 300, learn.seed)
         # the firmware's INT8 model outputs logits; Edge Impulse's (flat input) probabilities
         exp = export.export_all(models.model, rep, staging, logits_model=None if flat_input else models.logits_model)
         timing["export_seconds"] = time.perf_counter() - t0
-        if head is not None:
-            head.save(staging / TEACHER_HEAD_NAME)
+        if fitted.head is not None:
+            fitted.head.save(staging / TEACHER_HEAD_NAME)
+        # --- the hub's second-opinion model on the embeddings of the kept training windows (hub.opinion)
+        from cryblock.blocks.hub.opinion import HUB_MODEL_NAME, fit_hub_model
 
-        # --- the three models as scorers of any patches
-        t0 = time.perf_counter()
-        runner = evaluate.TflmRunner(exp.int8_tflite)
-        scorers = {"teacher": teacher_score,
-                   "float": lambda x: _positive_score(distill.predict_batches(models.model, x), pos_index),
-                   "int8": lambda x: _positive_score(runner.predict(x), pos_index)}
-        window = {"val": {k: (p_all[sl["val"]] if k == "teacher" and cry else f(val.x)) for k, f in scorers.items()},
-                  "test": {k: (p_all[sl["test"]] if k == "teacher" and cry else f(test.x)) for k, f in scorers.items()}}
-        timing["score_seconds"] = time.perf_counter() - t0
+        _, emb_val = distill.teacher_outputs(teacher, val.x, None if cache is None else cache / "teacher")
+        hub = fit_hub_model(emb[fitted.keep], (np.asarray(train.y) == pos_index)[fitted.keep], emb_val,
+                            np.asarray(val.y) == pos_index, val.clip_index, label=learn.positive_label, seed=learn.seed)
+        hub.save(staging / HUB_MODEL_NAME)
+        log(f"hub model: {hub.kind} (validation AUC " + ", ".join(f"{k} {v:.3f}" for k, v in hub.val_auc.items())
+            + f"), threshold {hub.threshold:.3f}")
+        del emb, emb_val
+        t_scorers = teacher_scorer(teacher, params, fitted.head, cache, hub)
+        scorers, runner = model_scorers(fitted, exp.int8_tflite, t_scorers["teacher"])
 
-        # --- detector settings: calibrated on the validation split, never the test split
         t0 = time.perf_counter()
-        settings = {k: params.detector for k in scorers}
-        calibration, nights = None, {}
-        if learn.tune_threshold:
-            if val.clips is not None:
-                nights["validation"] = evaluate.night_of(val, pos_index, params, learn.seed)
-                calibration = {}
-                for k, f in scorers.items():
-                    cal = evaluate.calibrate_on(nights["validation"], f, params)
-                    settings[k] = cal.setting
-                    calibration[k] = evaluate.calibration_dict(cal)
-                log("detector calibrated on the validation night (" + ", ".join(
-                    f"{k}: {report.setting_text(settings[k])}" for k in settings) + "; INT8 deployed)")
-                if not calibration["int8"]["within_budget"]:
-                    log(f"warning: no detector setting met the budget of {params.night.fa_budget_per_8h:g} false "
-                        "alerts per 8 h on the validation night; deployed the one with the fewest")
-            else:
-                yv = (np.asarray(val.clip_y) == pos_index).astype(int)
-                for k, sv in window["val"].items():
-                    best = evaluate.binary_metrics(yv, evaluate.clip_max(sv, val.clip_index, len(yv)))["threshold"]
-                    # floored to 1e-3 (the firmware Kconfig holds it ×1000), never above the best-F1 point
-                    settings[k] = dataclasses.replace(params.detector, threshold=float(np.clip(
-                        np.floor(best * 1000) / 1000, 0.0, 1.0)))
-                log("detector thresholds tuned on validation clips (best clip F1): "
-                    + ", ".join(f"{k} {settings[k].threshold}" for k in settings) + " (INT8 one deployed)")
-            params = dataclasses.replace(params, detector=settings["int8"])
-        timing["calibration_seconds"] = time.perf_counter() - t0
-
-        # --- evaluation on the test split
-        t0 = time.perf_counter()
-        if test.clips is not None:
-            nights["test"] = evaluate.night_of(test, pos_index, params, learn.seed)
-        results, night_scores = {}, {}
-        for k, f in scorers.items():
-            if "test" in nights:
-                night_scores[k] = score_night(nights["test"], f)
-            results[k] = evaluate.evaluate_split(window["test"][k], test, pos_index, settings[k], params,
-                                                 night=nights.get("test"), night_scores=night_scores.get(k))
-            if not cry:
-                probs = head.proba(emb[sl["test"]]) if k == "teacher" else (
-                    distill.predict_batches(models.model, test.x) if k == "float" else runner.predict(test.x))
-                results[k]["accuracy"] = float(np.mean(np.argmax(probs, axis=1) == test.y))
-                results[k]["macro_auc"] = distill.val_auc(test.y, probs)
-        timing["eval_seconds"] = time.perf_counter() - t0
-        diff = np.abs(window["test"]["int8"] - window["test"]["float"])
-        thr = params.detector.threshold
-        agreement = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                     "decision_agreement": float(np.mean((window["test"]["int8"] >= thr)
-                                                         == (window["test"]["float"] >= thr)))}
+        if cv is not None:  # the cross-validated recipe's setting, calibrated on its pooled validation nights
+            settings, results, calibration, folds = cv.settings, cv.models, None, cv.folds
+        else:
+            fold = evaluate.evaluate_fold(scorers, val, test, params, pos_index, cache=cache, log=log,
+                                          test_extra={"hub": t_scorers["hub"]})
+            fold.hub_threshold = hub.threshold
+            settings, calibration = evaluate.choose_settings([fold], params, log=log)
+            results = evaluate.summarise([fold], params, pos_index, settings, calibration) if test is not None else {}
+            folds = [fold]
+        timing["evaluation_seconds"] = time.perf_counter() - t0
+        params = dataclasses.replace(params, detector=settings["int8"])
+        if val.clips is not None:  # the cries `cryblock calibrate` lays into a parent's recording
+            data_info = {**(data_info or {}), "validation_cries": [
+                {"path": str(c.path), "group": c.group} for c, y in zip(val.clips, val.clip_y) if y == pos_index]}
         cost = {"int8_bytes": len(exp.int8_tflite), "float_bytes": len(exp.float_tflite),
                 # MACs of the INT8 graph the device runs (convolutions, depthwise, dense, plus one
                 # per element read by pools and means): the figure cryblock build and tune report
                 "params": count_params(models.model), "macs": inspect_model(exp.int8_tflite).macs,
                 "arena_bytes": runner.min_arena_bytes, "architecture": architecture(learn).describe(),
-                "tflm_ms_per_window_host": 1000 * runner.seconds / max(1, runner.invokes)}
+                "tflm_ms_per_window_host": runner.ms_per_invoke}
         timing["total_seconds"] = time.perf_counter() - t_start
         metrics = {
             "preset": learn.preset, "labels": list(learn.labels), "positive_index": pos_index,
-            "data": data_info or {}, "filter": filt,
-            "training": {"history": fit.history, "best_epoch": fit.best_epoch, "best_val_auc": fit.best_val_auc,
-                         "windows_kept": int(np.sum(keep)), "augmentation": params.augment.active,
-                         "aux_head": bool(aux)},
-            "teacher": results["teacher"], "float": results["float"], "int8": results["int8"],
-            "int8_vs_float": agreement, "cost": cost,
+            "data": data_info or {}, "filter": fitted.filt,
+            "training": {"history": fitted.fit.history, "best_epoch": fitted.fit.best_epoch,
+                         "best_val_auc": fitted.fit.best_val_auc, "windows_kept": int(np.sum(fitted.keep)),
+                         "augmentation": params.augment.active, "aux_head": learn.aux_weight > 0},
+            **{k: results.get(k) for k in ("teacher", "float", "int8")},
+            "int8_vs_float": results.get("int8_vs_float"), "cost": cost,
             "detector": {**params.to_dict()["detector"],
-                         "tuned_on": ("validation night stream (highest cry-episode recall within "
-                                      f"{params.night.fa_budget_per_8h:g} false alerts per 8 h)" if calibration
-                                      else "best clip F1 on the validation split" if learn.tune_threshold else "given")},
-            "calibration": calibration,
-            "night": {k: evaluate.night_summary(n) for k, n in nights.items()},
+                         "tuned_on": evaluate.tuned_on(params, calibration, cv and cv.summary)},
+            "calibration": calibration, "night": results.get("night"), "cv": cv and cv.summary,
             "timing": timing,
         }
+        if not cry and test is not None:
+            for k, f in (("teacher", None), ("float", None), ("int8", None)):
+                probs = (fitted.head.proba(distill.teacher_outputs(teacher, test.x, None if cache is None else
+                                                                   cache / "teacher")[1]) if k == "teacher" else
+                         distill.predict_batches(models.model, test.x) if k == "float" else runner.predict(test.x))
+                metrics[k]["accuracy"] = float(np.mean(np.argmax(probs, axis=1) == test.y))
+                metrics[k]["macro_auc"] = distill.val_auc(test.y, probs)
         params.save(staging / "params.json")
         table = report.results_table(metrics)
         if write_report:
-            report.write_reports(staging, metrics, params, test, window["test"], pos_index,
-                                 nights.get("test"), night_scores, settings)
+            report.write_reports(staging, metrics, params, folds)
         report.write_metrics(staging, metrics)
         # --- move everything into place
         for f in sorted(staging.iterdir()):
             os.replace(f, out / f.name)
     finally:
+        if runner is not None:
+            runner.close()
         shutil.rmtree(staging, ignore_errors=True)
     log(table)
     return RunResult(out, metrics, table)

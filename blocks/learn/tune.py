@@ -132,7 +132,7 @@ def table(rows: list[dict], budget: Budget) -> str:
 
 def tune(manifest, out_dir, params: Params = Params(), *, budget: Budget = Budget(), candidates: dict | None = None,
          epochs: int = 6, final_epochs: int = 15, minutes: float = 30.0, teacher=None, workers: int | None = None,
-         log: Callable[[str], None] = print) -> dict:
+         log: Callable[[str], None] = print, force: bool = False) -> dict:
     """Train and measure every candidate, print the table, retrain the best within budget.
 
     Args:
@@ -141,16 +141,17 @@ def tune(manifest, out_dir, params: Params = Params(), *, budget: Budget = Budge
         params: the recipe shared by all candidates (their architecture fields are replaced).
         budget: cost limits; candidates: name → architecture fields (default :data:`CANDIDATES`).
         epochs: epochs per candidate (short: for ranking); minutes: time box for the candidates.
+        force: replace an earlier tune in ``out_dir`` (else an existing non-empty folder is refused).
 
     Returns:
         ``{"rows": [...], "best": name or None, "best_run": path or None}``.
     """
     from cryblock.blocks.learn.teacher import load_teacher
     from cryblock.blocks.learn.train import train_from_manifest
-    from cryblock.io import atomic_write_text, check_output, json_safe
+    from cryblock.output import atomic_write_text, check_run_output, json_safe
 
     out = Path(out_dir)
-    check_output(out, folder=True)
+    check_run_output(out, "tune", force=force, inputs=(manifest, teacher if isinstance(teacher, (str, Path)) else None))
     teacher = load_teacher(teacher) if teacher is None or isinstance(teacher, (str, Path)) else teacher
     cands = candidates or CANDIDATES
     t_start = time.perf_counter()
@@ -166,7 +167,7 @@ def tune(manifest, out_dir, params: Params = Params(), *, budget: Budget = Budge
         t0 = time.perf_counter()
         log(f"tune: candidate {name} ({len(rows) + 1}/{len(cands)})")
         res = train_from_manifest(manifest, out / "candidates" / name, p, teacher=teacher, workers=workers,
-                                  log=lambda s: None)
+                                  log=lambda s: None, force=True)  # inside the tune folder checked above
         secs = time.perf_counter() - t0
         per = max(per or 0.0, secs / 60.0)
         rows.append(_row(name, res.metrics, p, (res.out_dir / "model_quantized_int8_io.tflite").read_bytes(), secs))
@@ -181,7 +182,7 @@ def tune(manifest, out_dir, params: Params = Params(), *, budget: Budget = Budge
     if best is not None:
         log(f"tune: best within budget: {best['name']} ({best['architecture']}); retraining {final_epochs} epochs")
         p = params.replace(learn={**best["learn"], "epochs": final_epochs})
-        res = train_from_manifest(manifest, out / "best", p, teacher=teacher, workers=workers, log=log)
+        res = train_from_manifest(manifest, out / "best", p, teacher=teacher, workers=workers, log=log, force=True)
         best_run = str(res.out_dir)
     else:
         log("tune: no candidate within the budget")

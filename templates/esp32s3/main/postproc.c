@@ -1,6 +1,7 @@
 /* postproc.c -- see postproc.h */
 #include "postproc.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,7 @@ int cry_det_validate(const cry_det_cfg_t *c)
     if (!(c->threshold >= 0.0f && c->threshold <= 1.0f)) return -1;
     if (c->vote_m < 1 || c->vote_m > CRY_DET_MAX_M) return -1;
     if (c->vote_n < 1 || c->vote_n > c->vote_m) return -1;
-    if (c->hold_ms > 3600000u) return -1;
+    if (c->hold_ms > CRY_DET_MAX_HOLD_MS) return -1;
     return 0;
 }
 
@@ -74,6 +75,20 @@ static void set_err(char *err, size_t n, const char *msg)
     }
 }
 
+/* A decimal integer token: 0 and *out set when it lies in [lo, hi]; -1 when it is not a plain
+ * decimal number (sign, digits, nothing else), -2 when it is one but out of range (strtol reports
+ * overflow through errno, so 4294967297 never wraps to 1). */
+static int parse_int(const char *tok, long lo, long hi, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    const long v = strtol(tok, &end, 10);
+    if (end == tok || *end != '\0') return -1;
+    if (errno == ERANGE || v < lo || v > hi) return -2;
+    *out = v;
+    return 0;
+}
+
 int cry_det_command(cry_det_t *d, const char *line, char *err, size_t err_len)
 {
     char cmd[16] = {0}, what[16] = {0}, extra[2] = {0};
@@ -89,13 +104,21 @@ int cry_det_command(cry_det_t *d, const char *line, char *err, size_t err_len)
         if (sscanf(line, "%*s %*s %f %1s", &t, extra) != 1) { set_err(err, err_len, "usage:_set_threshold_<0..1>"); return -1; }
         c.threshold = t;
     } else if (strcmp(what, "vote") == 0) {
-        int n, m;
-        if (sscanf(line, "%*s %*s %d %d %1s", &n, &m, extra) != 2) { set_err(err, err_len, "usage:_set_vote_<N>_<M>"); return -1; }
-        c.vote_n = n;
-        c.vote_m = m;
+        char a[24], b[24];
+        long n = 0, m = 0;
+        const int two = sscanf(line, "%*s %*s %23s %23s %1s", a, b, extra) == 2;
+        const int rn = two ? parse_int(a, 1, CRY_DET_MAX_M, &n) : -1, rm = two ? parse_int(b, 1, CRY_DET_MAX_M, &m) : -1;
+        if (rn != 0 || rm != 0) {
+            set_err(err, err_len, (rn == -1 || rm == -1) ? "usage:_set_vote_<N>_<M>" : "value_out_of_range");
+            return -1;
+        }
+        c.vote_n = (int)n;
+        c.vote_m = (int)m;
     } else if (strcmp(what, "hold") == 0) {
-        long h;
-        if (sscanf(line, "%*s %*s %ld %1s", &h, extra) != 1 || h < 0) { set_err(err, err_len, "usage:_set_hold_<ms>"); return -1; }
+        char a[24];
+        long h = 0;
+        const int r = sscanf(line, "%*s %*s %23s %1s", a, extra) == 1 ? parse_int(a, 0, CRY_DET_MAX_HOLD_MS, &h) : -1;
+        if (r != 0) { set_err(err, err_len, r == -2 ? "value_out_of_range" : "usage:_set_hold_<ms>"); return -1; }
         c.hold_ms = (uint32_t)h;
     } else {
         set_err(err, err_len, "unknown_setting");

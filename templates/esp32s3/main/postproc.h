@@ -22,12 +22,13 @@ extern "C" {
 #endif
 
 #define CRY_DET_MAX_M 64
+#define CRY_DET_MAX_HOLD_MS 3600000  /* ms: one hour */
 
 typedef struct {
     float threshold;   /* [0, 1] */
     int vote_n;        /* 1 <= N <= M */
     int vote_m;        /* 1 <= M <= CRY_DET_MAX_M */
-    uint32_t hold_ms;  /* 0 .. 3600000 */
+    uint32_t hold_ms;  /* 0 .. CRY_DET_MAX_HOLD_MS */
 } cry_det_cfg_t;
 
 typedef struct {

@@ -1,17 +1,4 @@
-"""Audio input and safe output.
-
-Audio:
-
-* :func:`audio_blocks` streams any file libsndfile understands (WAV, FLAC, OGG, …; 8/16/24/32-bit
-  PCM or float) as mono float32 blocks at the target rate (soxr, high quality, streaming), so
-  memory does not grow with the recording's length; :func:`load_audio` is the whole file at once.
-* :func:`prepare_waveform` does the same checks/mixing/resampling for an in-memory array.
-* The rules, the same for files and arrays (each broken rule raises
-  :class:`~cryblock.errors.AudioError` naming the file): a rate in
-  [:data:`MIN_INPUT_RATE`, :data:`MAX_INPUT_RATE`]; no NaN/Inf; a peak of at most
-  :data:`MAX_PEAK` (full scale = 1); not silent (peak ≥ :data:`SILENCE_PEAK`).
-
-Output (every file cryblock writes goes through here):
+"""Writing outputs safely: every file cryblock writes goes through here.
 
 * :func:`atomic_open` / :func:`atomic_write_bytes` / :func:`atomic_write_text` /
   :func:`atomic_save_npz` / :class:`NpzWriter` write to a temporary file in the destination
@@ -23,12 +10,15 @@ Output (every file cryblock writes goes through here):
 * :func:`check_output` checks an output path before a long job starts.
 * :func:`staging_dir` makes a hidden, process-tagged work folder (usual permissions) and removes
   the ones that killed processes left behind.
+* :func:`json_safe`, :func:`write_npy_blocks`, :func:`npy_row_blocks`, :func:`npy_shape`: the
+  JSON values and streamed ``.npy`` files the stages write and read back.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import io as _io
+import json
 import os
 import re
 import shutil
@@ -40,212 +30,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .errors import AudioError, CryblockError
-
-#: Lowest input sample rate accepted, Hz: telephone audio is 8 kHz; below 4 kHz no useful band is
-#: left for a 125–7500 Hz mel front-end, and a "1 Hz recording" would be resampled 16,000×.
-MIN_INPUT_RATE = 4000.0
-#: Highest input sample rate accepted, Hz (the top rate of common audio interfaces).
-MAX_INPUT_RATE = 384000.0
-#: Largest |sample| accepted (full scale = 1.0): float files may overshoot full scale a little
-#: (inter-sample peaks, headroom), but a peak beyond +6 dBFS means the samples are on another scale.
-MAX_PEAK = 2.0
-#: A recording whose peak is below one 16-bit step (2⁻¹⁵, −90.3 dBFS) is silent.
-SILENCE_PEAK = 2.0 ** -15
-#: Block length of :func:`audio_blocks`, seconds of input audio.
-BLOCK_SECONDS = 20.0
+from .errors import CryblockError, file_kind, short_path
 
 
-# ----------------------------------------------------------------------------------- audio
-def _check_rate(rate: Any, source: str) -> float:
-    try:
-        r = float(rate)
-    except (TypeError, ValueError, OverflowError):
-        raise AudioError(f"{source}: sample rate must be a number, got {rate!r}") from None
-    if not (MIN_INPUT_RATE <= r <= MAX_INPUT_RATE):  # also NaN
-        raise AudioError(f"{source}: sample rate {rate!r} Hz is outside [{MIN_INPUT_RATE:g}, "
-                         f"{MAX_INPUT_RATE:g}] Hz")
-    return r
-
-
-def _mono_float(x: np.ndarray, source: str) -> np.ndarray:
-    """[n] or [n, channels] of any numeric dtype → float32 [n] (integers scaled to [-1, 1))."""
-    if x.ndim == 0 or x.ndim > 2:
-        raise AudioError(f"{source}: expected samples shaped [n] or [n, channels], got shape {x.shape}")
-    if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
-        raise AudioError(f"{source}: samples must be real numbers, got dtype {x.dtype}")
-    if np.issubdtype(x.dtype, np.integer):
-        full_scale = float(np.iinfo(x.dtype).max) + 1.0
-        if np.issubdtype(x.dtype, np.unsignedinteger):  # 8-bit WAV is unsigned, centred at 128
-            x = (x.astype(np.float64) - full_scale / 2) / (full_scale / 2)
-        else:
-            x = x.astype(np.float64) / full_scale
-    x = x.astype(np.float32, copy=False)
-    if x.ndim == 2:
-        x = x.mean(axis=1, dtype=np.float32)
-    return x
-
-
-def _check_block(x: np.ndarray, source: str) -> float:
-    """NaN/Inf and scale checks of a mono block; returns its peak |x|."""
-    finite = np.isfinite(x)
-    if not finite.all():
-        raise AudioError(f"{source}: {int(np.count_nonzero(~finite))} sample(s) are NaN or Inf")
-    peak = float(np.abs(x).max()) if x.size else 0.0
-    if peak > MAX_PEAK:
-        raise AudioError(f"{source}: peak {peak:g} exceeds {MAX_PEAK:g} × full scale; float audio must be "
-                         "in [-1, 1] (samples on another scale?)")
-    return peak
-
-
-def _check_not_silent(peak: float, source: str) -> None:
-    if peak == 0.0:
-        raise AudioError(f"{source}: all samples are zero (silent or broken recording)")
-    if peak < SILENCE_PEAK:
-        raise AudioError(f"{source}: silent recording (peak {20 * np.log10(peak):.1f} dBFS, below one "
-                         "16-bit step)")
-
-
-def prepare_waveform(samples: np.ndarray, sample_rate: float, target_rate: float,
-                     source: str = "<array>") -> np.ndarray:
-    """Mix to mono, validate and resample an in-memory waveform.
-
-    Args:
-        samples: float or int array, shape ``[n]`` (mono) or ``[n, channels]``. Integer
-            dtypes are scaled to [-1, 1) by their full-scale value (int16 → /32768).
-        sample_rate: rate of ``samples`` in Hz, in [:data:`MIN_INPUT_RATE`, :data:`MAX_INPUT_RATE`].
-        target_rate: wanted rate in Hz (YAMNet: 16000).
-        source: name used in error messages (file path or request id).
-
-    Returns:
-        float32 array ``[m]``, mono, at ``target_rate``, values as in the input scale.
-
-    Raises:
-        AudioError: empty input, NaN/Inf samples, peak above :data:`MAX_PEAK`, silent
-            (below :data:`SILENCE_PEAK`), bad rate or shape.
-    """
-    x = np.asarray(samples)
-    rate = _check_rate(sample_rate, source)
-    if x.size == 0:
-        raise AudioError(f"{source}: no audio samples (empty file)")
-    x = _mono_float(x, source)
-    _check_not_silent(_check_block(x, source), source)
-    if rate != target_rate:
-        import soxr
-
-        n_in = x.shape[0]
-        x = soxr.resample(x, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
-        if x.size == 0:
-            raise AudioError(f"{source}: too short to resample ({n_in} samples at {rate:g} Hz)")
-    return np.ascontiguousarray(x)
-
-
-#: libsndfile's header report of a WAV ``data`` / AIFF ``SSND`` chunk larger than the file.
-_SHORT_CHUNK_RE = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
-
-
-def _open_sound_file(p: Path):
-    """Open an audio file for reading after checking it is a non-empty regular file; WAV/AIFF
-    files whose header promises more audio than the file holds (an incomplete copy or download:
-    libsndfile would silently decode the part that is there) are refused. Streaming writers'
-    placeholder sizes (0, ≥ 2³¹ − 4096) are accepted."""
-    import soundfile as sf
-
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise AudioError(f"{p}: file not found") from None
-    except OSError as e:
-        raise AudioError(f"{short_path(p)}: cannot read ({e.strerror or e})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise AudioError(f"{p}: is a directory, not an audio file")
-    if not stat.S_ISREG(st.st_mode):
-        raise AudioError(f"{p}: is {_kind(st.st_mode)}, not a regular audio file")
-    if st.st_size == 0:
-        raise AudioError(f"{p}: empty file (0 bytes)")
-    try:
-        f = sf.SoundFile(str(p))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"{p}: cannot decode audio ({str(e).splitlines()[0]})") from None
-    except OSError as e:
-        raise AudioError(f"{p}: cannot read ({e.strerror or e})") from None
-    m = _SHORT_CHUNK_RE.search(f.extra_info or "")
-    if m and 0 < int(m.group(2)) < 0x7FFFF000 and int(m.group(3)) < int(m.group(2)):
-        f.close()
-        raise AudioError(f"{p}: truncated {f.format} file: its header promises {int(m.group(2)):,} bytes of audio, "
-                         f"the file holds {int(m.group(3)):,} (an incomplete copy or download?)")
-    return f
-
-
-def audio_blocks(path: str | os.PathLike, target_rate: float = 16000.0,
-                 block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
-    """Stream an audio file as mono float32 blocks at ``target_rate``.
-
-    Decoding, mixing and soxr resampling (``ResampleStream``, the same output as a one-shot
-    ``soxr.resample`` of the whole file) run block by block, so memory stays flat for a
-    recording of any length.
-
-    Args:
-        path: audio file (anything libsndfile reads: WAV, FLAC, OGG/Vorbis, AIFF, …).
-        target_rate: output rate in Hz (default 16000, YAMNet params.py).
-        block_seconds: input seconds per block.
-
-    Yields:
-        float32 ``[n]`` blocks in [-1, 1] (possibly empty), in order.
-
-    Raises:
-        AudioError: missing/unreadable/corrupt/truncated file, directory, empty file, sample
-            rate outside [:data:`MIN_INPUT_RATE`, :data:`MAX_INPUT_RATE`], NaN/Inf samples, peak
-            above :data:`MAX_PEAK` (raised at the block holding them), or a silent recording
-            (raised after the last block). The message names the file.
-    """
-    import soundfile as sf
-    import soxr
-
-    p = Path(path)
-    with _open_sound_file(p) as f:
-        rate = _check_rate(f.samplerate, str(p))
-        if f.frames == 0:
-            raise AudioError(f"{p}: no audio samples (empty file)")
-        stream = None if rate == target_rate else soxr.ResampleStream(rate, target_rate, 1, dtype="float32",
-                                                                      quality="HQ")
-        n_block = max(1, int(block_seconds * rate))
-        peak, n_in, n_out = 0.0, 0, 0
-        while True:
-            try:
-                data = f.read(n_block, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-                raise AudioError(f"{p}: cannot decode audio ({str(e).splitlines()[0]})") from None
-            last = len(data) < n_block
-            x = _mono_float(data, str(p))
-            peak = max(peak, _check_block(x, str(p)))
-            n_in += len(x)
-            if stream is not None:
-                x = stream.resample_chunk(x, last=last)
-            n_out += len(x)
-            yield np.ascontiguousarray(x, dtype=np.float32)
-            if last:
-                break
-    if n_in == 0:
-        raise AudioError(f"{p}: no audio samples (empty file)")
-    _check_not_silent(peak, str(p))
-    if n_out == 0:
-        raise AudioError(f"{p}: too short to resample ({n_in} samples at {rate:g} Hz)")
-
-
-def load_audio(path: str | os.PathLike, target_rate: float = 16000.0) -> np.ndarray:
-    """Read a whole audio file as mono float32 at ``target_rate`` (:func:`audio_blocks` joined).
-
-    Returns:
-        float32 ``[n]`` in [-1, 1], mono, at ``target_rate``.
-
-    Raises:
-        AudioError: as :func:`audio_blocks`; the message names the file.
-    """
-    return np.concatenate(list(audio_blocks(path, target_rate)))
-
-
-# ----------------------------------------------------------------------------------- output
 def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -254,14 +41,6 @@ def _read_umask() -> int:
 
 #: the process umask, read once at import (reading it means setting it, which is not thread-safe)
 _UMASK = _read_umask()
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISFIFO, "a FIFO")):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def _output_target(path: str | os.PathLike) -> tuple[Path, os.stat_result | None]:
@@ -278,7 +57,7 @@ def _output_target(path: str | os.PathLike) -> tuple[Path, os.stat_result | None
     except OSError as e:
         raise CryblockError(f"{path}: cannot write ({e.strerror or e})") from None
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-        raise CryblockError(f"{path}: is {_kind(st.st_mode)}, not a file; refusing to replace it")
+        raise CryblockError(f"{path}: is {file_kind(st.st_mode)}, not a file; refusing to replace it")
     return dest, st
 
 
@@ -345,6 +124,12 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
     return Path(path)
 
 
+#: zlib level of :class:`NpzWriter`: 1, the fastest (``np.savez_compressed`` uses zlib's default 6);
+#: log-mel patches are float noise to deflate, so the higher levels cost time and save almost
+#: nothing (bench/features.py prints both).
+NPZ_LEVEL = 1
+
+
 class NpzWriter:
     """Write a compressed ``.npz`` (the ``np.savez_compressed`` format: a zip of ``NAME.npy``
     members, readable by ``np.load``) atomically, with arrays that can be streamed in blocks so
@@ -365,7 +150,8 @@ class NpzWriter:
 
     def __enter__(self) -> "NpzWriter":
         f = self._ctx.__enter__()
-        self._zip = zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+        self._zip = zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=NPZ_LEVEL,
+                                    allowZip64=True)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -433,6 +219,8 @@ def check_output(path: str | os.PathLike, *, folder: bool, what: str = "--out",
     """
     p = Path(path)
     base = p.parent
+    if not folder:
+        _check_in_run(p, what, folder=False)
     try:
         for q in inputs:
             if q is not None and str(q) != "" and _same_path(p, Path(q)):
@@ -459,10 +247,102 @@ def check_output(path: str | os.PathLike, *, folder: bool, what: str = "--out",
     return p
 
 
-def short_path(p: str | os.PathLike, n: int = 120) -> str:
-    """A path for a message, shortened in the middle when longer than ``n`` characters."""
-    s = str(p)
-    return s if len(s) <= n else s[: n // 2] + "…" + s[-n // 2:]
+# ----------------------------------------------------------------------------------- run folders
+#: Files that make a folder a cryblock run folder (what train/demo, evaluate and tune write).
+RUN_MARKERS = ("params.json", "metrics.json", "tune.json")
+#: Files and folders cryblock writes into run folders: a command never writes over these in a run
+#: folder it was not asked to replace (blocks/learn/export.py's model names, train.py's teacher
+#: head, blocks/hub/opinion.py's hub model, calibrate.py's kept params, report.py's reports,
+#: tune.py's table, demo's firmware project, evaluate's default folders).
+RUN_FILES = frozenset({"params.json", "metrics.json", "report.md", "report.html", "model.tflite",
+                       "model_quantized_int8_io.tflite", "saved_model.zip", "teacher_head.npz", "hub_model.npz",
+                       "params.before-calibration.json", "tune.json", "tune.md", "fw", "evaluation", "candidates",
+                       "best"})
+
+
+def run_kind(folder: str | os.PathLike) -> str | None:
+    """What cryblock command wrote ``folder``: ``"run"`` (train/demo), ``"evaluation"``,
+    ``"tune"``, or None when it is not a run folder (no :data:`RUN_MARKERS`)."""
+    from .inputs import read_regular_text
+
+    d = Path(folder)
+    if (d / "tune.json").is_file():
+        return "tune"
+    if (d / "metrics.json").is_file():
+        try:
+            if json.loads(read_regular_text(d / "metrics.json")).get("kind") in ("evaluation", "cross-validation"):
+                return "evaluation"
+        except (OSError, ValueError, AttributeError):
+            pass
+        return "run"
+    return "run" if (d / "params.json").is_file() else None
+
+
+def _check_in_run(p: Path, what: str, *, folder: bool) -> None:
+    """An output at ``p`` inside a run folder (``p`` itself for a folder output): never through a
+    symlink there, and a file output never over one of the run's own files (:data:`RUN_FILES`)."""
+    a = p.absolute()
+    below = [a] if folder else []
+    for q in a.parents:
+        if q.is_dir() and run_kind(q) is not None:
+            links = [x for x in below if x.is_symlink()]
+            if links:
+                raise CryblockError(f"{p}: {what}: {links[-1]} is a symlink inside the run folder {q}; cryblock "
+                                    "never writes through one — choose another path")
+            if not folder and a.parent == q and a.name in RUN_FILES and (a.exists() or a.is_symlink()):
+                raise CryblockError(f"{p}: {what} would replace a file of the run in {q}; choose another path")
+            return
+        below.append(q)
+
+
+def check_run_output(path: str | os.PathLike, kind: str, *, force: bool = False, what: str = "--out",
+                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Check the folder a run-writing command (``kind``: ``"run"`` for train/demo,
+    ``"evaluation"``, ``"tune"``) is to write, before any work. Creates nothing.
+
+    The rules (what a Keras or Edge Impulse user expects: nothing they did not ask to lose is
+    lost):
+
+    * :func:`check_output`'s (writable, not a file, not one of ``inputs``);
+    * a symlink inside a run folder is never written through: ``path`` (or a folder between it
+      and an enclosing run folder) being one is refused, and so is a symlinked entry inside an
+      existing ``path`` that the command would replace (:data:`RUN_FILES`);
+    * an existing folder that is not empty (hidden work folders of killed runs aside) is refused
+      unless ``force``; with ``force`` only an earlier output of the same ``kind`` or a folder
+      that is not a run is replaced — never another command's run (an evaluation never replaces
+      a training run's metrics) — and no input may lie inside it.
+
+    Raises:
+        CryblockError: one line naming the folder, the rule and the way out (``--force``, another
+            folder).
+    """
+    p = Path(path)
+    check_output(p, folder=True, what=what, inputs=inputs)
+    _check_in_run(p, what, folder=True)
+    if not p.is_dir():
+        return p
+    entries = [e for e in p.iterdir() if not _STAGING_RE.match(e.name)]
+    if not entries:
+        return p
+    existing = run_kind(p)
+    names = ", ".join(sorted(e.name for e in entries)[:4]) + (", …" if len(entries) > 4 else "")
+    if not force:
+        held = f"holds a {existing}" if existing else "is not empty"
+        held = "holds an evaluation" if existing == "evaluation" else held
+        raise CryblockError(f"{p}: {what} {held} ({names}); choose a new folder, or pass --force to replace "
+                            "what this command writes there")
+    if existing is not None and existing != kind:
+        raise CryblockError(f"{p}: {what} holds a {existing} folder, not a{'n' if kind[0] in 'aeiou' else ''} "
+                            f"{kind}; --force replaces only an earlier {kind} — choose another folder")
+    links = sorted(e.name for e in entries if e.name in RUN_FILES and e.is_symlink())
+    if links:
+        raise CryblockError(f"{p / links[0]}: is a symlink inside the run folder {p}; cryblock never writes "
+                            "through one — remove it or choose another folder")
+    inside = [q for q in inputs if q is not None and str(q) != "" and p.resolve() in Path(q).resolve().parents]
+    if inside:
+        raise CryblockError(f"{inside[0]}: is inside {what} {p}, which --force would replace; copy it elsewhere "
+                            "first")
+    return p
 
 
 _STAGING_RE = re.compile(r"^\.cryblock-(?P<prefix>[A-Za-z0-9_.-]*?)-(?P<pid>\d+)-[A-Za-z0-9_]+(\.tmp)?$")

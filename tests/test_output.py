@@ -1,6 +1,6 @@
-"""Audio input rules and output safety (cryblock.io), on real recordings and real file-system
-objects: FIFOs, a character device (a /dev/null twin made with mknod when root), symlinks,
-folders, unwritable places, stale work folders of killed processes, long recordings streamed."""
+"""Output safety (cryblock/output.py) on real file-system objects: FIFOs, a character device (a
+/dev/null twin made with mknod when root), symlinks, folders, unwritable places, stale work
+folders of killed processes."""
 from __future__ import annotations
 
 import os
@@ -12,11 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from cryblock import io as cio
-from cryblock.blocks.dsp.features import file_patch_blocks, waveform_to_patches
-from cryblock.errors import AudioError, CryblockError
+from cryblock import output as cio
+from cryblock.errors import CryblockError
 
 
 # ----------------------------------------------------------------------------- output targets
@@ -182,54 +180,64 @@ def test_staging_dirs_use_umask_and_dead_ones_are_removed(tmp_path):
     assert d.name.startswith(f".cryblock-staging-{os.getpid()}-")
 
 
-# ----------------------------------------------------------------------------- audio rules
-def _wav(path: Path, x, sr: int, subtype: str = "FLOAT") -> Path:
-    sf.write(str(path), np.asarray(x), sr, subtype=subtype)
-    return path
+# ----------------------------------------------------------------------------- run folders
+def _run_folder(d: Path, kind: str = "run") -> Path:
+    d.mkdir(parents=True)
+    if kind == "tune":
+        (d / "tune.json").write_text("{}")
+    else:
+        (d / "params.json").write_text("{}")
+        (d / "metrics.json").write_text('{"kind": "evaluation"}' if kind == "evaluation" else "{}")
+    (d / "model.tflite").write_bytes(b"model")
+    return d
 
 
-@pytest.mark.parametrize("what,make,msg", [
-    ("2 samples at 1 Hz", lambda d: _wav(d / "a.wav", [0.1, -0.1], 1), "sample rate 1"),
-    ("peak ±300", lambda d: _wav(d / "b.wav", 300 * np.sin(np.arange(16000) / 5), 16000), "exceeds 2"),
-    ("constant 1e-30", lambda d: _wav(d / "c.wav", np.full(16000, 1e-30), 16000), "silent recording"),
-])
-def test_absurd_audio_is_refused(tmp_path, what, make, msg):
-    p = make(tmp_path)
-    with pytest.raises(AudioError, match=msg):
-        cio.load_audio(p)
-    x, sr = sf.read(str(p), dtype="float32")
-    with pytest.raises(AudioError, match=msg):
-        cio.prepare_waveform(x, sr, 16000.0)
+def test_a_run_is_replaced_only_when_asked_and_only_by_its_own_command(tmp_path):
+    cio.check_run_output(tmp_path / "new", "run")
+    (tmp_path / "empty").mkdir()
+    cio.check_run_output(tmp_path / "empty", "run")
+    run = _run_folder(tmp_path / "run")
+    with pytest.raises(CryblockError, match=r"--out holds a run \(metrics.json, model.tflite, params.json\); .*--force"):
+        cio.check_run_output(run, "run")
+    cio.check_run_output(run, "run", force=True)
+    with pytest.raises(CryblockError, match="holds a run folder, not an evaluation"):
+        cio.check_run_output(run, "evaluation", force=True)
+    ev = _run_folder(tmp_path / "ev", "evaluation")
+    with pytest.raises(CryblockError, match="holds an evaluation"):
+        cio.check_run_output(ev, "evaluation")
+    cio.check_run_output(ev, "evaluation", force=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(CryblockError, match="is not empty"):
+        cio.check_run_output(tmp_path / "mine", "tune")
+    with pytest.raises(CryblockError, match="inside --out .* which --force would replace"):
+        cio.check_run_output(run, "run", force=True, inputs=(run / "params.json",))
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "model.tflite", "params.json"]
 
 
-def test_quiet_but_real_audio_passes(clips, tmp_path):
-    x = cio.load_audio(clips[0].path)
-    quiet = x / np.abs(x).max() * 10 ** (-60 / 20)  # −60 dBFS peak: quiet, not silent
-    p = _wav(tmp_path / "quiet.wav", quiet, 16000)
-    assert np.abs(cio.load_audio(p)).max() > 0
-    _wav(tmp_path / "hot.wav", np.clip(x * 1.5, -1.5, 1.5), 16000)  # float overshoot ≤ +6 dBFS is kept
-    assert np.abs(cio.load_audio(tmp_path / "hot.wav")).max() > 1.0
+def test_nothing_is_written_through_a_symlink_inside_a_run(tmp_path):
+    run = _run_folder(tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (run / "evaluation").symlink_to(elsewhere)
+    with pytest.raises(CryblockError, match="is a symlink inside the run folder"):
+        cio.check_run_output(run / "evaluation", "evaluation", force=True)
+    with pytest.raises(CryblockError, match="is a symlink inside the run folder"):
+        cio.check_output(run / "evaluation" / "plot.png", folder=False)
+    with pytest.raises(CryblockError, match="symlink inside the run folder"):
+        cio.check_run_output(run, "run", force=True)  # run/evaluation would be replaced through it
+    (run / "evaluation").unlink()
+    (run / "metrics.json").unlink()
+    (run / "metrics.json").symlink_to(elsewhere / "m.json")
+    with pytest.raises(CryblockError, match="symlink inside the run folder"):
+        cio.check_run_output(run, "run", force=True)
+    assert list(elsewhere.iterdir()) == []
 
 
-def test_long_recording_is_streamed_with_the_same_patches(clips, tmp_path):
-    """Three minutes of real audio (several clips end to end, 8 kHz FLAC → resampled): streamed in
-    blocks of 20 s it gives exactly the patches of the whole waveform at once."""
-    import soxr
-
-    src = [c for c in clips if c.source == "donateacry-corpus"][:40]
-    x8 = np.concatenate([sf.read(str(c.path), dtype="float32")[0] for c in src])[: 8000 * 180]
-    p = _wav(tmp_path / "long.flac", x8, 8000, "PCM_16")
-    blocks = list(file_patch_blocks(p))
-    assert len(blocks) >= 9  # ≥ one block of patches per 20 s read
-    whole = waveform_to_patches(soxr.resample(sf.read(str(p), dtype="float32")[0], 8000, 16000, quality="HQ"))
-    np.testing.assert_array_equal(np.concatenate(blocks), whole)
-
-
-def test_manifest_with_byte_order_mark(clips, tmp_path):
-    from cryblock.data import load_manifest
-
-    m = tmp_path / "excel.csv"
-    rows = "".join(f"{c.path},{c.label},{c.group}\r\n" for c in clips[:3])
-    m.write_bytes(b"\xef\xbb\xbf" + ("path,label,group\r\n" + rows).encode())
-    got = load_manifest(m)
-    assert [c.path for c in got] == [c.path for c in clips[:3]]
+def test_file_outputs_never_replace_a_runs_files(tmp_path):
+    run = _run_folder(tmp_path / "run")
+    for name in ("model.tflite", "metrics.json", "params.json"):
+        with pytest.raises(CryblockError, match="would replace a file of the run"):
+            cio.check_output(run / name, folder=False, what="--plot")
+    cio.check_output(run / "detect.png", folder=False)  # a new file beside the run's is fine
+    cio.check_output(tmp_path / "model.tflite", folder=False)  # outside a run folder: as before
