@@ -14,8 +14,11 @@ dataset's own encoder and decoder, :mod:`cryblock.blocks.dataset.shards`). On ea
   here (``cryblock train --max-clips 80 --epochs 2``: a weak student, but a real one) — a student
   that sees int8-stored patches as its input.
 
-Also printed: each format's largest rounding error in log-mel units and the student's own int8
-input step (its model's input scale), which every patch passes through on the device anyway.
+Also printed: each format's largest rounding error in log-mel units, its bytes per patch as the
+shards store it (zstd Parquet, the patches in manifest order, so a clip's overlapping patches sit
+side by side), and the student's own int8 input step (its model's input scale), which every patch
+passes through on the device anyway. ``--sizes-only`` prints the first two columns only (no teacher,
+no student).
 """
 from __future__ import annotations
 
@@ -28,16 +31,36 @@ from pathlib import Path
 import numpy as np
 
 
+def _round_trip(patches: np.ndarray, fmt: str, dsp) -> tuple[np.ndarray, int]:
+    """Patches encoded in ``fmt`` and decoded (the shards' codec), and the bytes they take as
+    zstd Parquet in 512-row row groups (written in blocks of 4,096 patches)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cryblock.blocks.dataset import shards as S
+
+    parts, size = [], 0
+    for i in range(0, len(patches), 4096):
+        t = pa.table(S.encode_patches(patches[i:i + 4096], fmt, dsp))
+        buf = io.BytesIO()
+        pq.write_table(t, buf, compression="zstd", row_group_size=S.ROW_GROUP_ROWS, use_dictionary=False)
+        size += len(buf.getvalue())
+        parts.append(S.decode_patches(t, fmt, dsp.patch_shape, S.int8_global_range(dsp)))
+    return np.concatenate(parts), size
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.environ.get("CRYBLOCK_DATA"), help="folder with manifest.csv")
     ap.add_argument("--out", required=True, help="work folder (the quick student's run)")
     ap.add_argument("--run", default=None, help="a cryblock train run folder (default: train a quick one)")
+    ap.add_argument("--sizes-only", action="store_true", help="rounding errors and bytes only")
     a = ap.parse_args(argv)
     if not a.data:
         ap.error("set CRYBLOCK_DATA or pass --data")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import pyarrow as pa
     from sklearn.metrics import roc_auc_score
 
     from cryblock.blocks.dataset import shards as S
@@ -47,6 +70,15 @@ def main(argv=None) -> int:
 
     manifest = Path(a.data) / "manifest.csv"
     run = a.run
+    if a.sizes_only:
+        from cryblock.params import DspParams
+
+        ps = compute_patches(load_manifest(manifest), DspParams())
+        print(f"{len(ps.patches):,} patches\n| patches | largest rounding error | bytes per patch (zstd Parquet) |\n|---|---|---|")
+        for fmt in S.PATCH_FORMATS:
+            x, size = _round_trip(ps.patches, fmt, DspParams())
+            print(f"| {fmt} | {float(np.abs(x - ps.patches).max()):.4f} | {size / len(x):,.0f} |", flush=True)
+        return 0
     if run is None:
         run = str(Path(a.out) / "quick-student")
         subprocess.run([sys.executable, "-m", "cryblock.cli", "train", "--data", str(manifest), "--out", run,
@@ -64,15 +96,7 @@ def main(argv=None) -> int:
           "student INT8 window AUC | student max |Δp| |\n|---|---|---|---|---|---|---|")
     ref_t = ref_s = None
     for fmt in ("float32", *S.PATCH_FORMATS):
-        if fmt == "float32":
-            x = ps.patches
-        else:
-            parts = []
-            for i in range(0, len(ps.patches), 4096):  # encode/decode in blocks, as the shards do
-                chunk = ps.patches[i:i + 4096]
-                parts.append(S.decode_patches(pa.table(S.encode_patches(chunk, fmt, dsp)), fmt, dsp.patch_shape,
-                                              S.int8_global_range(dsp)))
-            x = np.concatenate(parts)
+        x = ps.patches if fmt == "float32" else _round_trip(ps.patches, fmt, dsp)[0]
         err = float(np.abs(x - ps.patches).max())
         pt = cry_probability(teacher.scores(x))
         out = runner.predict(x)

@@ -47,9 +47,13 @@ def prepare_cmd_impl(data, segments, audio, out, runner, workers, ray_address, t
         if ray_address:
             raise click.UsageError("--ray-address needs --runner ray")
         run = P.LocalRunner(workers)
+    from cryblock.signals import interruptible
+
     try:
-        res = P.prepare_dataset(source, out, dsp=dsp, teacher=teacher, patch_format=patch_format, classes=classes,
-                                embedding=embedding, shard_clips=shard_clips, runner=run, log=click.echo)
+        with interruptible():  # SIGTERM/SIGHUP like Ctrl-C: finished shards are recorded, the rerun resumes
+            res = P.prepare_dataset(source, out, dsp=dsp, teacher=teacher, patch_format=patch_format,
+                                    classes=classes, embedding=embedding, shard_clips=shard_clips, runner=run,
+                                    log=click.echo)
     finally:
         run.close()
     m = res.meta

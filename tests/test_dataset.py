@@ -574,7 +574,7 @@ def ray_cluster():
         for p in procs:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.terminate()
-        for p in psutil.wait_procs(procs, timeout=15)[1]:
+        for p in psutil.wait_procs(procs, timeout=5)[1]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         head.wait(15)

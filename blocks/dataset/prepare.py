@@ -252,8 +252,10 @@ _TEACHERS: dict[tuple[str, str], object] = {}
 def _worker_teacher(path: str, digest: str):
     """The teacher of this worker process, loaded once (checked against the run's digest)."""
     if (path, digest) not in _TEACHERS:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from cryblock.blocks.learn.teacher import load_teacher
+        from cryblock.tflogs import import_tensorflow
+
+        import_tensorflow()  # without its start-up banner, in every worker
 
         got = teacher_digest(Path(path))
         if got != digest:
@@ -555,21 +557,18 @@ class _Recorder:
 
 def _phase(run: Callable, todo: Sequence[dict], total: int, what: str, log: Log,
            record: Callable[[dict], None]) -> dict:
-    """Run one phase's jobs, recording each result; progress lines at most every 10 s."""
-    t0 = last = time.perf_counter()
+    """Run one phase's jobs, recording each result (progress lines: :class:`cryblock.progress.Progress`)."""
+    from cryblock.progress import Progress
+
+    t0 = time.perf_counter()
     stats = {"shards": len(todo), "reused": total - len(todo), "rows": 0, "seconds": 0.0}
-    finished = 0
+    with Progress(len(todo), f"{what} ({len(todo)} shards)", log if todo else None) as progress:
+        def done(r: dict) -> None:
+            record(r)
+            stats["rows"] += r["rows"]
+            progress.update(1)
 
-    def done(r: dict) -> None:
-        nonlocal last, finished
-        record(r)
-        stats["rows"] += r["rows"]
-        finished += 1
-        if time.perf_counter() - last > 10:
-            log(f"{what}: {stats['rows']:,} patches, {finished} of {len(todo)} shard(s) done")
-            last = time.perf_counter()
-
-    run(todo, done)
+        run(todo, done)
     stats["seconds"] = time.perf_counter() - t0
     rate = f" ({stats['rows'] / stats['seconds']:,.0f} patches/s)" if stats["rows"] and stats["seconds"] > 0 else ""
     log(f"{what}: {stats['rows']:,} patches in {stats['seconds']:.1f} s{rate}; {stats['shards']} shard(s) computed, "

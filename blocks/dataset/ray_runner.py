@@ -17,7 +17,7 @@ the last bits, so shards equal the local runner's byte for byte on CPU clusters.
 Without an address (``--ray-address`` or ``$RAY_ADDRESS``) a private local Ray instance is
 started for the run and stopped after it (``workers`` CPUs, no dashboard, Ray's token
 authentication). Attaching to a cluster started with ``ray start --head`` (token authentication
-by default since Ray 2.5x) needs ``RAY_AUTH_MODE=token`` and the cluster's token, as Ray's own
+by default in Ray 2.60, the version tested) needs ``RAY_AUTH_MODE=token`` and the cluster's token, as Ray's own
 clients do.
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ class RayRunner:
         except Exception as e:  # ConnectionError, RuntimeError, version mismatch …
             hint = ""
             if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-                # Ray (≥ 2.5x) starts clusters with token authentication but never sends the
+                # Ray (2.60 tested) starts clusters with token authentication but never sends the
                 # token to an explicit address unless told so
                 hint = ("; a cluster started with token authentication (Ray's default) needs RAY_AUTH_MODE=token "
                         "and its token (~/.ray/auth_token or $RAY_AUTH_TOKEN)")
