@@ -139,6 +139,8 @@ def test_index_selection_folds_reads_and_tf_stream(reference, corpus):
     # the index's clips split exactly like the manifest read directly (same seeds)
     a, b = split_by_group(ix.clips(), seed=3), split_by_group(load_manifest(corpus), seed=3)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    test_rows = ix.rows_of_clips(ix.clip_ids[a[2]])
+    assert set(ix.clip_id[test_rows]) == set(a[2].tolist()) and len(test_rows) == np.isin(ix.clip_id, a[2]).sum()
     # reading chosen rows: shard order, any input order, equal to the full read
     pick = np.array([ds.rows - 1, 5, 0, 700 % ds.rows, 5])
     got = ds.read(pick)

@@ -363,10 +363,16 @@ class DatasetIndex:
         """int64 row ids of the patches of the given clip ids (ascending)."""
         return np.flatnonzero(np.isin(self.clip_id, np.asarray(clip_ids, dtype=np.int32))).astype(np.int64)
 
+    @property
+    def clip_ids(self) -> np.ndarray:
+        """int32 ids of the clips with rows, ascending: the order of :meth:`clips`."""
+        return np.unique(self.clip_id)
+
     def clips(self) -> list:
-        """One :class:`cryblock.data.Clip` per clip with rows, by clip id: what
+        """One :class:`cryblock.data.Clip` per clip with rows, in :attr:`clip_ids` order: what
         ``cryblock.data.split_by_group`` and the training's label checks take, so a split of the
-        index equals the split of the same manifest read directly."""
+        index equals the split of the same manifest read directly (``rows_of_clips(clip_ids[idx])``
+        turns its clip indices into rows)."""
         from cryblock.data import Clip
 
         ids, first = np.unique(self.clip_id, return_index=True)
