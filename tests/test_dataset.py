@@ -345,19 +345,20 @@ def test_unreadable_clips_are_skipped_whole_and_listed(corpus, teacher_path, tmp
     bad[45 * sr] = np.nan  # in the third block
     sf.write(tmp_path / "late_nan.wav", bad, sr, subtype="FLOAT")
     (tmp_path / "garbage.ogg").write_bytes(b"OggS" + bytes(200))
+    os.mkfifo(tmp_path / "pipe.wav")  # nobody writes it: reading it must not hang
     rows = [[str(c.path), c.label, c.group, c.category, c.source] for c in good]
     rows += [["late_nan.wav", "not_cry", "x", "", ""], ["garbage.ogg", "not_cry", "x", "", ""],
-             ["long.wav", "not_cry", "y", "", ""]]
+             ["long.wav", "not_cry", "y", "", ""], ["pipe.wav", "not_cry", "y", "", ""]]
     man = _write_manifest(tmp_path / "m.csv", rows)
     monkeypatch.setattr(P, "CLIP_SPOOL_ROWS", 16)  # the 50-s clips (104 patches) spill
     lines = []
     res = prepare_dataset(manifest_source(man), tmp_path / "ds", teacher=teacher_path, shard_clips=10,
                           runner=LocalRunner(1), log=lines.append)
     meta = res.meta
-    assert meta["skipped"] == 2
+    assert meta["skipped"] == 3
     skipped = meta["shards"][0]["skipped"]
-    assert [s[:2] for s in skipped] == [[3, "late_nan.wav"], [4, "garbage.ogg"]]
-    assert "NaN" in skipped[0][2] and any("late_nan.wav" in ln for ln in lines)
+    assert [s[:2] for s in skipped] == [[3, "late_nan.wav"], [4, "garbage.ogg"], [6, "pipe.wav"]]
+    assert "NaN" in skipped[0][2] and "FIFO" in skipped[2][2] and any("late_nan.wav" in ln for ln in lines)
     ds = S.open_dataset(tmp_path / "ds")
     ix = ds.index()
     assert set(ix.clip_id.tolist()) == {0, 1, 2, 5}

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import os
 import tempfile
 import time
@@ -83,7 +82,7 @@ def manifest_source(path: str | os.PathLike) -> Source:
     if mp.is_dir():
         mp = mp / "manifest.csv"
     clips = load_manifest(mp)
-    missing = [c for c in clips if not os.path.isfile(c.path)]
+    missing = [c for c in clips if not os.path.exists(c.path)]
     if missing:
         raise DataError(f"{mp}: {len(missing)} of {len(clips)} audio file(s) it lists do not exist (first: "
                         f"{missing[0].path}); paths are relative to the manifest's folder — was the audio moved?")
@@ -187,14 +186,6 @@ class _ClipSpool:
             self._file.close()
 
 
-def _sha1_file(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def make_patch_shard(job: dict) -> dict:
     """Worker: write the patch shard of one features job (see :func:`plan_shards`).
 
@@ -204,8 +195,9 @@ def make_patch_shard(job: dict) -> dict:
     """
     import pyarrow as pa
 
-    from cryblock.blocks.dsp.features import stream_patches
     from cryblock.audio import audio_blocks
+    from cryblock.blocks.dsp.features import stream_patches
+    from cryblock.inputs import regular_digest
 
     t0 = time.perf_counter()
     dsp = DspParams(**job["dsp"])
@@ -223,7 +215,7 @@ def make_patch_shard(job: dict) -> dict:
                     samples[0] += len(b)
                     yield b
             try:
-                sha1 = _sha1_file(path)
+                sha1 = regular_digest(path, "sha1")
                 k = 0
                 for block in stream_patches(counted(audio_blocks(path, dsp.sample_rate)), dsp):
                     n = len(block)

@@ -71,15 +71,14 @@ _STRING_COLUMNS = ("path", "sha1", "group", "label", "category", "source")
 
 # ------------------------------------------------------------------------------ files
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks. Raises DataError naming the file."""
-    h = hashlib.sha256()
+    """Hex sha256 of a regular file (:func:`cryblock.inputs.regular_digest`). Raises DataError
+    naming the file."""
+    from cryblock.inputs import regular_digest
+
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return regular_digest(path)
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    return h.hexdigest()
 
 
 def json_key(obj: Any) -> str:
