@@ -294,8 +294,6 @@ class LocalRunner:
     processes (spawned, not forked: a forked TensorFlow deadlocks); each process loads the
     teacher once. ``run(fn, jobs, done)`` calls ``done(result)`` as each job finishes."""
 
-    name = "local"
-
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, min(int(workers or os.cpu_count() or 1), os.cpu_count() or 1))
         self._pool = None

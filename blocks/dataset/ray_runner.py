@@ -88,8 +88,6 @@ class RayRunner:
         CryblockError: Ray not installed; the address does not answer or is not a Ray cluster.
     """
 
-    name = "ray"
-
     def __init__(self, address: str | None = None, workers: int | None = None) -> None:
         # Ray Data's INFO lines go to the terminal otherwise; the run's progress and errors are
         # cryblock's own lines (set RAY_DATA_LOG_LEVEL to see Ray's)
