@@ -202,6 +202,11 @@ def category_tables(metrics: dict) -> str:
         lines += ["", "| night false alerts caused by | teacher | float | INT8 |", "|---|---|---|---|"]
         for cat, row in sorted(fa.items(), key=lambda kv: (-kv[1].get("int8", 0), kv[0])):
             lines.append(f"| {md_cell(cat)} | {row.get('teacher', 0)} | {row.get('float', 0)} | {row.get('int8', 0)} |")
+    groups = ((((metrics.get("int8") or {}).get("night")) or {}).get("fa_groups")) or {}
+    if groups:
+        top = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        lines += ["", "| INT8 night false alerts by recording group (a cat, a speaker, a source) | alerts |", "|---|---|"]
+        lines += [f"| {md_cell(g)} | {n} |" for g, n in top]
     return "\n".join(lines)
 
 
