@@ -67,9 +67,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import deploy_cmds, device_cmds, dsp_cmds, hub_cmds, learn_cmds
+    from . import dataset_cmds, deploy_cmds, device_cmds, dsp_cmds, hub_cmds, learn_cmds
 
-    for mod in (dsp_cmds, learn_cmds, deploy_cmds, device_cmds, hub_cmds):
+    for mod in (dsp_cmds, dataset_cmds, learn_cmds, deploy_cmds, device_cmds, hub_cmds):
         mod.register(cli)
 
 

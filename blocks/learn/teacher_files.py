@@ -6,7 +6,6 @@ official release into that cache (sha256-checked, :func:`download_teacher`).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import urllib.error
@@ -64,14 +63,12 @@ KNOWN_SHA256: dict[str, frozenset[str]] = {
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes (read in 1 MiB chunks). Raises CryblockError if unreadable."""
-    h = hashlib.sha256()
+    from cryblock.inputs import regular_digest
+
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return regular_digest(path)
     except OSError as e:
         raise CryblockError(f"{path}: cannot read teacher file ({e.strerror or e})") from None
-    return h.hexdigest()
 
 
 def verify_sha256(path: str | os.PathLike, expected: str | Sequence[str]) -> str:

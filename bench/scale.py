@@ -1,0 +1,191 @@
+"""Scale of ``cryblock prepare`` and of the dataset reader: throughput, peak memory, shard size.
+
+    CRYBLOCK_TEACHER=../shared/models/yamnet.tflite CRYBLOCK_DATA=../shared/data \\
+        nice -n 10 .venv/bin/python bench/scale.py --out /tmp/scale [--runs w1,w2,ray,x4,read]
+
+Every measurement is a fresh child process; the resident memory of its whole process tree
+(the CLI, its pool workers, Ray's processes) is summed and sampled every 0.1 s, and the peak is
+printed with the largest single process. Runs:
+
+* ``w1``/``w2`` — ``cryblock prepare`` of the manifest with 1 / 2 local workers (fresh folders):
+  patches per second of the features phase and of the teacher phase (each phase's patches over
+  its wall time), peak memory, shard bytes per hour of audio; ``w2``'s shards are compared with
+  ``w1``'s byte for byte;
+* ``ray`` — ``--runner ray --workers 2``: a private local Ray instance with 2 CPUs (2 feature
+  tasks / 2 teacher actors); compared with ``w1``;
+* ``x4`` — the manifest replicated 4 times (each copy its own groups, same audio), 2 workers:
+  flat memory is the point;
+* ``read`` — for the ``w1`` and ``x4`` datasets: open (all checksums), the index, every row
+  through ``Dataset.read_rows`` and every row through ``Dataset.tf_dataset`` (shuffle buffer
+  4096, batches of 256).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+_PHASE_RE = re.compile(r"^(features|teacher): ([\d,]+) patches in ([\d.]+) s")
+
+
+def run_tree(cmd: list[str], env: dict | None = None) -> tuple[str, float, float, float, int]:
+    """Run ``cmd``; (output, peak summed RSS MB of its process tree, peak single-process RSS MB,
+    wall seconds, exit code)."""
+    import psutil
+
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    root = psutil.Process(p.pid)
+    peak_sum = peak_one = 0
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(p.stdout.read()), daemon=True)
+    reader.start()
+    while p.poll() is None:
+        total = 0
+        try:
+            for q in [root, *root.children(recursive=True)]:
+                try:
+                    rss = q.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                total += rss
+                peak_one = max(peak_one, rss)
+        except psutil.NoSuchProcess:
+            pass
+        peak_sum = max(peak_sum, total)
+        time.sleep(0.1)
+    reader.join()
+    return "".join(chunks), peak_sum / 2**20, peak_one / 2**20, time.perf_counter() - t0, p.returncode
+
+
+def prepare(manifest: Path, out: Path, *extra: str) -> dict:
+    """One ``cryblock prepare`` run measured; its phase figures parsed from its output."""
+    out_text, mb, one, wall, code = run_tree([sys.executable, "-m", "cryblock.cli", "prepare", "--data", str(manifest),
+                                              "--out", str(out), *extra])
+    if code != 0:
+        raise SystemExit(f"prepare failed (exit {code}):\n{out_text[-3000:]}")
+    phases = {m.group(1): (int(m.group(2).replace(",", "")), float(m.group(3)))
+              for m in map(_PHASE_RE.match, out_text.splitlines()) if m}
+    meta = json.loads((out / "dataset.json").read_text())
+    size = sum(s[p]["bytes"] for s in meta["shards"] for p in ("patches", "teacher"))
+    return {"phases": phases, "peak_mb": mb, "peak_one_mb": one, "wall": wall, "rows": meta["rows"],
+            "hours": meta["audio_seconds"] / 3600, "bytes": size, "out": out}
+
+
+def files(d: Path) -> dict[str, bytes]:
+    return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(d.glob("*/part-*.parquet"))}
+
+
+def read_child(path: str) -> None:
+    """(child) Open, index, read every row, stream every row; print the figures as JSON."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cryblock.blocks.dataset.shards import open_dataset
+
+    t0 = time.perf_counter()
+    ds = open_dataset(path)
+    t_open = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ix = ds.index()
+    t_index = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n = 0
+    for b in ds.read_rows():
+        n += len(b.rows)
+    t_read = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    m = 0
+    for batch in ds.tf_dataset(shuffle_buffer=4096, seed=0).batch(256):
+        m += int(batch["row"].shape[0])
+    t_tf = time.perf_counter() - t0
+    print(json.dumps({"rows": ds.rows, "index_rows": len(ix), "read": n, "streamed": m, "open_s": t_open,
+                      "index_s": t_index, "read_s": t_read, "tf_s": t_tf}))
+
+
+def replicate(manifest: Path, out: Path, times: int) -> Path:
+    """The manifest ``times`` over with absolute paths, each copy's groups renamed (``g#k``)."""
+    with manifest.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "group", "category", "source"])
+        for k in range(times):
+            for r in rows:
+                w.writerow([str((manifest.parent / r["path"]).resolve()), r["label"], f"{r['group']}#{k}",
+                            r.get("category", ""), r.get("source", "")])
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=os.environ.get("CRYBLOCK_DATA"), help="folder with manifest.csv")
+    ap.add_argument("--out", required=True, help="work folder for the datasets (several GB)")
+    ap.add_argument("--runs", default="w1,w2,ray,x4,read", help="which runs (comma-separated)")
+    ap.add_argument("--replicate", type=int, default=4)
+    ap.add_argument("--read-child", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.read_child:
+        read_child(a.read_child)
+        return 0
+    if not a.data:
+        ap.error("set CRYBLOCK_DATA or pass --data")
+    runs = set(a.runs.split(","))
+    work = Path(a.out)
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = Path(a.data) / "manifest.csv"
+    print(f"machine: {os.cpu_count()} CPUs (shared with other work: figures are pessimistic)")
+    print("| run | patches | audio | features patches/s | teacher patches/s | wall | peak RSS (process tree) | "
+          "largest process | shards | MB per hour of audio |\n|---|---|---|---|---|---|---|---|---|---|")
+    results = {}
+
+    def row(name: str, r: dict, note: str = "") -> None:
+        f, t = r["phases"].get("features"), r["phases"].get("teacher")
+        rate = (lambda ph: f"{ph[0] / ph[1]:,.0f}" if ph and ph[1] > 0 and ph[0] else "–")
+        print(f"| {name} | {r['rows']:,} | {r['hours']:.2f} h | {rate(f)} | {rate(t)} | {r['wall']:.0f} s | "
+              f"{r['peak_mb']:,.0f} MB | {r['peak_one_mb']:,.0f} MB | {r['bytes'] / 1e6:,.0f} MB | "
+              f"{r['bytes'] / 1e6 / r['hours']:,.0f} |{note}", flush=True)
+
+    for name, extra, man in (("w1", ("--workers", "1"), manifest), ("w2", ("--workers", "2"), manifest),
+                             ("ray", ("--runner", "ray", "--workers", "2"), manifest),
+                             ("x4", ("--workers", "2"), None)):
+        if name not in runs:
+            continue
+        if man is None:
+            man = replicate(manifest, work / f"manifest-x{a.replicate}.csv", a.replicate)
+        out = work / name
+        if out.exists():
+            shutil.rmtree(out)
+        results[name] = r = prepare(man, out, *extra)
+        note = ""
+        if name in ("w2", "ray") and "w1" in results:
+            note = " shards = w1's" if files(out) == files(results["w1"]["out"]) else " **shards differ from w1's**"
+        label = {"w1": "local, 1 worker", "w2": "local, 2 workers", "ray": "Ray local instance, 2 workers",
+                 "x4": f"local, 2 workers, manifest ×{a.replicate}"}[name]
+        row(label, r, note)
+    if "read" in runs:
+        print("\n| dataset | rows | open + verify | index | read_rows (all) | tf.data (all, shuffle 4096) | "
+              "peak RSS (process tree) |\n|---|---|---|---|---|---|---|")
+        for name in ("w1", "x4"):
+            if not (work / name / "dataset.json").is_file():
+                continue
+            text, mb, _one, _wall, code = run_tree([sys.executable, __file__, "--out", str(work), "--read-child",
+                                                     str(work / name)])
+            if code != 0:
+                raise SystemExit(f"reading failed:\n{text[-3000:]}")
+            f = json.loads(text.strip().splitlines()[-1])
+            assert f["read"] == f["streamed"] == f["rows"] == f["index_rows"]
+            print(f"| {name} | {f['rows']:,} | {f['open_s']:.1f} s | {f['index_s']:.1f} s | "
+                  f"{f['rows'] / f['read_s']:,.0f} rows/s | {f['rows'] / f['tf_s']:,.0f} rows/s | {mb:,.0f} MB |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
