@@ -71,7 +71,11 @@ void cry_app_log(cry_app_t *a, const char *kind, const char *fields_fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
-void cry_app_vlog(cry_app_t *a, const char *kind, const char *fields_fmt, va_list ap);
+void cry_app_vlog(cry_app_t *a, const char *kind, const char *fields_fmt, va_list ap)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 0)))
+#endif
+    ;
 
 /* The CFG record of the current detector configuration. */
 void cry_app_log_config(cry_app_t *a);

@@ -28,7 +28,11 @@ int cry_log_format(char *buf, size_t cap, const char *kind, const char *fields_f
     __attribute__((format(printf, 4, 5)))
 #endif
     ;
-int cry_log_vformat(char *buf, size_t cap, const char *kind, const char *fields_fmt, va_list ap);
+int cry_log_vformat(char *buf, size_t cap, const char *kind, const char *fields_fmt, va_list ap)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 0)))
+#endif
+    ;
 
 #ifdef __cplusplus
 }

@@ -17,7 +17,13 @@ int cry_msg_device_ok(const char *id)
     return n > 0;
 }
 
-/* snprintf that reports -1 when the output does not fit */
+/* snprintf that reports -1 when the output does not fit; format-checked like snprintf (on the S3
+ * int32_t is long: every argument's type must match its conversion) */
+static int fit(char *buf, size_t cap, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
 static int fit(char *buf, size_t cap, const char *fmt, ...)
 {
     va_list ap;
