@@ -170,6 +170,20 @@ def test_printf_wrappers_are_format_checked(int8_model, tmp_path):
         assert r.returncode == 0, f"{f}: {r.stderr}"
 
 
+def test_event_handlers_never_sleep():
+    """cry_net.c's ESP-IDF event handlers run on the default event loop, which the IP and MQTT
+    events share: a handler that sleeps (the Wi-Fi back-off, up to 60 s) stalls every other event
+    meanwhile. The handlers only record state; net_task waits out the back-off."""
+    import re
+
+    src = (Path(__file__).resolve().parents[1] / "templates" / "esp32s3" / "main" / "cry_net.c").read_text()
+    handlers = re.findall(r"^static void (\w+)\(void \*\w*, esp_event_base_t[^)]*\)\n\{(.*?)^\}", src, re.M | re.S)
+    assert {name for name, _ in handlers} >= {"wifi_event"}, "event handlers not found"
+    for name, body in handlers:
+        assert not re.search(r"\b(vTaskDelay|vTaskDelayUntil|usleep|sleep)\s*\(", body), f"{name} blocks the event loop"
+    assert "esp_wifi_connect();" in src.split("static void net_task", 1)[1], "net_task must retry Wi-Fi"
+
+
 def test_mqtt_project(int8_model, tmp_path):
     """--mqtt adds the network sources (portable ones compile with -Wpedantic), the snippet option,
     the CA file, and main.cc with its hooks compiles against the ESP-IDF stubs; no credential is in

@@ -49,6 +49,8 @@ static struct {
     volatile int wifi_up, mqtt_up, announce;
     int64_t retry_at_us;  /* next broker reconnect attempt */
     uint32_t backoff_ms;
+    volatile int64_t wifi_retry_at_us; /* next Wi-Fi connect attempt; 0: none pending */
+    uint32_t wifi_backoff_ms;
     uint32_t event_seq, status_seq, dropped_audio, dropped_snippets;
     int last_det, last_seq;
 #if CONFIG_CRY_MQTT_SNIPPETS
@@ -158,17 +160,17 @@ static void wifi_event(void *arg, esp_event_base_t base, int32_t id, void *data)
 {
     (void)arg;
     (void)data;
-    static uint32_t backoff = BACKOFF_MIN_MS;
     if (base == WIFI_EVENT && id == WIFI_EVENT_STA_START) {
         esp_wifi_connect();
     } else if (base == WIFI_EVENT && id == WIFI_EVENT_STA_DISCONNECTED) {
+        /* never sleep here: this handler runs on the default event loop, which every other
+           event (IP, MQTT) shares; net_task makes the next attempt when the back-off is over */
         g.wifi_up = 0;
-        vTaskDelay(pdMS_TO_TICKS(jitter(backoff))); /* back-off before the next attempt */
-        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
-        esp_wifi_connect();
+        g.wifi_retry_at_us = esp_timer_get_time() + 1000LL * jitter(g.wifi_backoff_ms);
+        g.wifi_backoff_ms = g.wifi_backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : g.wifi_backoff_ms * 2;
     } else if (base == IP_EVENT && id == IP_EVENT_STA_GOT_IP) {
         g.wifi_up = 1;
-        backoff = BACKOFF_MIN_MS;
+        g.wifi_backoff_ms = BACKOFF_MIN_MS;
         net_log("wifi=up");
     }
 }
@@ -307,6 +309,10 @@ static void net_task(void *arg)
     for (;;) {
         vTaskDelay(pdMS_TO_TICKS(50));
         const int64_t now = esp_timer_get_time();
+        if (!g.wifi_up && g.wifi_retry_at_us && now >= g.wifi_retry_at_us) {
+            g.wifi_retry_at_us = 0;
+            esp_wifi_connect(); /* a failure raises STA_DISCONNECTED again: the next back-off */
+        }
         if (!g.mqtt_up) {
             if (g.wifi_up && now >= g.retry_at_us) {
                 esp_mqtt_client_reconnect(g.mqtt);
@@ -365,6 +371,7 @@ void cry_net_start(uint32_t arena_used)
     g.arena_used = arena_used;
     g.lock = xSemaphoreCreateMutex();
     g.backoff_ms = BACKOFF_MIN_MS;
+    g.wifi_backoff_ms = BACKOFF_MIN_MS;
     g.last_seq = -1;
     cry_outbox_init(&g.outbox);
     load_settings();
