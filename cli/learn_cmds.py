@@ -90,22 +90,29 @@ def learn_params(data: str, params_file: str | None, overrides: dict, label_map:
     return params_with(params_file, overrides)
 
 
-def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
+def _run(data: str | None, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
          workers: int | None, overrides: dict, label_map: dict[str, str] | None = None, cv: int | None = None,
-         force: bool = False):
+         force: bool = False, dataset: str | None = None):
     from cryblock.output import check_run_output
 
-    check_run_output(out, "run", force=force, inputs=(data, params_file, teacher))
+    check_run_output(out, "run", force=force, inputs=(data or dataset, params_file, teacher))
     _quiet_tf()
     from cryblock.blocks.learn.cv import train_cross_validated
     from cryblock.blocks.learn.train import train_from_manifest
 
-    params = learn_params(data, params_file, overrides, label_map or {})
     t0 = time.perf_counter()
-    if cv:
+    if dataset is not None:
+        from cryblock.blocks.learn.stream import train_from_dataset
+
+        params = params_with(params_file, split_overrides(overrides))
+        res = train_from_dataset(dataset, out, params, teacher=teacher, max_clips=max_clips, label_map=label_map,
+                                 log=lambda s: click.echo(s), force=force)
+    elif cv:
+        params = learn_params(data, params_file, overrides, label_map or {})
         res = train_cross_validated(data, out, params, k=cv, teacher=teacher, max_clips=max_clips, workers=workers,
                                     label_map=label_map, log=lambda s: click.echo(s), force=force)
     else:
+        params = learn_params(data, params_file, overrides, label_map or {})
         res = train_from_manifest(data, out, params, teacher=teacher, max_clips=max_clips, workers=workers,
                                   label_map=label_map, log=lambda s: click.echo(s), force=force)
     m = res.metrics
@@ -280,7 +287,9 @@ def register(group: click.Group) -> None:
         detect_cmd_impl(files, run, plot, as_json)
 
     @group.command("train")
-    @click.option("--data", required=True, type=click.Path(), help="manifest CSV (or folder holding manifest.csv)")
+    @click.option("--data", default=None, type=click.Path(), help="manifest CSV (or folder holding manifest.csv)")
+    @click.option("--dataset", default=None, type=click.Path(file_okay=False),
+                  help="instead of --data: a dataset of cryblock prepare; the training split is streamed")
     @click.option("--out", required=True, type=click.Path(), help="run folder to write")
     @click.option("--teacher", type=click.Path(), default=None,
                   help="YAMNet file (.tflite/.h5/SavedModel); default $CRYBLOCK_TEACHER, cache or download")
@@ -295,9 +304,15 @@ def register(group: click.Group) -> None:
                        "is deployed with the cross-validated detector setting and figures")
     @click.option("--force", is_flag=True, help=_FORCE_HELP)
     @field_options(_LEARN_FLAGS)
-    def train_cmd(data, out, teacher, params_file, max_clips, workers, map_label, cv, force, **overrides):
-        """Distil YAMNet into the INT8 student; export, evaluate and report."""
-        _run(data, out, teacher, params_file, max_clips, workers, overrides, parse_label_map(map_label), cv, force)
+    def train_cmd(data, dataset, out, teacher, params_file, max_clips, workers, map_label, cv, force, **overrides):
+        """Distil YAMNet into the INT8 student; export, evaluate and report. From a manifest
+        (--data) or, streaming the training split, from a prepared dataset (--dataset)."""
+        if (data is None) == (dataset is None):
+            raise click.UsageError("give either --data MANIFEST or --dataset DATASET")
+        if dataset is not None and (cv or workers):
+            raise click.UsageError("--cv and --workers belong to --data (a dataset holds its features already)")
+        _run(data, out, teacher, params_file, max_clips, workers, overrides, parse_label_map(map_label), cv, force,
+             dataset=dataset)
 
     @group.command("demo")
     @click.option("--data", type=click.Path(), default=None,

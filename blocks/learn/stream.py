@@ -1,0 +1,222 @@
+"""``cryblock train --dataset``: the learning stage on a sharded dataset (``cryblock prepare``),
+with the training split streamed.
+
+Memory does not grow with the corpus's training split: the dataset's index (a few bytes per patch:
+clip, group, label, the teacher's cry score) chooses everything — the clips (labels, repeats,
+``--max-clips``), the split by group (:func:`cryblock.data.split_by_group` on the index's clips, so
+the split equals the one of ``train --data`` on the same manifest), the teacher-as-filter and the
+soft targets (from the stored teacher scores) and each epoch's resampled windows
+(:func:`cryblock.blocks.learn.distill.resample_epoch`, hard-negative mining included). Only the
+patches of the epoch's windows are read, through :meth:`Dataset.tf_dataset
+<cryblock.blocks.dataset.shards.Dataset.tf_dataset>` (shards interleaved, a shuffle buffer of
+``shuffle_buffer`` rows), batched, into the same training loop as ``train --data``
+(:func:`~cryblock.blocks.learn.distill.fit_student` with :class:`~cryblock.blocks.learn.distill.StreamData`).
+
+The validation and test splits are read into memory (early stopping, calibration, the nights);
+the hub model is fitted on the teacher embeddings of at most :data:`HUB_SAMPLE` kept training
+windows (the dataset's stored embeddings, or the teacher run on those patches). The run folder is
+the one ``train --data`` writes (:func:`cryblock.blocks.learn.train.finish_run`).
+
+Not on a stream (refused with one error line): preset "general" (its teacher head is fitted on
+every training embedding) and augmentation (it mixes arbitrary training windows).
+
+Why the model is not bit-identical to ``train --data``'s: the dataset stores float16 patches
+(its teacher scores are of those patches), and a stream's batches follow the shuffle buffer, not
+the in-memory path's permutation; the split, the filter's choices (up to windows whose teacher
+score sits at a threshold) and the number of windows per epoch are the same. An epoch that fits in
+the shuffle buffer is read whole and batched in exactly the in-memory path's order (a buffer that
+holds everything is a full shuffle: that one), so on a small corpus the two paths differ only by
+the float16 patches.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cryblock.errors import DataError
+from cryblock.params import CRY_CLASSES, Params
+
+from .train import Log, RunResult, Split
+
+#: At most this many kept training windows train the hub model (bounded memory: 80 MB of embeddings).
+HUB_SAMPLE = 20_000
+#: Rows in the stream's shuffle buffer (≈ 110 MB of float32 patches and scores).
+SHUFFLE_BUFFER = 4096
+
+
+def _teacher_digest(teacher) -> str:
+    from cryblock.blocks.dataset.prepare import teacher_digest
+
+    return getattr(teacher, "sha256", None) or teacher_digest(Path(teacher.path))
+
+
+def _split(ds, ix, rows: np.ndarray, clips: list, clip_ids: np.ndarray, y_of_clip: dict[int, int]) -> Split:
+    """The in-memory :class:`Split` of the given clips (ascending ``clip_ids``, their ``clips``)."""
+    x = ds.read(rows).patches if len(rows) else np.zeros((0, *ds.patch_shape), np.float32)
+    cid = ix.clip_id[rows]
+    clip_y = np.array([y_of_clip[int(c)] for c in clip_ids], np.int64)
+    clip_index = np.searchsorted(clip_ids, cid).astype(np.int64)
+    return Split(x, clip_y[clip_index], clip_index, clip_y, clips)
+
+
+def train_from_dataset(dataset: str | os.PathLike, out_dir: str | os.PathLike, params: Params = Params(), *,
+                       teacher=None, max_clips: int | None = None, cache_dir: str | os.PathLike | None = None,
+                       label_map: dict[str, str] | None = None, shuffle_buffer: int = SHUFFLE_BUFFER,
+                       log: Log = print, force: bool = False) -> RunResult:
+    """Train, export, evaluate and report one run from a dataset, streaming the training split.
+
+    Args:
+        dataset: folder written by ``cryblock prepare`` (:func:`~cryblock.blocks.dataset.shards.open_dataset`).
+        out_dir: run folder (same contents as :func:`~cryblock.blocks.learn.train.train_from_manifest`).
+        params: all parameters; the dataset must have been made with ``params.dsp``.
+        teacher: loaded teacher, path, or None (``$CRYBLOCK_TEACHER``/cache/download); the dataset's
+            teacher outputs must come from it (sha256).
+        max_clips: a label- and group-stratified subset of this many clips (the same clips
+            ``train --data --max-clips`` takes from the same manifest).
+        cache_dir: cache for the teacher outputs of validation/test windows and decoded audio.
+        label_map: dataset label → training label.
+        shuffle_buffer: rows in the stream's shuffle buffer.
+        log: progress lines.
+        force: replace an earlier run in ``out_dir``.
+
+    Returns:
+        :class:`~cryblock.blocks.learn.train.RunResult`.
+
+    Raises:
+        DataError: not a dataset, unfinished, other DSP parameters or teacher, a missing, truncated or
+            modified shard (named), labels, too few groups, preset "general", augmentation,
+            ``embedding_weight`` without stored embeddings, aux classes not stored. Checked before
+            any training; nothing is written to ``out_dir`` then.
+    """
+    from cryblock.blocks.dataset.shards import open_dataset
+    from cryblock.blocks.learn import distill, export
+    from cryblock.blocks.learn.student import build_student
+    from cryblock.blocks.learn.train import (Fitted, _teacher, check_split_labels, cry_targets, filter_counts,
+                                             finish_run, select_clips)
+    from cryblock.data import default_cache_dir, split_by_group
+    from cryblock.output import check_run_output
+
+    t_start = time.perf_counter()
+    check_run_output(out_dir, "run", force=force,
+                     inputs=(dataset, teacher if isinstance(teacher, (str, os.PathLike)) else None))
+    learn = params.learn
+    if learn.preset != "cry":
+        raise DataError(f"{dataset}: train --dataset trains the cry preset only (preset 'general' fits its teacher "
+                        "head on every training embedding in memory); use train --data")
+    if params.augment.active:
+        raise DataError(f"{dataset}: augmentation mixes arbitrary training windows and does not work on a stream; "
+                        "train --dataset without the augmentation flags, or train --data")
+    teacher = _teacher(teacher)
+    ds = open_dataset(dataset, dsp=params.dsp, teacher_sha256=_teacher_digest(teacher))
+    meta_file = ds.path / "dataset.json"
+    missing = [c for c in CRY_CLASSES if c not in ds.classes]
+    if missing:
+        raise DataError(f"{meta_file}: the teacher scores of the cry classes {list(CRY_CLASSES)} are not stored "
+                        f"(classes {list(ds.classes)[:8]}…); prepare it with --classes including 19,20")
+    use_emb, use_aux = learn.embedding_weight > 0, learn.aux_weight > 0
+    if use_emb and not ds.embedding:
+        raise DataError(f"{meta_file}: embedding_weight > 0 needs the teacher embeddings; prepare it with --embedding")
+    aux_cols = None
+    if use_aux:
+        gone = [c for c in learn.aux_classes if c not in ds.classes]
+        if gone:
+            raise DataError(f"{meta_file}: aux_weight > 0 needs the scores of classes {gone}, not stored; prepare it "
+                            "with --classes including them")
+        aux_cols = [ds.classes.index(c) for c in learn.aux_classes]
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+
+    # --- clips, split and targets from the index (no patches read)
+    t0 = time.perf_counter()
+    ix = ds.index()
+    all_clips, all_ids = ix.clips(), ix.clip_ids
+    first: dict[tuple[str, str], int] = {}
+    for c, cid in zip(all_clips, all_ids):
+        first.setdefault((str(c.path), c.group), int(cid))
+    sha1 = {(str(c.path), c.group): ix.clip_files[int(cid)][1] for c, cid in zip(all_clips, all_ids)}
+    clips, params = select_clips(all_clips, params, meta_file, label_map=label_map, max_clips=max_clips, log=log,
+                                 content_key=lambda c: sha1[(str(c.path), c.group)])
+    learn = params.learn
+    ids = np.array([first[(str(c.path), c.group)] for c in clips], np.int64)
+    y_of_clip = {int(i): int(c.label == learn.positive_label) for i, c in zip(ids, clips)}
+    tr, va, te = split_by_group(clips, learn.test_fraction, learn.validation_fraction, learn.seed)
+    parts = {}
+    for name, sel in (("train", tr), ("val", va), ("test", te)):
+        order = np.argsort(ids[sel])
+        parts[name] = (ids[sel][order], [clips[k] for k in np.asarray(sel)[order]])
+    rows = {name: ix.rows_of_clips(cids) for name, (cids, _) in parts.items()}
+    y_rows = {name: np.array([y_of_clip[int(c)] for c in ix.clip_id[r]], np.int64) for name, r in rows.items()}
+    info = {"dataset": str(ds.path), "clips": len(clips), "patches": int(sum(len(r) for r in rows.values())),
+            "skipped": [], "index_seconds": time.perf_counter() - t0,
+            "split": {k: {"clips": len(parts[k][0]), "windows": int(len(rows[k])),
+                          "positive_clips": int(sum(y_of_clip[int(c)] for c in parts[k][0]))}
+                      for k in ("train", "val", "test")}}
+    log("split by group: " + ", ".join(f"{k} {v['clips']} clips / {v['windows']} windows"
+                                       for k, v in info["split"].items()))
+    check_split_labels([("train", y_rows["train"]), ("validation", y_rows["val"]), ("test", y_rows["test"])], learn)
+    p_tr = ix.teacher_score[rows["train"]]
+    keep, zt, pos_mask = cry_targets(y_rows["train"], p_tr, learn)
+    filt = filter_counts(keep, pos_mask, learn, log)
+    kept = np.flatnonzero(keep)
+    kept_rows = rows["train"][kept]
+    weight = None
+    if learn.negative_balance > 0:
+        # a window's category, or its (mapped) label without one: as train --data
+        cat = np.array(ix.categories, dtype=object)[ix.category[kept_rows]]
+        lab = np.array([(label_map or {}).get(v, v) for v in ix.labels], dtype=object)[ix.label[kept_rows]]
+        cats = np.where(cat == "", lab, cat)
+        weight = distill.category_weights(cats, learn.negative_balance)
+
+    # --- validation in memory (early stopping), training streamed
+    val = _split(ds, ix, rows["val"], parts["val"][1], parts["val"][0], y_of_clip)
+    zt_kept = zt[kept].astype(np.float32)
+
+    def batches(idx: np.ndarray, epoch: int):
+        if len(idx) <= shuffle_buffer:  # the buffer holds the whole epoch: the in-memory path's exact order
+            rows_e = np.sort(kept_rows[idx])
+            x = ds.read(rows_e, embedding=use_emb)
+            at_row = np.searchsorted(rows_e, kept_rows[idx])  # idx order → position in x
+            for i in range(0, len(idx), learn.batch_size):
+                sl = idx[i:i + learn.batch_size]
+                o = np.argsort(sl, kind="stable")
+                src = at_row[i:i + learn.batch_size][o]
+                yield (sl[o], x.patches[src], zt_kept[sl[o]], x.embedding[src] if use_emb else None,
+                       x.scores[src][:, aux_cols] if use_aux else None)
+            return
+        order = np.sort(kept_rows[idx])
+        stream = ds.tf_dataset(order, shuffle_buffer=shuffle_buffer, seed=int(learn.seed) * 100_003 + epoch,
+                               embedding=use_emb).batch(learn.batch_size)
+        for b in stream.as_numpy_iterator():
+            at = np.searchsorted(kept_rows, b["row"])
+            yield (at, b["patch"], zt_kept[at], b["embedding"] if use_emb else None,
+                   b["scores"][:, aux_cols] if use_aux else None)
+
+    data = distill.StreamData(y=y_rows["train"][kept], pos_mask=pos_mask[kept], batches=batches, neg_weight=weight,
+                              with_embedding=use_emb, with_aux=use_aux)
+    timing = {"teacher_seconds": 0.0}
+    t0 = time.perf_counter()
+    models = build_student(learn, params.dsp, n_out=1, embedding_projection=use_emb,
+                           aux_outputs=len(aux_cols) if use_aux else 0)
+    fit = distill.fit_student(models, data, val.x, val.y, learn, log=log)
+    timing["train_seconds"] = time.perf_counter() - t0
+    fitted = Fitted(models, fit, filt, keep, None, 1)
+
+    # --- what the export and the hub model need from the training split, read back by row
+    rep = ds.read(kept_rows[export.representative_indices(len(kept_rows), 300, learn.seed)]).patches
+    hub_n = min(HUB_SAMPLE, len(kept_rows))
+    sample = np.sort(np.random.default_rng([learn.seed, 2]).choice(len(kept_rows), hub_n, replace=False)
+                     if hub_n < len(kept_rows) else np.arange(len(kept_rows)))
+    t0 = time.perf_counter()
+    embs = []
+    for b in ds.read_rows(kept_rows[sample], embedding=ds.embedding):
+        embs.append(b.embedding if ds.embedding else teacher.predict(b.patches, batch_size=256)[1].astype(np.float32))
+    hub_train = (np.concatenate(embs), pos_mask[kept][sample])
+    timing["teacher_seconds"] = time.perf_counter() - t0
+    log(f"hub model data: embeddings of {hub_n} kept training windows "
+        + ("(stored)" if ds.embedding else f"(teacher, {timing['teacher_seconds']:.0f} s)"))
+    del embs
+    test = _split(ds, ix, rows["test"], parts["test"][1], parts["test"][0], y_of_clip)
+    return finish_run(fitted, rep, hub_train, val, test, out_dir, params, teacher=teacher, cache_dir=cache, log=log,
+                      data_info=info, t_start=t_start, timing=timing)
