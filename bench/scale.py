@@ -20,7 +20,8 @@ printed with the largest single process. Runs:
   4096, batches of 256).
 * ``train`` / ``train-x4`` — ``cryblock train --dataset`` (``--epochs`` from ``--train-epochs``)
   on the ``w1`` dataset and on its ×4 copy: peak RSS of the whole run and of its training phase
-  (until the line "exporting …"; the validation split is in memory, the training split streams).
+  (until the line "hub model data …": the validation split in memory, the training split streamed,
+  the hub model's bounded sample of embeddings; the test split, export and evaluation come after).
   Without an ``x4`` dataset the ×4 copy is made from ``w1`` by rewriting its shards
   (:func:`replicate_dataset`: each copy its own clip ids, groups ``g#k`` and recording ids, the
   same patches and teacher outputs): what ``prepare`` of the ×4 manifest writes, in minutes
@@ -45,11 +46,14 @@ _PHASE_RE = re.compile(r"^(features|teacher): ([\d,]+) patches in ([\d.]+) s")
 marks_mb: dict[str, float] = {}
 
 
-def run_tree(cmd: list[str], env: dict | None = None,
-             marks: dict[str, str] | None = None) -> tuple[str, float, float, float, int]:
+def run_tree(cmd: list[str], env: dict | None = None, marks: dict[str, str] | None = None,
+             pss: bool = False, stop_at: str | None = None) -> tuple[str, float, float, float, int]:
     """Run ``cmd``; (output, peak summed RSS MB of its process tree, peak single-process RSS MB,
     wall seconds, exit code). ``marks`` ``{name: line prefix}``: the peak summed RSS so far when
-    the first output line with that prefix appeared is stored in ``marks_mb[name]`` (MB)."""
+    the first output line with that prefix appeared is stored in ``marks_mb[name]`` (MB), and
+    ``marks_mb[name + " one"]`` the largest single process's. With ``pss`` also the peak summed
+    PSS (``marks_mb["pss"]``: forked workers' shared pages counted once, not per process).
+    ``stop_at``: the name of a mark at which the command is terminated (SIGTERM)."""
     import psutil
 
     t0 = time.perf_counter()
@@ -63,16 +67,24 @@ def run_tree(cmd: list[str], env: dict | None = None,
             chunks.append(line)
             for name, prefix in (marks or {}).items():
                 if name not in marks_mb and line.startswith(prefix):
-                    marks_mb[name] = peak_sum / 2**20
+                    marks_mb[name], marks_mb[name + " one"] = peak_sum / 2**20, peak_one / 2**20
+                    if name == stop_at:
+                        p.terminate()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    peak_pss = 0
     while p.poll() is None:
-        total = 0
+        total = total_pss = 0
         try:
             for q in [root, *root.children(recursive=True)]:
                 try:
-                    rss = q.memory_info().rss
+                    if pss:
+                        full = q.memory_full_info()
+                        rss = full.rss
+                        total_pss += full.pss
+                    else:
+                        rss = q.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 total += rss
@@ -80,6 +92,8 @@ def run_tree(cmd: list[str], env: dict | None = None,
         except psutil.NoSuchProcess:
             pass
         peak_sum = max(peak_sum, total)
+        peak_pss = max(peak_pss, total_pss)
+        marks_mb["pss"] = peak_pss / 2**20
         time.sleep(0.1)
     reader.join()
     return "".join(chunks), peak_sum / 2**20, peak_one / 2**20, time.perf_counter() - t0, p.returncode
@@ -167,16 +181,24 @@ def replicate_dataset(src: Path, out: Path, times: int) -> Path:
     return out
 
 
-def train_dataset(dataset: Path, out: Path, epochs: int) -> dict:
-    """One ``cryblock train --dataset`` measured: peak RSS of the run and of its training phase."""
+def train_dataset(dataset: Path, out: Path, epochs: int, train_only: bool = False) -> dict:
+    """One ``cryblock train --dataset`` measured: peak RSS of the run and of its training phase
+    (``train_only``: the run is stopped when the training phase ends; no metrics then)."""
     marks_mb.clear()
     text, mb, one, wall, code = run_tree([sys.executable, "-m", "cryblock.cli", "train", "--dataset", str(dataset),
                                           "--out", str(out), "--epochs", str(epochs), "--force"],
-                                         marks={"train": "exporting float"})
+                                         marks={"train": "hub model data"}, pss=True,
+                                         stop_at="train" if train_only else None)
+    if train_only and "train" in marks_mb:
+        split = re.search(r"split by group: train \d+ clips / ([\d]+) windows", text)
+        win = re.search(r"epoch +1/\d+ .* (\d+) windows", text)
+        return {"peak_mb": mb, "one_mb": one, "pss_mb": marks_mb.get("pss", float("nan")), "train_mb": marks_mb["train"],
+                "wall": wall, "metrics": None, "train_rows": int(split.group(1)), "windows": int(win.group(1))}
     if code != 0:
         raise SystemExit(f"train --dataset failed (exit {code}):\n{text[-3000:]}")
     m = json.loads((out / "metrics.json").read_text())
-    return {"peak_mb": mb, "train_mb": marks_mb.get("train", float("nan")), "wall": wall, "metrics": m}
+    return {"peak_mb": mb, "one_mb": one, "pss_mb": marks_mb.get("pss", float("nan")),
+            "train_mb": marks_mb.get("train", float("nan")), "wall": wall, "metrics": m}
 
 
 def replicate(manifest: Path, out: Path, times: int) -> Path:
@@ -200,6 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="w1,w2,ray,x4,read", help="which runs (comma-separated)")
     ap.add_argument("--replicate", type=int, default=4)
     ap.add_argument("--train-epochs", type=int, default=3, help="epochs of the train runs (memory does not depend on them)")
+    ap.add_argument("--train-phase-only", action="store_true",
+                    help="stop the train runs when their training phase ends (before export and evaluation)")
     ap.add_argument("--read-child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.read_child:
@@ -257,7 +281,8 @@ def main(argv=None) -> int:
                   flush=True)
     if runs & {"train", "train-x4"}:
         print(f"\n| `train --dataset` ({a.train_epochs} epochs) | rows | train windows / epoch | wall | peak RSS, "
-              "training phase | peak RSS, whole run | float window AUC |\n|---|---|---|---|---|---|---|")
+              "training phase (process tree) | peak RSS, whole run: largest process | whole run: process tree, PSS | "
+              "whole run: process tree, RSS sum | float window AUC |\n|---|---|---|---|---|---|---|---|---|")
         for name in ("train", "train-x4"):
             if name not in runs:
                 continue
@@ -268,11 +293,15 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     replicate_dataset(work / "w1", ds, a.replicate)
                     print(f"(made {ds} from w1 in {time.perf_counter() - t0:.0f} s)", flush=True)
-            r = train_dataset(ds, work / f"run-{name}", a.train_epochs)
+            r = train_dataset(ds, work / f"run-{name}", a.train_epochs, a.train_phase_only)
             m = r["metrics"]
+            if m is None:
+                print(f"| {ds.name} | {r['train_rows']:,} training | {r['windows']:,} | {r['wall']:.0f} s (stopped after "
+                      f"training) | {r['train_mb']:,.0f} MB | – | – | – | – |", flush=True)
+                continue
             print(f"| {ds.name} | {m['data']['patches']:,} | {m['training']['history'][0]['windows']:,} | "
-                  f"{r['wall']:.0f} s | {r['train_mb']:,.0f} MB | {r['peak_mb']:,.0f} MB | "
-                  f"{m['float']['window']['auc']:.3f} |", flush=True)
+                  f"{r['wall']:.0f} s | {r['train_mb']:,.0f} MB | {r['one_mb']:,.0f} MB | {r['pss_mb']:,.0f} MB | "
+                  f"{r['peak_mb']:,.0f} MB | {m['float']['window']['auc']:.3f} |", flush=True)
     return 0
 
 

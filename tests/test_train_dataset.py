@@ -90,7 +90,7 @@ def test_streamed_epochs_larger_than_the_buffer_still_learn(quick_run, quick_dat
     res, _ = quick_run
     ds, _ = quick_dataset
     run = open_for_training(ds, Params().replace(learn=QUICK), teacher, log=lambda s: None)
-    fitted = fit_streamed(run, run.split("val"), shuffle_buffer=64, log=lambda s: None)
+    fitted = fit_streamed(run, shuffle_buffer=64, log=lambda s: None)
     a, hb = res.metrics, fitted.fit.history
     assert [h["windows"] for h in a["training"]["history"]] == [h["windows"] for h in hb]
     assert fitted.filt == a["filter"]

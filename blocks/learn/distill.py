@@ -409,7 +409,8 @@ def predict_batches(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     return np.concatenate(outs).astype(np.float32)
 
 
-def fit_student(models, data: "DistillData | StreamData", val_x: np.ndarray, val_y: np.ndarray, learn: LearnParams, *,
+def fit_student(models, data: "DistillData | StreamData", val_x: "np.ndarray | Callable", val_y: np.ndarray,
+                learn: LearnParams, *,
                 augmenter=None, rescore: Rescore | None = None,
                 log: Callable[[str], None] | None = print) -> FitResult:
     """Train the student with the KD loss; early-stop on validation AUC; restore the best weights.
@@ -419,7 +420,9 @@ def fit_student(models, data: "DistillData | StreamData", val_x: np.ndarray, val
         data: the (already teacher-filtered) training windows: in memory (:class:`DistillData`)
             or streamed (:class:`StreamData`; the same resampling, mining and loss, the batches
             come from its ``batches``; no augmentation).
-        val_x: float32 ``[M, 96, 64]`` validation patches (split by group by the caller).
+        val_x: float32 ``[M, 96, 64]`` validation patches (split by group by the caller), or a
+            function ``model -> float32 [M, ...]`` that scores them (streamed validation:
+            :func:`predict_batches` over batches read one at a time).
         val_y: int ``[M]`` validation labels (0/1 or label index).
         learn: epochs, batch_size, learning_rate (cosine-decayed per epoch to 0), temperature,
             alpha, neg_per_pos, embedding_weight, aux_weight, hard_negative_weight, patience, seed.
@@ -558,7 +561,7 @@ def fit_student(models, data: "DistillData | StreamData", val_x: np.ndarray, val
             losses.append(float(loss))
             if mining:
                 wrong[bidx] = np.asarray(wr)
-        probs = predict_batches(models.model, val_x)
+        probs = val_x(models.model) if callable(val_x) else predict_batches(models.model, val_x)
         auc = val_auc(val_y, probs)
         rec = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "val_auc": auc,
                "windows": int(len(idx)), "augmented": int(aug_mask.sum()), "seconds": time.perf_counter() - t0}

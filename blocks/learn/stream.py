@@ -12,7 +12,9 @@ patches of the epoch's windows are read, through :meth:`Dataset.tf_dataset
 ``shuffle_buffer`` rows), batched, into the same training loop as ``train --data``
 (:func:`~cryblock.blocks.learn.distill.fit_student` with :class:`~cryblock.blocks.learn.distill.StreamData`).
 
-The validation and test splits are read into memory (early stopping, calibration, the nights);
+Early stopping streams the validation split too (its AUC each epoch, read a row group at a
+time); after training the validation and test splits are read into memory (calibration, the
+nights, the test figures: that part of the run grows with them);
 the hub model is fitted on the teacher embeddings of at most :data:`HUB_SAMPLE` kept training
 windows (the dataset's stored embeddings, or the teacher run on those patches). The run folder is
 the one ``train --data`` writes (:func:`cryblock.blocks.learn.train.finish_run`).
@@ -56,7 +58,11 @@ def _teacher_digest(teacher) -> str:
 
 def _split(ds, ix, rows: np.ndarray, clips: list, clip_ids: np.ndarray, y_of_clip: dict[int, int]) -> Split:
     """The in-memory :class:`Split` of the given clips (ascending ``clip_ids``, their ``clips``)."""
-    x = ds.read(rows).patches if len(rows) else np.zeros((0, *ds.patch_shape), np.float32)
+    x = np.empty((len(rows), *ds.patch_shape), np.float32)  # filled row group by row group: no second copy
+    at = 0
+    for b in ds.read_rows(rows):
+        x[at:at + len(b.rows)] = b.patches
+        at += len(b.rows)
     cid = ix.clip_id[rows]
     clip_y = np.array([y_of_clip[int(c)] for c in clip_ids], np.int64)
     clip_index = np.searchsorted(clip_ids, cid).astype(np.int64)
@@ -182,8 +188,9 @@ def open_for_training(dataset: str | os.PathLike, params: Params, teacher, *, ma
     return StreamedRun(ds, ix, params, parts, rows, y_rows, y_of_clip, keep, zt, pos_mask, filt, weight, aux_cols, info)
 
 
-def fit_streamed(run: StreamedRun, val: Split, *, shuffle_buffer: int = SHUFFLE_BUFFER, log: Log = print):
-    """Train the student on the run's kept training windows, streamed; early stopping on ``val``.
+def fit_streamed(run: StreamedRun, *, shuffle_buffer: int = SHUFFLE_BUFFER, log: Log = print):
+    """Train the student on the run's kept training windows, streamed; early stopping on the
+    validation split's AUC, its windows read one row group at a time each epoch.
 
     Each epoch's windows (:func:`~cryblock.blocks.learn.distill.resample_epoch` on the index) are
     read through :meth:`Dataset.tf_dataset <cryblock.blocks.dataset.shards.Dataset.tf_dataset>`
@@ -227,7 +234,12 @@ def fit_streamed(run: StreamedRun, val: Split, *, shuffle_buffer: int = SHUFFLE_
                               neg_weight=run.weight, with_embedding=use_emb, with_aux=use_aux)
     models = build_student(learn, run.params.dsp, n_out=1, embedding_projection=use_emb,
                            aux_outputs=len(aux_cols) if use_aux else 0)
-    fit = distill.fit_student(models, data, val.x, val.y, learn, log=log)
+
+    def val_scores(model) -> np.ndarray:
+        out = [distill.predict_batches(model, b.patches) for b in ds.read_rows(run.rows["val"])]
+        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+    fit = distill.fit_student(models, data, val_scores, run.y["val"], learn, log=log)
     return Fitted(models, fit, run.filt, run.keep, None, 1)
 
 
@@ -273,9 +285,8 @@ def train_from_dataset(dataset: str | os.PathLike, out_dir: str | os.PathLike, p
     ds, params, learn = run.ds, run.params, run.params.learn
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
 
-    val = run.split("val")  # in memory: early stopping, calibration, the validation night
     t0 = time.perf_counter()
-    fitted = fit_streamed(run, val, shuffle_buffer=shuffle_buffer, log=log)
+    fitted = fit_streamed(run, shuffle_buffer=shuffle_buffer, log=log)
     timing = {"train_seconds": time.perf_counter() - t0}
 
     # --- what the export and the hub model need from the training split, read back by row
@@ -293,6 +304,6 @@ def train_from_dataset(dataset: str | os.PathLike, out_dir: str | os.PathLike, p
     timing["teacher_seconds"] = time.perf_counter() - t0
     log(f"hub model data: embeddings of {hub_n} kept training windows "
         + ("(stored)" if ds.embedding else f"(teacher, {timing['teacher_seconds']:.0f} s)"))
-    test = run.split("test")
+    val, test = run.split("val"), run.split("test")  # in memory: calibration, the nights, the test figures
     return finish_run(fitted, rep, hub_train, val, test, out_dir, params, teacher=teacher, cache_dir=cache, log=log,
                       data_info=run.info, t_start=t_start, timing=timing)
