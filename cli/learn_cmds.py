@@ -191,10 +191,12 @@ def detect_cmd_impl(files, run: str, plot: str | None, as_json: str | None) -> N
 
 
 def tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flash, epochs, final_epochs, minutes,
-                  workers, map_label, overrides, force: bool = False):
+                  workers, map_label, overrides, force: bool = False, runner: str = "local", ray_address=None):
     from cryblock.output import check_run_output
 
     check_run_output(out, "tune", force=force, inputs=(data, params_file, teacher))
+    if ray_address and runner != "ray":
+        raise click.UsageError("--ray-address needs --runner ray")
     _quiet_tf()
     from cryblock.blocks.learn.tune import Budget, parse_amount, tune
 
@@ -202,7 +204,8 @@ def tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flas
                     parse_amount(max_flash, "max_flash"))
     params = learn_params(data, params_file, overrides, parse_label_map(map_label))
     doc = tune(data, out, params, budget=budget, epochs=epochs, final_epochs=final_epochs, minutes=minutes,
-               teacher=teacher, workers=workers, log=lambda s: click.echo(s), force=force)
+               teacher=teacher, workers=workers, log=lambda s: click.echo(s), force=force, runner=runner,
+               ray_address=ray_address)
     click.echo(f"wrote {out}/ (tune.md, tune.json, candidates/" + (", best/)" if doc["best_run"] else ")")
                + f" in {doc['minutes']:.0f} min")
 
@@ -227,16 +230,21 @@ def register(group: click.Group) -> None:
                   help="epochs of the winner's retraining")
     @click.option("--minutes", type=FiniteFloat(1, 100000), default=30.0, show_default=True,
                   help="time box for the candidates")
-    @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
+    @click.option("--workers", type=click.IntRange(1, 256), default=None,
+                  help="feature-extraction processes; with --runner ray and no cluster: parallel trials")
     @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO", help="rename a manifest label")
+    @click.option("--runner", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                  help="ray: the candidates as Ray Tune trials (pip install 'cryblock[ray]')")
+    @click.option("--ray-address", default=None,
+                  help="Ray cluster HOST:PORT for --runner ray (default $RAY_ADDRESS, else a private local instance)")
     @click.option("--force", is_flag=True, help=_FORCE_HELP)
     @field_options([r for r in _LEARN_FLAGS if r[0] not in _ARCH_FLAGS])
     def tune_cmd(data, out, teacher, params_file, max_arena, max_macs, max_flash, cand_epochs, final_epochs, minutes,
-                 workers, map_label, force, **overrides):
+                 workers, map_label, runner, ray_address, force, **overrides):
         """Train the candidate student architectures with one recipe, measure cost (INT8 size, MACs,
         host and device arena, latency) and quality, print the front, retrain the best within budget."""
         tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flash, cand_epochs, final_epochs,
-                      minutes, workers, map_label, overrides, force)
+                      minutes, workers, map_label, overrides, force, runner, ray_address)
 
     @group.command("evaluate")
     @click.option("--run", "run", required=True, type=click.Path(file_okay=False),
