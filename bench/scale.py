@@ -20,8 +20,9 @@ printed with the largest single process. Runs:
   4096, batches of 256).
 * ``train`` / ``train-x4`` — ``cryblock train --dataset`` (``--epochs`` from ``--train-epochs``)
   on the ``w1`` dataset and on its ×4 copy: peak RSS of the whole run and of its training phase
-  (until the line "hub model data …": the validation split in memory, the training split streamed,
-  the hub model's bounded sample of embeddings; the test split, export and evaluation come after).
+  (until the line "hub model data …": the training split streamed, early stopping on the streamed
+  validation split; the hub model's bounded sample of embeddings, the validation and test splits in
+  memory, export and evaluation come after).
   Without an ``x4`` dataset the ×4 copy is made from ``w1`` by rewriting its shards
   (:func:`replicate_dataset`: each copy its own clip ids, groups ``g#k`` and recording ids, the
   same patches and teacher outputs): what ``prepare`` of the ×4 manifest writes, in minutes

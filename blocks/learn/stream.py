@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cryblock.blocks.learn.yamnet import EMBEDDING_SIZE
 from cryblock.errors import DataError
 from cryblock.params import CRY_CLASSES, Params
 
@@ -295,15 +296,16 @@ def train_from_dataset(dataset: str | os.PathLike, out_dir: str | os.PathLike, p
     hub_n = min(HUB_SAMPLE, len(kept_rows))
     sample = np.sort(np.random.default_rng([learn.seed, 2]).choice(len(kept_rows), hub_n, replace=False)
                      if hub_n < len(kept_rows) else np.arange(len(kept_rows)))
-    t0 = time.perf_counter()
-    embs = []
-    for b in ds.read_rows(kept_rows[sample], embedding=ds.embedding):
-        embs.append(b.embedding if ds.embedding else teacher.predict(b.patches, batch_size=256)[1].astype(np.float32))
-    hub_train = (np.concatenate(embs), pos_kept[sample])
-    del embs
-    timing["teacher_seconds"] = time.perf_counter() - t0
     log(f"hub model data: embeddings of {hub_n} kept training windows "
-        + ("(stored)" if ds.embedding else f"(teacher, {timing['teacher_seconds']:.0f} s)"))
+        + ("(stored) …" if ds.embedding else "(teacher) …"))
+    t0 = time.perf_counter()
+    embs = np.empty((hub_n, EMBEDDING_SIZE), np.float32)
+    at = 0
+    for b in ds.read_rows(kept_rows[sample], embedding=ds.embedding):
+        embs[at:at + len(b.rows)] = b.embedding if ds.embedding else teacher.predict(b.patches, batch_size=64)[1]
+        at += len(b.rows)
+    hub_train = (embs, pos_kept[sample])
+    timing["teacher_seconds"] = time.perf_counter() - t0
     val, test = run.split("val"), run.split("test")  # in memory: calibration, the nights, the test figures
     return finish_run(fitted, rep, hub_train, val, test, out_dir, params, teacher=teacher, cache_dir=cache, log=log,
                       data_info=run.info, t_start=t_start, timing=timing)
