@@ -57,6 +57,26 @@ def _teacher_digest(teacher) -> str:
     return getattr(teacher, "sha256", None) or teacher_digest(Path(teacher.path))
 
 
+def rebatch(batches, size: int):
+    """Patches of :class:`~cryblock.blocks.dataset.shards.RowBatch` es (any sizes) in batches of
+    exactly ``size`` rows (the last one smaller): float32 ``[size, frames, bands]``, in order.
+    Models then see at most two batch shapes, so TensorFlow/oneDNN cache two sets of kernels
+    instead of one per row-group selection size (which grows with the corpus)."""
+    buf, n = [], 0
+    for b in batches:
+        x = b.patches
+        while len(x):
+            take = min(size - n, len(x))
+            buf.append(x[:take])
+            n += take
+            x = x[take:]
+            if n == size:
+                yield np.concatenate(buf)
+                buf, n = [], 0
+    if n:
+        yield np.concatenate(buf)
+
+
 def _split(ds, ix, rows: np.ndarray, clips: list, clip_ids: np.ndarray, y_of_clip: dict[int, int]) -> Split:
     """The in-memory :class:`Split` of the given clips (ascending ``clip_ids``, their ``clips``)."""
     x = np.empty((len(rows), *ds.patch_shape), np.float32)  # filled row group by row group: no second copy
@@ -237,7 +257,7 @@ def fit_streamed(run: StreamedRun, *, shuffle_buffer: int = SHUFFLE_BUFFER, log:
                            aux_outputs=len(aux_cols) if use_aux else 0)
 
     def val_scores(model) -> np.ndarray:
-        out = [distill.predict_batches(model, b.patches) for b in ds.read_rows(run.rows["val"])]
+        out = [distill.predict_batches(model, x) for x in rebatch(ds.read_rows(run.rows["val"]), 512)]
         return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
     fit = distill.fit_student(models, data, val_scores, run.y["val"], learn, log=log)
@@ -301,9 +321,14 @@ def train_from_dataset(dataset: str | os.PathLike, out_dir: str | os.PathLike, p
     t0 = time.perf_counter()
     embs = np.empty((hub_n, EMBEDDING_SIZE), np.float32)
     at = 0
-    for b in ds.read_rows(kept_rows[sample], embedding=ds.embedding):
-        embs[at:at + len(b.rows)] = b.embedding if ds.embedding else teacher.predict(b.patches, batch_size=64)[1]
-        at += len(b.rows)
+    if ds.embedding:
+        for b in ds.read_rows(kept_rows[sample], embedding=True):
+            embs[at:at + len(b.rows)] = b.embedding
+            at += len(b.rows)
+    else:
+        for x in rebatch(ds.read_rows(kept_rows[sample]), 256):
+            embs[at:at + len(x)] = teacher.predict(x, batch_size=64)[1]
+            at += len(x)
     hub_train = (embs, pos_kept[sample])
     timing["teacher_seconds"] = time.perf_counter() - t0
     val, test = run.split("val"), run.split("test")  # in memory: calibration, the nights, the test figures
