@@ -18,6 +18,15 @@ printed with the largest single process. Runs:
 * ``read`` — for the ``w1`` and ``x4`` datasets: open (all checksums), the index, every row
   through ``Dataset.read_rows`` and every row through ``Dataset.tf_dataset`` (shuffle buffer
   4096, batches of 256).
+* ``train`` / ``train-x4`` — ``cryblock train --dataset`` (``--epochs`` from ``--train-epochs``)
+  on the ``w1`` dataset and on its ×4 copy: peak RSS of the whole run and of its training phase
+  (until the line "hub model data …": the training split streamed, early stopping on the streamed
+  validation split; the hub model's bounded sample of embeddings, the validation and test splits in
+  memory, export and evaluation come after).
+  Without an ``x4`` dataset the ×4 copy is made from ``w1`` by rewriting its shards
+  (:func:`replicate_dataset`: each copy its own clip ids, groups ``g#k`` and recording ids, the
+  same patches and teacher outputs): what ``prepare`` of the ×4 manifest writes, in minutes
+  instead of half an hour.
 """
 from __future__ import annotations
 
@@ -34,11 +43,18 @@ import time
 from pathlib import Path
 
 _PHASE_RE = re.compile(r"^(features|teacher): ([\d,]+) patches in ([\d.]+) s")
+#: Filled by :func:`run_tree`'s ``marks``.
+marks_mb: dict[str, float] = {}
 
 
-def run_tree(cmd: list[str], env: dict | None = None) -> tuple[str, float, float, float, int]:
+def run_tree(cmd: list[str], env: dict | None = None, marks: dict[str, str] | None = None,
+             pss: bool = False, stop_at: str | None = None) -> tuple[str, float, float, float, int]:
     """Run ``cmd``; (output, peak summed RSS MB of its process tree, peak single-process RSS MB,
-    wall seconds, exit code)."""
+    wall seconds, exit code). ``marks`` ``{name: line prefix}``: the peak summed RSS so far when
+    the first output line with that prefix appeared is stored in ``marks_mb[name]`` (MB), and
+    ``marks_mb[name + " one"]`` the largest single process's. With ``pss`` also the peak summed
+    PSS (``marks_mb["pss"]``: forked workers' shared pages counted once, not per process).
+    ``stop_at``: the name of a mark at which the command is terminated (SIGTERM)."""
     import psutil
 
     t0 = time.perf_counter()
@@ -46,14 +62,30 @@ def run_tree(cmd: list[str], env: dict | None = None) -> tuple[str, float, float
     root = psutil.Process(p.pid)
     peak_sum = peak_one = 0
     chunks: list[str] = []
-    reader = threading.Thread(target=lambda: chunks.append(p.stdout.read()), daemon=True)
+
+    def read() -> None:
+        for line in p.stdout:
+            chunks.append(line)
+            for name, prefix in (marks or {}).items():
+                if name not in marks_mb and line.startswith(prefix):
+                    marks_mb[name], marks_mb[name + " one"] = peak_sum / 2**20, peak_one / 2**20
+                    if name == stop_at:
+                        p.terminate()
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    peak_pss = 0
     while p.poll() is None:
-        total = 0
+        total = total_pss = 0
         try:
             for q in [root, *root.children(recursive=True)]:
                 try:
-                    rss = q.memory_info().rss
+                    if pss:
+                        full = q.memory_full_info()
+                        rss = full.rss
+                        total_pss += full.pss
+                    else:
+                        rss = q.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 total += rss
@@ -61,6 +93,8 @@ def run_tree(cmd: list[str], env: dict | None = None) -> tuple[str, float, float
         except psutil.NoSuchProcess:
             pass
         peak_sum = max(peak_sum, total)
+        peak_pss = max(peak_pss, total_pss)
+        marks_mb["pss"] = peak_pss / 2**20
         time.sleep(0.1)
     reader.join()
     return "".join(chunks), peak_sum / 2**20, peak_one / 2**20, time.perf_counter() - t0, p.returncode
@@ -109,6 +143,65 @@ def read_child(path: str) -> None:
                       "index_s": t_index, "read_s": t_read, "tf_s": t_tf}))
 
 
+def replicate_dataset(src: Path, out: Path, times: int) -> Path:
+    """The dataset ``src`` ``times`` over, as ``prepare`` of the replicated manifest would write it:
+    copy k's clip ids offset by k × clips, its groups ``GROUP#k`` and its recording ids (sha1)
+    ``SHA1#k`` (so the copies are distinct recordings in distinct groups), the same patches and
+    teacher outputs; shards rewritten with the dataset's writer (fixed row groups, checksums)."""
+    import pyarrow.parquet as pq
+    import pyarrow.compute as pc
+
+    from cryblock.blocks.dataset import shards as S
+
+    meta = json.loads((src / S.META_NAME).read_text())
+    if out.exists():
+        shutil.rmtree(out)
+    (out / S.PATCH_DIR).mkdir(parents=True)
+    (out / S.TEACHER_DIR).mkdir()
+    n_clips, n_shards, shards = meta["input"]["clips"], len(meta["shards"]), []
+    for k in range(times):
+        for i, sh in enumerate(meta["shards"]):
+            name = f"part-{k * n_shards + i:05d}"
+            rec = json.loads(json.dumps(sh))
+            rec.update(name=name, clip_start=sh["clip_start"] + k * n_clips, clip_end=sh["clip_end"] + k * n_clips)
+            for part in ("patches", "teacher"):
+                t = pq.read_table(src / sh[part]["file"])
+                cols = {c: t.column(c) for c in t.column_names}
+                cols["clip_id"] = pc.add(t.column("clip_id"), k * n_clips).cast(t.schema.field("clip_id").type)
+                if part == "patches":
+                    for c in ("group", "sha1"):
+                        cols[c] = pc.binary_join_element_wise(t.column(c), f"#{k}", "")
+                f = f"{part if part == 'patches' else S.TEACHER_DIR}/{name}.parquet"
+                with S.ShardWriter(out / f, t.schema) as w:
+                    w.write(cols)
+                rec[part].update(file=f, bytes=w.bytes, sha256=w.sha256, key=f"{sh[part]['key']}#{k}")
+            shards.append(rec)
+    meta.update(shards=shards, rows=meta["rows"] * times, audio_seconds=meta["audio_seconds"] * times,
+                input={**meta["input"], "clips": n_clips * times, "file": f"{meta['input']['file']} ×{times}"})
+    S.write_meta(out, meta)
+    return out
+
+
+def train_dataset(dataset: Path, out: Path, epochs: int, train_only: bool = False) -> dict:
+    """One ``cryblock train --dataset`` measured: peak RSS of the run and of its training phase
+    (``train_only``: the run is stopped when the training phase ends; no metrics then)."""
+    marks_mb.clear()
+    text, mb, one, wall, code = run_tree([sys.executable, "-m", "cryblock.cli", "train", "--dataset", str(dataset),
+                                          "--out", str(out), "--epochs", str(epochs), "--force"],
+                                         marks={"train": "hub model data"}, pss=True,
+                                         stop_at="train" if train_only else None)
+    if train_only and "train" in marks_mb:
+        split = re.search(r"split by group: train \d+ clips / ([\d]+) windows", text)
+        win = re.search(r"epoch +1/\d+ .* (\d+) windows", text)
+        return {"peak_mb": mb, "one_mb": one, "pss_mb": marks_mb.get("pss", float("nan")), "train_mb": marks_mb["train"],
+                "wall": wall, "metrics": None, "train_rows": int(split.group(1)), "windows": int(win.group(1))}
+    if code != 0:
+        raise SystemExit(f"train --dataset failed (exit {code}):\n{text[-3000:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    return {"peak_mb": mb, "one_mb": one, "pss_mb": marks_mb.get("pss", float("nan")),
+            "train_mb": marks_mb.get("train", float("nan")), "wall": wall, "metrics": m}
+
+
 def replicate(manifest: Path, out: Path, times: int) -> Path:
     """The manifest ``times`` over with absolute paths, each copy's groups renamed (``g#k``)."""
     with manifest.open(newline="", encoding="utf-8-sig") as f:
@@ -129,6 +222,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="work folder for the datasets (several GB)")
     ap.add_argument("--runs", default="w1,w2,ray,x4,read", help="which runs (comma-separated)")
     ap.add_argument("--replicate", type=int, default=4)
+    ap.add_argument("--train-epochs", type=int, default=3, help="epochs of the train runs (memory does not depend on them)")
+    ap.add_argument("--train-phase-only", action="store_true",
+                    help="stop the train runs when their training phase ends (before export and evaluation)")
     ap.add_argument("--read-child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.read_child:
@@ -184,6 +280,29 @@ def main(argv=None) -> int:
             print(f"| {name} | {f['rows']:,} | {f['open_s']:.1f} s | {f['index_s']:.1f} s | "
                   f"{f['rows'] / f['read_s']:,.0f} rows/s | {f['rows'] / f['tf_s']:,.0f} rows/s | {mb:,.0f} MB |",
                   flush=True)
+    if runs & {"train", "train-x4"}:
+        print(f"\n| `train --dataset` ({a.train_epochs} epochs) | rows | train windows / epoch | wall | peak RSS, "
+              "training phase (process tree) | peak RSS, whole run: largest process | whole run: process tree, PSS | "
+              "whole run: process tree, RSS sum | float window AUC |\n|---|---|---|---|---|---|---|---|---|")
+        for name in ("train", "train-x4"):
+            if name not in runs:
+                continue
+            ds = work / "w1"
+            if name == "train-x4":
+                ds = work / "x4" if (work / "x4" / "dataset.json").is_file() else work / f"w1-x{a.replicate}"
+                if not (ds / "dataset.json").is_file():
+                    t0 = time.perf_counter()
+                    replicate_dataset(work / "w1", ds, a.replicate)
+                    print(f"(made {ds} from w1 in {time.perf_counter() - t0:.0f} s)", flush=True)
+            r = train_dataset(ds, work / f"run-{name}", a.train_epochs, a.train_phase_only)
+            m = r["metrics"]
+            if m is None:
+                print(f"| {ds.name} | {r['train_rows']:,} training | {r['windows']:,} | {r['wall']:.0f} s (stopped after "
+                      f"training) | {r['train_mb']:,.0f} MB | – | – | – | – |", flush=True)
+                continue
+            print(f"| {ds.name} | {m['data']['patches']:,} | {m['training']['history'][0]['windows']:,} | "
+                  f"{r['wall']:.0f} s | {r['train_mb']:,.0f} MB | {r['one_mb']:,.0f} MB | {r['pss_mb']:,.0f} MB | "
+                  f"{r['peak_mb']:,.0f} MB | {m['float']['window']['auc']:.3f} |", flush=True)
     return 0
 
 

@@ -90,22 +90,29 @@ def learn_params(data: str, params_file: str | None, overrides: dict, label_map:
     return params_with(params_file, overrides)
 
 
-def _run(data: str, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
+def _run(data: str | None, out: str, teacher: str | None, params_file: str | None, max_clips: int | None,
          workers: int | None, overrides: dict, label_map: dict[str, str] | None = None, cv: int | None = None,
-         force: bool = False):
+         force: bool = False, dataset: str | None = None):
     from cryblock.output import check_run_output
 
-    check_run_output(out, "run", force=force, inputs=(data, params_file, teacher))
+    check_run_output(out, "run", force=force, inputs=(data or dataset, params_file, teacher))
     _quiet_tf()
     from cryblock.blocks.learn.cv import train_cross_validated
     from cryblock.blocks.learn.train import train_from_manifest
 
-    params = learn_params(data, params_file, overrides, label_map or {})
     t0 = time.perf_counter()
-    if cv:
+    if dataset is not None:
+        from cryblock.blocks.learn.stream import train_from_dataset
+
+        params = params_with(params_file, split_overrides(overrides))
+        res = train_from_dataset(dataset, out, params, teacher=teacher, max_clips=max_clips, label_map=label_map,
+                                 log=lambda s: click.echo(s), force=force)
+    elif cv:
+        params = learn_params(data, params_file, overrides, label_map or {})
         res = train_cross_validated(data, out, params, k=cv, teacher=teacher, max_clips=max_clips, workers=workers,
                                     label_map=label_map, log=lambda s: click.echo(s), force=force)
     else:
+        params = learn_params(data, params_file, overrides, label_map or {})
         res = train_from_manifest(data, out, params, teacher=teacher, max_clips=max_clips, workers=workers,
                                   label_map=label_map, log=lambda s: click.echo(s), force=force)
     m = res.metrics
@@ -184,10 +191,12 @@ def detect_cmd_impl(files, run: str, plot: str | None, as_json: str | None) -> N
 
 
 def tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flash, epochs, final_epochs, minutes,
-                  workers, map_label, overrides, force: bool = False):
+                  workers, map_label, overrides, force: bool = False, runner: str = "local", ray_address=None):
     from cryblock.output import check_run_output
 
     check_run_output(out, "tune", force=force, inputs=(data, params_file, teacher))
+    if ray_address and runner != "ray":
+        raise click.UsageError("--ray-address needs --runner ray")
     _quiet_tf()
     from cryblock.blocks.learn.tune import Budget, parse_amount, tune
 
@@ -195,7 +204,8 @@ def tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flas
                     parse_amount(max_flash, "max_flash"))
     params = learn_params(data, params_file, overrides, parse_label_map(map_label))
     doc = tune(data, out, params, budget=budget, epochs=epochs, final_epochs=final_epochs, minutes=minutes,
-               teacher=teacher, workers=workers, log=lambda s: click.echo(s), force=force)
+               teacher=teacher, workers=workers, log=lambda s: click.echo(s), force=force, runner=runner,
+               ray_address=ray_address)
     click.echo(f"wrote {out}/ (tune.md, tune.json, candidates/" + (", best/)" if doc["best_run"] else ")")
                + f" in {doc['minutes']:.0f} min")
 
@@ -220,16 +230,21 @@ def register(group: click.Group) -> None:
                   help="epochs of the winner's retraining")
     @click.option("--minutes", type=FiniteFloat(1, 100000), default=30.0, show_default=True,
                   help="time box for the candidates")
-    @click.option("--workers", type=click.IntRange(1, 256), default=None, help="feature-extraction processes")
+    @click.option("--workers", type=click.IntRange(1, 256), default=None,
+                  help="feature-extraction processes; with --runner ray and no cluster: parallel trials")
     @click.option("--map-label", "map_label", multiple=True, metavar="FROM=TO", help="rename a manifest label")
+    @click.option("--runner", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                  help="ray: the candidates as Ray Tune trials (pip install 'cryblock[ray]')")
+    @click.option("--ray-address", default=None,
+                  help="Ray cluster HOST:PORT for --runner ray (default $RAY_ADDRESS, else a private local instance)")
     @click.option("--force", is_flag=True, help=_FORCE_HELP)
     @field_options([r for r in _LEARN_FLAGS if r[0] not in _ARCH_FLAGS])
     def tune_cmd(data, out, teacher, params_file, max_arena, max_macs, max_flash, cand_epochs, final_epochs, minutes,
-                 workers, map_label, force, **overrides):
+                 workers, map_label, runner, ray_address, force, **overrides):
         """Train the candidate student architectures with one recipe, measure cost (INT8 size, MACs,
         host and device arena, latency) and quality, print the front, retrain the best within budget."""
         tune_cmd_impl(data, out, teacher, params_file, max_arena, max_macs, max_flash, cand_epochs, final_epochs,
-                      minutes, workers, map_label, overrides, force)
+                      minutes, workers, map_label, overrides, force, runner, ray_address)
 
     @group.command("evaluate")
     @click.option("--run", "run", required=True, type=click.Path(file_okay=False),
@@ -280,7 +295,9 @@ def register(group: click.Group) -> None:
         detect_cmd_impl(files, run, plot, as_json)
 
     @group.command("train")
-    @click.option("--data", required=True, type=click.Path(), help="manifest CSV (or folder holding manifest.csv)")
+    @click.option("--data", default=None, type=click.Path(), help="manifest CSV (or folder holding manifest.csv)")
+    @click.option("--dataset", default=None, type=click.Path(file_okay=False),
+                  help="instead of --data: a dataset of cryblock prepare; the training split is streamed")
     @click.option("--out", required=True, type=click.Path(), help="run folder to write")
     @click.option("--teacher", type=click.Path(), default=None,
                   help="YAMNet file (.tflite/.h5/SavedModel); default $CRYBLOCK_TEACHER, cache or download")
@@ -295,9 +312,15 @@ def register(group: click.Group) -> None:
                        "is deployed with the cross-validated detector setting and figures")
     @click.option("--force", is_flag=True, help=_FORCE_HELP)
     @field_options(_LEARN_FLAGS)
-    def train_cmd(data, out, teacher, params_file, max_clips, workers, map_label, cv, force, **overrides):
-        """Distil YAMNet into the INT8 student; export, evaluate and report."""
-        _run(data, out, teacher, params_file, max_clips, workers, overrides, parse_label_map(map_label), cv, force)
+    def train_cmd(data, dataset, out, teacher, params_file, max_clips, workers, map_label, cv, force, **overrides):
+        """Distil YAMNet into the INT8 student; export, evaluate and report. From a manifest
+        (--data) or, streaming the training split, from a prepared dataset (--dataset)."""
+        if (data is None) == (dataset is None):
+            raise click.UsageError("give either --data MANIFEST or --dataset DATASET")
+        if dataset is not None and (cv or workers):
+            raise click.UsageError("--cv and --workers belong to --data (a dataset holds its features already)")
+        _run(data, out, teacher, params_file, max_clips, workers, overrides, parse_label_map(map_label), cv, force,
+             dataset=dataset)
 
     @group.command("demo")
     @click.option("--data", type=click.Path(), default=None,

@@ -99,13 +99,18 @@ def _content_key(path: str | os.PathLike) -> str:
         return f"unreadable:{path}"
 
 
-def deduplicate(clips: Sequence[Clip], source: str | os.PathLike = "manifest") -> tuple[list[Clip], list[str]]:
+def deduplicate(clips: Sequence[Clip], source: str | os.PathLike = "manifest",
+                key=None) -> tuple[list[Clip], list[str]]:
     """Find clips that are the same recording: the same file twice, or two files with the same
     bytes (sha1).
 
     The same audio in two groups would sit on both sides of a group split (test clips leaking
     into training), and the same audio under two labels is a contradiction: both are refused.
     A repeat inside one group with one label changes no split; it is dropped with a warning.
+
+    Args:
+        key: ``Clip -> str`` content key (default: the sha1 of the file's bytes, read now; a
+            dataset passes the sha1 it recorded).
 
     Returns:
         (clips without repeats, in order; one warning line per dropped repeat).
@@ -116,10 +121,10 @@ def deduplicate(clips: Sequence[Clip], source: str | os.PathLike = "manifest") -
     seen: dict[str, Clip] = {}
     out, warnings = [], []
     for c in clips:
-        key = _content_key(c.path)
-        first = seen.get(key)
+        key_ = key(c) if key else _content_key(c.path)
+        first = seen.get(key_)
         if first is None:
-            seen[key] = c
+            seen[key_] = c
             out.append(c)
             continue
         same = "is listed twice" if Path(first.path) == Path(c.path) else f"has the same bytes as {first.path}"

@@ -73,3 +73,68 @@ def quick_run(data_dir, teacher, tmp_path_factory):
     res = train_from_manifest(data_dir / "manifest.csv", out, Params().replace(learn=QUICK), teacher=teacher,
                               max_clips=80, log=lines.append)
     return res, lines
+
+
+def _loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A one-node Ray cluster on loopback with 2 CPUs: yields (its address, the environment that
+    authenticates to it); stopped afterwards (only the processes it started)."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'cryblock[ray]'); the Ray runner is not tested")
+    import contextlib
+    import secrets
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import psutil
+
+    ray_bin = Path(sys.executable).with_name("ray")
+    tmp = tempfile.mkdtemp(prefix="crb-ray-", dir="/tmp")  # short: Ray's socket paths are length-limited
+    port = _loopback_port()
+    ports = {flag: _loopback_port() for flag in ("--ray-client-server-port", "--dashboard-agent-listen-port",
+                                             "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+                                             "--metrics-export-port", "--node-manager-port", "--object-manager-port")}
+    cmd = [str(ray_bin), "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
+           "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
+           "--temp-dir", tmp, "--object-store-memory", str(100 << 20),
+           *[x for flag, p in ports.items() for x in (flag, str(p))]]
+    # Ray's servers listen on every interface: token authentication with a fresh token keeps
+    # other processes out; the driver gets the same token
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    head = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, **auth})
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if head.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"ray start --head did not come up (exit {head.poll()})")
+                time.sleep(0.5)
+        time.sleep(3)  # the raylet registers after the GCS port opens
+        yield f"127.0.0.1:{port}", auth
+    finally:
+        # the head command and every process it started (GCS, raylet, workers …), by pid
+        procs = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)] \
+            if head.poll() is None else []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        for p in psutil.wait_procs(procs, timeout=5)[1]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        head.wait(15)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -108,7 +108,9 @@ class RayRunner:
                                     "start one with `ray start --head` or unset RAY_ADDRESS") from None
         kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         if address is None:
-            kw.update(num_cpus=int(workers or os.cpu_count() or 1), object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+            # a private instance on loopback: nothing outside this machine needs to reach it
+            kw.update(num_cpus=int(workers or os.cpu_count() or 1), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                      _node_ip_address="127.0.0.1")
         try:
             ray.init(address=address or "local", **kw)
         except Exception as e:  # ConnectionError, RuntimeError, version mismatch …

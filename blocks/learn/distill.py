@@ -313,6 +313,32 @@ class DistillData:
     neg_weight: np.ndarray | None = None
 
 
+@dataclass
+class StreamData:
+    """Training windows read from a stream instead of memory (``cryblock train --dataset``):
+    per-window labels and sampling weights are small arrays, the patches and targets arrive
+    batch by batch.
+
+    Attributes:
+        y: int ``[N]`` hard label of each window (as :attr:`DistillData.y`).
+        pos_mask: bool ``[N]`` windows counted as "positive" for resampling.
+        batches: ``(idx, epoch) -> iterator`` of the epoch's batches for the window indices
+            ``idx`` (int64, the epoch's :func:`resample_epoch` draw, every index once, in any
+            order): tuples ``(window indices int64 [b], patches float32 [b, 96, 64], teacher
+            logits float32 [b, n_out], embeddings float32 [b, 1024] or None, aux scores float32
+            [b, n_aux] or None)``; every index of ``idx`` in exactly one batch.
+        neg_weight: float ``[N]`` base draw weight when a negative, or None (uniform).
+        with_embedding, with_aux: the batches carry teacher embeddings / aux-class scores.
+    """
+
+    y: np.ndarray
+    pos_mask: np.ndarray
+    batches: Callable
+    neg_weight: np.ndarray | None = None
+    with_embedding: bool = False
+    with_aux: bool = False
+
+
 def category_weights(categories: np.ndarray, balance: float) -> np.ndarray | None:
     """Draw weight of each window for category-balanced sampling: ``n_c ** -balance`` with n_c
     the windows of its category (0 → None: uniform; 1 → each category drawn equally often).
@@ -383,15 +409,20 @@ def predict_batches(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     return np.concatenate(outs).astype(np.float32)
 
 
-def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray, learn: LearnParams, *,
+def fit_student(models, data: "DistillData | StreamData", val_x: "np.ndarray | Callable", val_y: np.ndarray,
+                learn: LearnParams, *,
                 augmenter=None, rescore: Rescore | None = None,
                 log: Callable[[str], None] | None = print) -> FitResult:
     """Train the student with the KD loss; early-stop on validation AUC; restore the best weights.
 
     Args:
         models: :class:`cryblock.blocks.learn.student.StudentModels`.
-        data: the (already teacher-filtered) training windows.
-        val_x: float32 ``[M, 96, 64]`` validation patches (split by group by the caller).
+        data: the (already teacher-filtered) training windows: in memory (:class:`DistillData`)
+            or streamed (:class:`StreamData`; the same resampling, mining and loss, the batches
+            come from its ``batches``; no augmentation).
+        val_x: float32 ``[M, 96, 64]`` validation patches (split by group by the caller), or a
+            function ``model -> float32 [M, ...]`` that scores them (streamed validation:
+            :func:`predict_batches` over batches read one at a time).
         val_y: int ``[M]`` validation labels (0/1 or label index).
         learn: epochs, batch_size, learning_rate (cosine-decayed per epoch to 0), temperature,
             alpha, neg_per_pos, embedding_weight, aux_weight, hard_negative_weight, patience, seed.
@@ -421,21 +452,27 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
     use_emb = learn.embedding_weight > 0
     use_aux = learn.aux_weight > 0
     n_heads = 1 + use_emb + use_aux
-    if use_emb and (data.teacher_emb is None or len(models.train_model.outputs) < n_heads):
+    streaming = isinstance(data, StreamData)
+    has_emb = data.with_embedding if streaming else data.teacher_emb is not None
+    has_aux = data.with_aux if streaming else data.aux_targets is not None
+    if use_emb and (not has_emb or len(models.train_model.outputs) < n_heads):
         raise CryblockError("embedding_weight > 0 needs teacher embeddings and a student built with "
                             "embedding_projection=True")
-    if use_aux and (data.aux_targets is None or len(models.train_model.outputs) < n_heads):
+    if use_aux and (not has_aux or len(models.train_model.outputs) < n_heads):
         raise CryblockError("aux_weight > 0 needs the teacher's aux-class scores and a student built with aux_outputs")
     augmenting = augmenter is not None and augmenter.p.active
+    if augmenting and streaming:
+        raise CryblockError("augmentation needs the training windows in memory; it does not work on a stream")
     if augmenting and ((rescore is None and augmenter.p.teacher_target != "clean") or data.source_index is None):
         raise CryblockError("augmentation needs the teacher (rescore) and each window's source_index")
-    x_all = model_input(models.model, data.x)
     y_all = np.asarray(data.y)
     y_t = (y_all.astype(np.float32)[:, None] if binary
            else np.eye(models.n_out, dtype=np.float32)[y_all.astype(np.int64)])
-    zt_all = np.asarray(data.teacher_logits, dtype=np.float32).reshape(len(y_all), -1)
-    emb_all = np.asarray(data.teacher_emb, dtype=np.float32) if use_emb else None
-    aux_all = np.asarray(data.aux_targets, dtype=np.float32) if use_aux else None
+    if not streaming:
+        x_all = model_input(models.model, data.x)
+        zt_all = np.asarray(data.teacher_logits, dtype=np.float32).reshape(len(y_all), -1)
+        emb_all = np.asarray(data.teacher_emb, dtype=np.float32) if use_emb else None
+        aux_all = np.asarray(data.aux_targets, dtype=np.float32) if use_aux else None
 
     model = models.train_model
     opt = keras.optimizers.Adam(learning_rate=learn.learning_rate)
@@ -474,16 +511,10 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
     best_weights, bad_epochs = None, 0
     dummy = np.zeros((1, 1), dtype=np.float32)
     chunk = learn.batch_size * max(1, 4096 // learn.batch_size)  # windows augmented/re-scored at a time (whole batches)
-    for epoch in range(learn.epochs):
-        lr = 0.5 * learn.learning_rate * (1 + math.cos(math.pi * epoch / learn.epochs))
-        opt.learning_rate.assign(lr)
-        t0 = time.perf_counter()
-        w = base_w
-        if mining:
-            w = (np.ones(len(neg_idx)) if w is None else w) * (1.0 + learn.hard_negative_weight * wrong[neg_idx])
-        idx = resample_epoch(pos_idx, neg_idx, learn.neg_per_pos, rng, w)
-        aug_mask = augmenter.draw(len(idx), aug_rng) if augmenting else np.zeros(len(idx), bool)
-        losses = []
+
+    def memory_batches(idx: np.ndarray, aug_mask: np.ndarray):
+        """The epoch's batches from the in-memory arrays, ``chunk`` windows gathered (and
+        augmented) at a time: (window indices, x, teacher logits, embeddings, aux scores)."""
         for c0 in range(0, len(idx), chunk):
             cidx = idx[c0:c0 + chunk]
             xc, zc = x_all[cidx], zt_all[cidx]
@@ -509,12 +540,28 @@ def fit_student(models, data: DistillData, val_x: np.ndarray, val_y: np.ndarray,
             for i in range(0, len(cidx), learn.batch_size):
                 sl = slice(i, i + learn.batch_size)
                 order = np.argsort(cidx[sl], kind="stable")  # the order batches were drawn in before
-                loss, wr = step(xc[sl][order], y_t[cidx[sl]][order], zc[sl][order],
-                                ec[sl][order] if use_emb else dummy, ac[sl][order] if use_aux else dummy)
-                losses.append(float(loss))
-                if mining:
-                    wrong[cidx[sl][order]] = np.asarray(wr)
-        probs = predict_batches(models.model, val_x)
+                yield (cidx[sl][order], xc[sl][order], zc[sl][order], ec[sl][order] if use_emb else None,
+                       ac[sl][order] if use_aux else None)
+
+    for epoch in range(learn.epochs):
+        lr = 0.5 * learn.learning_rate * (1 + math.cos(math.pi * epoch / learn.epochs))
+        opt.learning_rate.assign(lr)
+        t0 = time.perf_counter()
+        w = base_w
+        if mining:
+            w = (np.ones(len(neg_idx)) if w is None else w) * (1.0 + learn.hard_negative_weight * wrong[neg_idx])
+        idx = resample_epoch(pos_idx, neg_idx, learn.neg_per_pos, rng, w)
+        aug_mask = augmenter.draw(len(idx), aug_rng) if augmenting else np.zeros(len(idx), bool)
+        losses = []
+        batches = data.batches(idx, epoch) if streaming else memory_batches(idx, aug_mask)
+        for bidx, xb, zb, eb, ab in batches:
+            if streaming:
+                xb = model_input(models.model, xb)
+            loss, wr = step(xb, y_t[bidx], zb, eb if use_emb else dummy, ab if use_aux else dummy)
+            losses.append(float(loss))
+            if mining:
+                wrong[bidx] = np.asarray(wr)
+        probs = val_x(models.model) if callable(val_x) else predict_batches(models.model, val_x)
         auc = val_auc(val_y, probs)
         rec = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "val_auc": auc,
                "windows": int(len(idx)), "augmented": int(aug_mask.sum()), "seconds": time.perf_counter() - t0}

@@ -47,11 +47,17 @@ class ExportedModels:
     int8_path: Path
 
 
+def representative_indices(count: int, n: int = 300, seed: int = 0) -> np.ndarray:
+    """int64 ``[min(n, count)]`` ascending indices of the windows :func:`representative_patches`
+    draws from ``count`` windows (a streamed run reads just those)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(count, size=min(n, count), replace=False) if count > n else np.arange(count)
+    return np.sort(idx).astype(np.int64)
+
+
 def representative_patches(x: np.ndarray, n: int = 300, seed: int = 0) -> np.ndarray:
     """Up to ``n`` patches drawn at random (fixed seed) from ``x`` for INT8 calibration."""
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(x), size=min(n, len(x)), replace=False) if len(x) > n else np.arange(len(x))
-    return np.asarray(x[np.sort(idx)], dtype=np.float32)
+    return np.asarray(x[representative_indices(len(x), n, seed)], dtype=np.float32)
 
 
 def _input_shape(model) -> tuple[int, ...]:

@@ -177,12 +177,36 @@ def prepare_clips(manifest: str | os.PathLike, params: Params, *, label_map: dic
         DataError: unexpected labels (listed), a positive label no clip has, one label only,
             the same recording in two groups or under two labels.
     """
-    from cryblock.data import deduplicate, load_manifest
+    from cryblock.data import load_manifest
 
     mp = Path(manifest)
     if mp.is_dir():
         mp = mp / "manifest.csv"
-    clips = load_manifest(mp)
+    clips, params = select_clips(load_manifest(mp), params, mp, label_map=label_map, max_clips=max_clips, log=log)
+    return mp, clips, params
+
+
+def select_clips(clips: list, params: Params, where: str | os.PathLike, *, label_map: dict[str, str] | None = None,
+                 max_clips: int | None = None, log: Log = print, content_key=None) -> tuple[list, Params]:
+    """The clips a run trains on (:func:`prepare_clips` for a manifest, ``train --dataset`` for
+    a dataset's index): labels mapped and checked against the preset, repeated recordings
+    dropped, optionally a label-stratified subset.
+
+    Args:
+        clips: :class:`~cryblock.data.Clip` s in manifest order.
+        where: the manifest or dataset named in errors.
+        content_key: ``Clip -> str`` identity of a recording for the repeat check (default: the
+            sha1 of the file, read now).
+
+    Returns:
+        (clips, params; for preset "general" params carry the labels found).
+
+    Raises:
+        DataError: as :func:`prepare_clips`.
+    """
+    from cryblock.data import deduplicate
+
+    mp = where
     if label_map:
         clips = [dataclasses.replace(c, label=label_map.get(c.label, c.label)) for c in clips]
     learn = params.learn
@@ -204,12 +228,12 @@ def prepare_clips(manifest: str | os.PathLike, params: Params, *, label_map: dic
                             f"--positive-label must be one of {found} (got {learn.positive_label!r})")
         if tuple(found) != learn.labels:
             params = params.replace(learn={"labels": found})
-    clips, repeats = deduplicate(clips, mp)
+    clips, repeats = deduplicate(clips, mp, key=content_key)
     for w in repeats:
         log(f"warning: {w}")
     if max_clips:
         clips = sample_clips(clips, max_clips, params.learn.seed)
-    return mp, clips, params
+    return clips, params
 
 
 def load_patches(manifest, params: Params, *, max_clips: int | None = None, cache_dir=None, workers: int | None = None,
@@ -317,6 +341,47 @@ class Fitted:
     pos_index: int
 
 
+def cry_targets(y: np.ndarray, p_teacher: np.ndarray, learn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Teacher-as-filter and soft targets of the cry preset.
+
+    Args:
+        y: int ``[N]`` window labels (1 = cry).
+        p_teacher: float32 ``[N]`` YAMNet's cry probability of each window
+            (:func:`cryblock.blocks.learn.teacher.cry_probability`).
+        learn: ``filter_pos``, ``filter_neg``, ``neg_filter``.
+
+    Returns:
+        (keep bool ``[N]``, teacher logits float32 ``[N, 1]``, positive mask bool ``[N]``).
+    """
+    from cryblock.blocks.learn import distill
+
+    pos_mask = np.asarray(y) == 1
+    keep = distill.teacher_filter(pos_mask, p_teacher, learn.filter_pos, learn.filter_neg)
+    if learn.neg_filter == "clip":  # keep the negatives the teacher finds cry-like, target clipped
+        p_teacher = np.where(pos_mask, p_teacher, np.minimum(p_teacher, learn.filter_neg))
+        keep = keep | ~pos_mask
+    return keep, distill.logit(p_teacher)[:, None], pos_mask
+
+
+def filter_counts(keep: np.ndarray, pos_mask: np.ndarray, learn, log: Log = print) -> dict:
+    """Windows the teacher filter kept per class (logged; metrics.json's ``filter``).
+
+    Raises:
+        DataError: no positive or no negative window kept.
+    """
+    cry = learn.preset == "cry"
+    filt = {"positive_windows": int(np.sum(pos_mask)), "positive_kept": int(np.sum(pos_mask & keep)),
+            "negative_windows": int(np.sum(~pos_mask)), "negative_kept": int(np.sum(~pos_mask & keep))}
+    log(f"teacher filter: kept {filt['positive_kept']}/{filt['positive_windows']} positive windows "
+        f"(p > {learn.filter_pos}), {filt['negative_kept']}/{filt['negative_windows']} negative"
+        + ((" (p < {0})" if learn.neg_filter == "drop" else " (all; p clipped to {0})").format(learn.filter_neg)
+           if cry else f" (own-label p > {learn.filter_pos})"))
+    if filt["positive_kept"] == 0 or filt["negative_kept"] == 0:
+        raise DataError(f"the teacher filter left {filt['positive_kept']} positive / {filt['negative_kept']} "
+                        f"negative training windows; loosen filter_pos/filter_neg")
+    return filt
+
+
 def fit_split(train: Split, val: Split, params: Params, teacher, t_scores: np.ndarray, emb: np.ndarray, *,
               flat_input: bool = False, log: Log = print) -> Fitted:
     """Distil the student on one training split.
@@ -344,13 +409,7 @@ def fit_split(train: Split, val: Split, params: Params, teacher, t_scores: np.nd
     y_tr = np.asarray(train.y)
     if cry:
         pos_index = 1
-        p_tr = cry_probability(t_scores)
-        keep = distill.teacher_filter(y_tr == 1, p_tr, learn.filter_pos, learn.filter_neg)
-        pos_mask = y_tr == 1
-        if learn.neg_filter == "clip":  # keep the negatives the teacher finds cry-like, target clipped
-            p_tr = np.where(pos_mask, p_tr, np.minimum(p_tr, learn.filter_neg))
-            keep = keep | ~pos_mask
-        zt = distill.logit(p_tr)[:, None]
+        keep, zt, pos_mask = cry_targets(y_tr, cry_probability(t_scores), learn)
     else:
         pos_index = learn.labels.index(learn.positive_label)
         head = distill.fit_teacher_head(emb, train.y, learn.labels, learn.seed)
@@ -358,15 +417,7 @@ def fit_split(train: Split, val: Split, params: Params, teacher, t_scores: np.nd
         # general: keep windows whose teacher-head probability of their own label > filter_pos
         keep = head.proba(emb)[np.arange(len(y_tr)), y_tr] > learn.filter_pos
         pos_mask = y_tr == pos_index
-    filt = {"positive_windows": int(np.sum(pos_mask)), "positive_kept": int(np.sum(pos_mask & keep)),
-            "negative_windows": int(np.sum(~pos_mask)), "negative_kept": int(np.sum(~pos_mask & keep))}
-    log(f"teacher filter: kept {filt['positive_kept']}/{filt['positive_windows']} positive windows "
-        f"(p > {learn.filter_pos}), {filt['negative_kept']}/{filt['negative_windows']} negative"
-        + ((" (p < {0})" if learn.neg_filter == "drop" else " (all; p clipped to {0})").format(learn.filter_neg)
-           if cry else f" (own-label p > {learn.filter_pos})"))
-    if filt["positive_kept"] == 0 or filt["negative_kept"] == 0:
-        raise DataError(f"the teacher filter left {filt['positive_kept']} positive / {filt['negative_kept']} "
-                        f"negative training windows; loosen filter_pos/filter_neg")
+    filt = filter_counts(keep, pos_mask, learn, log)
     kept = np.flatnonzero(keep)
     weight = None
     if learn.negative_balance > 0 and train.clips is not None:
@@ -474,27 +525,12 @@ def train_arrays(train: Split, val: Split, test: Split | None, out_dir: str | os
     Returns:
         :class:`RunResult`.
     """
-    from cryblock.blocks.learn import distill, evaluate, export, report
-    from cryblock.blocks.deploy.model import inspect_model
-    from cryblock.blocks.learn.student import architecture, count_params
-    from cryblock.output import staging_dir
+    from cryblock.blocks.learn import distill, export
 
     t_start = t_start or time.perf_counter()
     learn = params.learn
-    cry = learn.preset == "cry"
-    n_labels = 2 if cry else len(learn.labels)
-    named = [("train", train), ("validation", val)] + ([("test", test)] if test is not None else [])
-    for name, s in named:
-        if len(s.x) == 0:
-            raise DataError(f"the {name} split has no windows")
-        present = set(np.unique(s.y).tolist())
-        if len(present) < 2:
-            raise DataError(f"the {name} split has only one class ({sorted(present)}); need positive and negative windows")
-        if name != "validation" and len(present) < n_labels:
-            names = ["negative", "positive"] if cry else list(learn.labels)
-            miss = [names[i] for i in range(n_labels) if i not in present]
-            raise DataError(f"label(s) {miss} missing from the {name} split")
-    out = Path(out_dir)
+    check_split_labels([("train", train.y), ("validation", val.y)] + ([("test", test.y)] if test is not None else []),
+                       learn)
     teacher = _teacher(teacher)
     cache = Path(cache_dir) if cache_dir else None
     timing = {}
@@ -507,6 +543,70 @@ def train_arrays(train: Split, val: Split, test: Split | None, out_dir: str | os
     fitted = fit_split(train, val, params, teacher, t_scores, emb, flat_input=flat_input, log=log)
     timing["train_seconds"] = time.perf_counter() - t0
     del t_scores
+    rep = export.representative_patches(train.x[fitted.keep], 300, learn.seed)
+    hub_train = (emb[fitted.keep], (np.asarray(train.y) == fitted.pos_index)[fitted.keep])
+    del emb
+    return finish_run(fitted, rep, hub_train, val, test, out_dir, params, teacher=teacher, cache_dir=cache, log=log,
+                      data_info=data_info, flat_input=flat_input, t_start=t_start, write_report=write_report, cv=cv,
+                      timing=timing)
+
+
+def check_split_labels(named: list[tuple[str, np.ndarray]], learn) -> None:
+    """Refuse splits a run cannot learn or be judged on.
+
+    Args:
+        named: ``(split name, window labels int [N])`` pairs; "validation" may lack a label
+            but not a class.
+        learn: the run's :class:`~cryblock.params.LearnParams` (preset, labels).
+
+    Raises:
+        DataError: a split without windows, with one class only, or (train/test) missing a label.
+    """
+    cry = learn.preset == "cry"
+    n_labels = 2 if cry else len(learn.labels)
+    for name, y in named:
+        if len(y) == 0:
+            raise DataError(f"the {name} split has no windows")
+        present = set(np.unique(y).tolist())
+        if len(present) < 2:
+            raise DataError(f"the {name} split has only one class ({sorted(present)}); need positive and negative windows")
+        if name != "validation" and len(present) < n_labels:
+            names = ["negative", "positive"] if cry else list(learn.labels)
+            miss = [names[i] for i in range(n_labels) if i not in present]
+            raise DataError(f"label(s) {miss} missing from the {name} split")
+
+
+def finish_run(fitted: Fitted, rep: np.ndarray, hub_train: tuple[np.ndarray, np.ndarray], val: Split,
+               test: Split | None, out_dir: str | os.PathLike, params: Params, *, teacher, cache_dir=None,
+               log: Log = print, data_info: dict | None = None, flat_input: bool = False,
+               t_start: float | None = None, write_report: bool = True, cv=None, timing: dict | None = None) -> RunResult:
+    """Export, calibrate, evaluate and report a trained student (the part of :func:`train_arrays`
+    after the fit, shared with ``train --dataset``, :mod:`cryblock.blocks.learn.stream`).
+
+    Args:
+        fitted: the trained student (:func:`fit_split` or the streamed fit).
+        rep: float32 ``[≤300, 96, 64]`` kept training windows for INT8 calibration
+            (:func:`cryblock.blocks.learn.export.representative_patches`).
+        hub_train: (teacher embeddings float32 ``[M, 1024]``, is-positive bool ``[M]``) of kept
+            training windows: the hub model's training data.
+        val, test: in-memory splits (see :func:`train_arrays`).
+        timing: seconds already spent (teacher, training), completed here.
+
+    Other arguments as :func:`train_arrays`. Everything is written to a staging folder and moved
+    into ``out_dir`` only when all of it succeeded.
+    """
+    from cryblock.blocks.learn import distill, evaluate, export, report
+    from cryblock.blocks.deploy.model import inspect_model
+    from cryblock.blocks.learn.student import architecture, count_params
+    from cryblock.output import staging_dir
+
+    t_start = t_start or time.perf_counter()
+    learn = params.learn
+    cry = learn.preset == "cry"
+    out = Path(out_dir)
+    teacher = _teacher(teacher)
+    cache = Path(cache_dir) if cache_dir else None
+    timing = dict(timing or {})
     models, pos_index = fitted.models, fitted.pos_index
 
     staging = staging_dir(out)
@@ -514,7 +614,6 @@ def train_arrays(train: Split, val: Split, test: Split | None, out_dir: str | os
     try:
         t0 = time.perf_counter()
         log("exporting float, INT8 and SavedModel …")
-        rep = export.representative_patches(train.x[fitted.keep], 300, learn.seed)
         # the firmware's INT8 model outputs logits; Edge Impulse's (flat input) probabilities
         exp = export.export_all(models.model, rep, staging, logits_model=None if flat_input else models.logits_model)
         timing["export_seconds"] = time.perf_counter() - t0
@@ -524,12 +623,12 @@ def train_arrays(train: Split, val: Split, test: Split | None, out_dir: str | os
         from cryblock.blocks.hub.opinion import HUB_MODEL_NAME, fit_hub_model
 
         _, emb_val = distill.teacher_outputs(teacher, val.x, None if cache is None else cache / "teacher")
-        hub = fit_hub_model(emb[fitted.keep], (np.asarray(train.y) == pos_index)[fitted.keep], emb_val,
+        hub = fit_hub_model(hub_train[0], hub_train[1], emb_val,
                             np.asarray(val.y) == pos_index, val.clip_index, label=learn.positive_label, seed=learn.seed)
         hub.save(staging / HUB_MODEL_NAME)
         log(f"hub model: {hub.kind} (validation AUC " + ", ".join(f"{k} {v:.3f}" for k, v in hub.val_auc.items())
             + f"), threshold {hub.threshold:.3f}")
-        del emb, emb_val
+        del hub_train, emb_val
         t_scorers = teacher_scorer(teacher, params, fitted.head, cache, hub)
         scorers, runner = model_scorers(fitted, exp.int8_tflite, t_scorers["teacher"])
 

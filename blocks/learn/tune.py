@@ -15,6 +15,13 @@ Candidates within the budget (``--max-arena``, ``--max-macs``, ``--max-flash``) 
 best of them by validation quality (mean night recall on the validation night within the
 false-alert budget, then validation AUC) is retrained with the full epoch count. The run is
 time-boxed: a candidate is not started when its expected time would overrun ``minutes``.
+
+With ``runner="ray"`` (``cryblock tune --runner ray``, the ``cryblock[ray]`` extra) the candidates
+are Ray Tune trials (:func:`ray_trials`), one CPU each, run in parallel on a private local Ray
+instance or the cluster at ``ray_address``/``$RAY_ADDRESS`` (the manifest, the audio, the teacher
+and ``out_dir`` at the same paths on every node); the time box is Ray Tune's ``time_budget_s``.
+Each trial writes its candidate's run folder; the table, the ranking and the winner's retraining
+(in this process) are the local runner's.
 """
 from __future__ import annotations
 
@@ -130,9 +137,88 @@ def table(rows: list[dict], budget: Budget) -> str:
     return "\n".join(lines)
 
 
+def _candidate_params(params: Params, arch: dict, epochs: int) -> Params:
+    """The shared recipe with a candidate's architecture fields and ``epochs``."""
+    return params.replace(learn={**{k: v for k, v in dataclasses.asdict(Params().learn).items()
+                                    if k in ("width", "depth", "stem_channels", "stem_stride", "pool", "kernel",
+                                             "blocks", "head")}, **arch, "epochs": epochs})
+
+
+def ray_trials(manifest, out_dir, jobs: dict[str, Params], *, teacher_path: str, minutes: float,
+               ray_address: str | None = None, workers: int | None = None,
+               log: Callable[[str], None] = print) -> dict[str, float]:
+    """Train the candidates as Ray Tune trials (one CPU each), each into
+    ``<out_dir>/candidates/<name>/`` (:func:`~cryblock.blocks.learn.train.train_from_manifest`).
+
+    Args:
+        jobs: candidate name → its parameters.
+        teacher_path: the teacher file (every trial loads it).
+        minutes: Ray Tune's time budget (trials not started by then are skipped).
+        ray_address, workers: as ``cryblock prepare --runner ray``
+            (:class:`~cryblock.blocks.dataset.ray_runner.RayRunner`: a private local instance
+            with ``workers`` CPUs when there is no address).
+
+    Returns:
+        ``{name: seconds}`` of the trials that finished.
+
+    Raises:
+        CryblockError: Ray not installed or the cluster does not answer; a trial's own error
+            (bad manifest, …) as the local runner raises it.
+    """
+    import shutil
+
+    from cryblock.blocks.dataset.ray_runner import RayRunner, _cause
+
+    out = Path(out_dir).resolve()
+    runner = RayRunner(ray_address, workers)
+    storage = out / ".ray-tune"
+    try:
+        from ray import tune as rt
+
+        log(f"tune: {len(jobs)} candidates as Ray Tune trials on the {runner.describe()}")
+        specs = {name: {"params": p.to_dict(), "out": str(out / "candidates" / name)} for name, p in jobs.items()}
+        manifest_s = str(Path(manifest).resolve())
+
+        def trial(config):
+            import os
+
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            from ray import tune as rt_
+
+            from cryblock.blocks.learn.train import train_from_manifest
+            from cryblock.params import Params as P
+
+            spec = specs[config["name"]]
+            t0 = time.perf_counter()
+            res = train_from_manifest(manifest_s, spec["out"], P.from_dict(spec["params"]), teacher=teacher_path,
+                                      workers=1, log=lambda s: None, force=True)
+            rt_.report({"val_auc": float(res.metrics["training"]["best_val_auc"]), "seconds": time.perf_counter() - t0})
+
+        tuner = rt.Tuner(rt.with_resources(trial, {"cpu": 1}),
+                         param_space={"name": rt.grid_search(list(jobs))},
+                         tune_config=rt.TuneConfig(time_budget_s=minutes * 60.0, max_concurrent_trials=runner.workers),
+                         run_config=rt.RunConfig(storage_path=str(storage), name="candidates", verbose=0))
+        results = tuner.fit()
+        done = {}
+        for r in results:
+            name = r.config["name"]
+            if r.error is not None:
+                inner = _cause(r.error)
+                if inner is not None:
+                    raise inner
+                raise r.error
+            if r.metrics and "seconds" in r.metrics:
+                done[name] = float(r.metrics["seconds"])
+        return done
+    finally:
+        runner.close()
+        shutil.rmtree(storage, ignore_errors=True)
+
+
 def tune(manifest, out_dir, params: Params = Params(), *, budget: Budget = Budget(), candidates: dict | None = None,
          epochs: int = 6, final_epochs: int = 15, minutes: float = 30.0, teacher=None, workers: int | None = None,
-         log: Callable[[str], None] = print, force: bool = False) -> dict:
+         log: Callable[[str], None] = print, force: bool = False, runner: str = "local",
+         ray_address: str | None = None) -> dict:
     """Train and measure every candidate, print the table, retrain the best within budget.
 
     Args:
@@ -142,6 +228,9 @@ def tune(manifest, out_dir, params: Params = Params(), *, budget: Budget = Budge
         budget: cost limits; candidates: name → architecture fields (default :data:`CANDIDATES`).
         epochs: epochs per candidate (short: for ranking); minutes: time box for the candidates.
         force: replace an earlier tune in ``out_dir`` (else an existing non-empty folder is refused).
+        runner: "local" (one candidate after the other, in this process) or "ray" (Ray Tune
+            trials, :func:`ray_trials`; ``workers`` = parallel trials of a local instance);
+            ray_address: the cluster for "ray".
 
     Returns:
         ``{"rows": [...], "best": name or None, "best_run": path or None}``.
@@ -152,18 +241,39 @@ def tune(manifest, out_dir, params: Params = Params(), *, budget: Budget = Budge
 
     out = Path(out_dir)
     check_run_output(out, "tune", force=force, inputs=(manifest, teacher if isinstance(teacher, (str, Path)) else None))
+    if runner not in ("local", "ray"):
+        raise ParameterError(f"--runner must be local or ray, got {runner!r}")
+    teacher_path = None
+    if runner == "ray":
+        from cryblock.blocks.learn.teacher_files import resolve_teacher_path
+
+        teacher_path = str(resolve_teacher_path(teacher if isinstance(teacher, (str, Path)) else
+                                                getattr(teacher, "path", None)))
     teacher = load_teacher(teacher) if teacher is None or isinstance(teacher, (str, Path)) else teacher
     cands = candidates or CANDIDATES
     t_start = time.perf_counter()
     rows, per = [], None
-    for name, arch in cands.items():
+    if runner == "ray":
+        jobs = {name: _candidate_params(params, arch, epochs) for name, arch in cands.items()}
+        secs = ray_trials(manifest, out, jobs, teacher_path=teacher_path, minutes=minutes, ray_address=ray_address,
+                          workers=workers, log=log)
+        for name in cands:
+            if name not in secs:
+                log(f"tune: candidate {name} not run within the time box of {minutes:g} min")
+                continue
+            run_dir = out / "candidates" / name
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            rows.append(_row(name, metrics, jobs[name],
+                             (run_dir / "model_quantized_int8_io.tflite").read_bytes(), secs[name]))
+            r = rows[-1]
+            log(f"  {name}: {r['architecture']}: {r['macs'] / 1e6:.2f} M MACs, arena {r['arena_host']:,} B, val AUC "
+                f"{r['val_auc']:.3f}, val night recall {r['val_recall']}, {secs[name]:.0f} s")
+    for name, arch in (cands.items() if runner == "local" else ()):
         elapsed = (time.perf_counter() - t_start) / 60.0
         if per is not None and elapsed + per > minutes:
             log(f"tune: time box of {minutes:g} min reached after {len(rows)} candidates; skipping the rest")
             break
-        p = params.replace(learn={**{k: v for k, v in dataclasses.asdict(Params().learn).items()
-                                     if k in ("width", "depth", "stem_channels", "stem_stride", "pool", "kernel",
-                                              "blocks", "head")}, **arch, "epochs": epochs})
+        p = _candidate_params(params, arch, epochs)
         t0 = time.perf_counter()
         log(f"tune: candidate {name} ({len(rows) + 1}/{len(cands)})")
         res = train_from_manifest(manifest, out / "candidates" / name, p, teacher=teacher, workers=workers,
@@ -186,7 +296,7 @@ def tune(manifest, out_dir, params: Params = Params(), *, budget: Budget = Budge
         best_run = str(res.out_dir)
     else:
         log("tune: no candidate within the budget")
-    doc = {"budget": dataclasses.asdict(budget), "epochs": epochs, "rows": rows,
+    doc = {"budget": dataclasses.asdict(budget), "epochs": epochs, "rows": rows, "runner": runner,
            "best": best["name"] if best else None, "best_run": best_run,
            "minutes": (time.perf_counter() - t_start) / 60.0}
     atomic_write_text(out / "tune.json", json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n")
