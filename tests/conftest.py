@@ -63,15 +63,16 @@ QUICK = {"epochs": 3, "stem_channels": 8, "pool": "max", "blocks": "8/1,16/2", "
 
 @pytest.fixture(scope="session")
 def quick_run(data_dir, teacher, tmp_path_factory):
-    """One real training run (80 clips stratified by label and group, QUICK recipe): the
-    (RunResult, log lines). Read-only: copy the folder before changing it."""
+    """One real training run (80 clips stratified by label and group, QUICK recipe, augmentation
+    off — the recipe a streamed dataset trains): the (RunResult, log lines). Read-only: copy the
+    folder before changing it."""
     from cryblock.blocks.learn.train import train_from_manifest
-    from cryblock.params import Params
+    from cryblock.params import AugmentParams, Params
 
     out = tmp_path_factory.mktemp("run") / "quick"
     lines = []
-    res = train_from_manifest(data_dir / "manifest.csv", out, Params().replace(learn=QUICK), teacher=teacher,
-                              max_clips=80, log=lines.append)
+    res = train_from_manifest(data_dir / "manifest.csv", out, Params().replace(learn=QUICK, augment=AugmentParams.OFF),
+                              teacher=teacher, max_clips=80, log=lines.append)
     return res, lines
 
 

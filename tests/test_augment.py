@@ -111,7 +111,7 @@ def test_specaugment_masks_are_silence(waves):
 
 def test_all_off_draws_nothing(waves):
     pt = waveform_to_patches(waves[0][0])
-    aug = Augmenter(AugmentParams(), DSP, pt, None, np.arange(len(pt)))
+    aug = Augmenter(AugmentParams(**AugmentParams.OFF), DSP, pt, None, np.arange(len(pt)))
     rng = np.random.default_rng(1)
     state = rng.bit_generator.state
     assert not aug.draw(100, rng).any()

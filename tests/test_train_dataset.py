@@ -55,6 +55,7 @@ def test_dataset_path_trains_the_data_paths_model(quick_run, quick_dataset, teac
     p = subprocess.run([sys.executable, "-m", "cryblock.cli", "train", "--dataset", str(ds), "--out", str(out),
                         "--teacher", str(teacher_path), *QUICK_FLAGS], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "augmentation: off" in p.stdout  # the default mixing needs --data: switched off, said so
     a, b = res.metrics, json.loads((out / "metrics.json").read_text())
     # the same clips, split, filter and epochs
     assert a["data"]["split"] == b["data"]["split"] and a["data"]["clips"] == b["data"]["clips"] == 80

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from cryblock.params import Params
+from cryblock.params import AugmentParams, Params
 
 from conftest import QUICK  # the quick run's recipe
 
@@ -41,7 +41,7 @@ def test_tune_runs_the_candidates_as_ray_tune_trials(small_manifest, teacher_pat
     from cryblock.blocks.learn.tune import Budget, tune
 
     recipe = {k: v for k, v in QUICK.items() if k not in ("stem_channels", "pool", "blocks")}
-    params = Params().replace(learn=recipe)
+    params = Params().replace(learn=recipe, augment=AugmentParams.OFF)  # the runner is under test, not the recipe
     lines = []
     out = tmp_path / "tune"
     doc = tune(small_manifest, out, params, budget=Budget(max_flash=1), candidates=TINY, epochs=2, minutes=10,
