@@ -104,14 +104,7 @@ def _run(data: str | None, out: str, teacher: str | None, params_file: str | Non
     if dataset is not None:
         from cryblock.blocks.learn.stream import train_from_dataset
 
-        given = split_overrides(overrides)
-        params = params_with(params_file, given)
-        if params.augment.active and params_file is None and "augment" not in given:
-            from cryblock.params import AugmentParams
-
-            params = params.replace(augment=AugmentParams.OFF)  # the default mixing needs windows in memory
-            click.echo("augmentation: off (the default noise-robust mixing needs --data: a stream cannot mix "
-                       "arbitrary training windows)")
+        params = params_with(params_file, split_overrides(overrides))
         res = train_from_dataset(dataset, out, params, teacher=teacher, max_clips=max_clips, label_map=label_map,
                                  log=lambda s: click.echo(s), force=force)
     elif cv:

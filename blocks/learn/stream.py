@@ -20,7 +20,8 @@ windows (the dataset's stored embeddings, or the teacher run on those patches). 
 the one ``train --data`` writes (:func:`cryblock.blocks.learn.train.finish_run`).
 
 Not on a stream (refused with one error line): preset "general" (its teacher head is fitted on
-every training embedding) and augmentation (it mixes arbitrary training windows).
+every training embedding) and augmentation other than the default (it mixes arbitrary training
+windows); the default recipe's noise-robust mixing is switched off, with a log line.
 
 Why the model is not bit-identical to ``train --data``'s: the dataset stores float16 patches
 (its teacher scores are of those patches), and a stream's batches follow the shuffle buffer, not
@@ -41,7 +42,7 @@ import numpy as np
 
 from cryblock.blocks.learn.yamnet import EMBEDDING_SIZE
 from cryblock.errors import DataError
-from cryblock.params import CRY_CLASSES, Params
+from cryblock.params import CRY_CLASSES, AugmentParams, Params
 
 from .train import Log, RunResult, Split
 
@@ -150,9 +151,12 @@ def open_for_training(dataset: str | os.PathLike, params: Params, teacher, *, ma
     if learn.preset != "cry":
         raise DataError(f"{dataset}: train --dataset trains the cry preset only (preset 'general' fits its teacher "
                         "head on every training embedding in memory); use train --data")
-    if params.augment.active:
+    default_mixing = params.augment.active and params.augment == AugmentParams()
+    if params.augment.active and not default_mixing:
         raise DataError(f"{dataset}: augmentation mixes arbitrary training windows and does not work on a stream; "
                         "train --dataset without the augmentation flags, or train --data")
+    if default_mixing:  # the default recipe's noise-robust mixing: off on a stream (said below, after the checks)
+        params = params.replace(augment=AugmentParams.OFF)
     ds = open_dataset(dataset, dsp=params.dsp, teacher_sha256=_teacher_digest(teacher))
     meta_file = ds.path / "dataset.json"
     missing = [c for c in CRY_CLASSES if c not in ds.classes]
@@ -194,6 +198,9 @@ def open_for_training(dataset: str | os.PathLike, params: Params, teacher, *, ma
             "split": {k: {"clips": len(parts[k][0]), "windows": int(len(rows[k])),
                           "positive_clips": int(sum(y_of_clip[int(c)] for c in parts[k][0]))}
                       for k in ("train", "val", "test")}}
+    if default_mixing:
+        log("augmentation: off (the default noise-robust mixing needs --data: a stream cannot mix arbitrary "
+            "training windows)")
     log("split by group: " + ", ".join(f"{k} {v['clips']} clips / {v['windows']} windows"
                                        for k, v in info["split"].items()))
     check_split_labels([("train", y_rows["train"]), ("validation", y_rows["val"]), ("test", y_rows["test"])], learn)
