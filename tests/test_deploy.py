@@ -821,11 +821,15 @@ def test_install_is_all_or_nothing(student, tmp_path, monkeypatch):
         real_replace(src, dst, **kw)
         if str(dst).endswith("model_data.cc") and not calls:  # the model is in, its scale not yet
             calls.append(dst)
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # a real SIGINT to this thread (os.kill may land on another)
 
     monkeypatch.setattr(gen.os, "replace", replace_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        gen.generate_project(student[0], out, Params().replace(detector={"threshold": 0.7}))
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's Ctrl-C, whatever ran before
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gen.generate_project(student[0], out, Params().replace(detector={"threshold": 0.7}))
+    finally:
+        signal.signal(signal.SIGINT, before)
     new = _listing(out)
     assert "default 700" in new["main/Kconfig.projbuild"] and new != old  # everything installed, then Ctrl-C
     assert json.loads(new[gen.MARKER])["files"]["main/Kconfig.projbuild"] == gen._sha256(out / "main/Kconfig.projbuild")
