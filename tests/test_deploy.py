@@ -1033,7 +1033,7 @@ def test_emulate_on_a_board_over_its_serial_port(student, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr  # the stand-in model is not the real one
     (c,) = json.loads((tmp_path / "cmp.json").read_text())
     assert c["patches_firmware"] == c["patches_python"] > 5 and c["ok"] is False
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
 
 
 def test_emulate_refuses_odd_programs_and_keeps_device_text_short_and_safe(student, tmp_path):

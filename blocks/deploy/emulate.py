@@ -307,6 +307,8 @@ def run_firmware(argv: Sequence[str] | None, pcm: np.ndarray | Iterable[np.ndarr
         raise CryblockError(f"{console.name}: lost the firmware's console ({one_line(e)})") from None
     finally:
         stop.set()
+        if port:  # the reader polls the port every 50 ms: let it finish before the port closes under it
+            th.join(timeout=2)  # (pyserial read on a port closed meanwhile: a TypeError in the thread)
         console.close()
         th.join(timeout=5)
         run.seconds = time.monotonic() - t0
