@@ -383,7 +383,7 @@ class AugmentParams:
     @property
     def active(self) -> bool:
         """True when any augmentation can happen."""
-        return any((self.p_mix, self.p_gain, self.p_shift, self.p_specaugment, self.p_bandlimit, self.p_nursery))
+        return any(getattr(self, name) for name in self.OFF)
 
 
 @dataclass(frozen=True)
