@@ -632,6 +632,8 @@ def test_cli_demo_runs_all_stages(data_dir, teacher_path, tmp_path, monkeypatch)
     r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--max-clips", "60", "--epochs", "1",
                                  "--width", "8", "--depth", "1"])
     assert r.exit_code == 0, r.output[-3000:]
+    # the host TFLM time per window is the cross-validation's (the deployed model is not re-scored)
+    assert json.loads((out / "metrics.json").read_text())["cost"]["tflm_ms_per_window_host"] > 0
     thr = Params.load(out / "params.json").detector.threshold
     kconfig = (out / "fw" / "main" / "Kconfig.projbuild").read_text()
     assert f"default {round(thr * 1000)}\n" in kconfig.split("CRY_THRESHOLD_X1000", 1)[1]
