@@ -137,8 +137,9 @@ def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike |
         log: progress messages (:class:`cryblock.progress.Progress` lines while the teacher scores).
 
     Returns:
-        (scores float32 ``[N, 521]``, embeddings float32 ``[N, 1024]``; embeddings are cached as
-        float16, ≈ 1e-3 relative error).
+        (scores float32 ``[N, 521]``, embeddings float32 ``[N, 1024]``). Embeddings are cached as
+        float16 (≈ 1e-3 relative error) and always returned rounded to float16, so a run gives
+        the same results from a cold cache, a warm one or none.
 
     The cache file is an uncompressed npz (``np.savez``, written atomically): compressing
     ≈ 70 MB of float noise for the full manifest costs seconds and saves little.
@@ -162,10 +163,11 @@ def teacher_outputs(teacher, patches: np.ndarray, cache_dir: str | os.PathLike |
         scores, emb = teacher.predict(np.asarray(patches, dtype=np.float32), batch_size=batch_size,
                                       progress=prog.update)
     scores = np.asarray(scores, dtype=np.float32)
-    emb = np.asarray(emb, dtype=np.float32)
+    emb16 = np.asarray(emb).astype(np.float16)
+    emb = emb16.astype(np.float32)
     if cache_file is not None:
         buf = io.BytesIO()
-        np.savez(buf, scores=scores, emb=emb.astype(np.float16))
+        np.savez(buf, scores=scores, emb=emb16)
         atomic_write_bytes(cache_file, buf.getvalue())
     return scores, emb
 
