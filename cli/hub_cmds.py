@@ -1,6 +1,7 @@
 """``cryblock collect`` and ``cryblock dashboard``: the home hub (cryblock.blocks.hub)."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -18,12 +19,18 @@ def register(group: click.Group) -> None:
     group.add_command(dashboard)
 
 
-def _stop_event() -> threading.Event:
-    """Set on SIGINT / SIGTERM, so that the command finishes what it holds and exits 0."""
+@contextlib.contextmanager
+def _stop_event():
+    """An event set on SIGINT / SIGTERM while the block runs, so that the command finishes what it
+    holds and exits 0; the previous handlers are restored afterwards (the command may run inside
+    another program, e.g. a test's CliRunner)."""
     ev = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: ev.set())
-    return ev
+    before = {sig: signal.signal(sig, lambda *_: ev.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield ev
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @click.command()
@@ -72,22 +79,22 @@ def collect(broker, ca, db_url, client_id, confirm, run_dir, hub_threshold, max_
         opinion = SecondOpinion.from_run(run_dir, threshold=hub_threshold)
         click.echo(f"confirm : teacher + hub model ({opinion.hub.kind}) of {run_dir}, hub threshold "
                    f"{opinion.threshold:.3f}", err=True)
-    stop = _stop_event()
-    col = Collector(engine, b, client_id=client_id, opinion=opinion, rate=max_rate, burst=burst,
-                    log=lambda s: click.echo(s, err=True)).start()
-    click.echo(f"collect : {b.url} → {db.database_url(db_url).split('://')[0]} database, client id {client_id} "
-               "(Ctrl-C to stop)", err=True)
-    t_end = None if duration is None else time.monotonic() + duration
-    next_stats = time.monotonic() + stats_every
-    try:
-        while not stop.is_set() and (t_end is None or time.monotonic() < t_end):
-            stop.wait(0.2)
-            if time.monotonic() >= next_stats:
-                click.echo(f"collect : {col.summary()}", err=True)
-                next_stats += stats_every
-    finally:
-        col.stop()
-        engine.dispose()
+    with _stop_event() as stop:
+        col = Collector(engine, b, client_id=client_id, opinion=opinion, rate=max_rate, burst=burst,
+                        log=lambda s: click.echo(s, err=True)).start()
+        click.echo(f"collect : {b.url} → {db.database_url(db_url).split('://')[0]} database, client id "
+                   f"{client_id} (Ctrl-C to stop)", err=True)
+        t_end = None if duration is None else time.monotonic() + duration
+        next_stats = time.monotonic() + stats_every
+        try:
+            while not stop.is_set() and (t_end is None or time.monotonic() < t_end):
+                stop.wait(0.2)
+                if time.monotonic() >= next_stats:
+                    click.echo(f"collect : {col.summary()}", err=True)
+                    next_stats += stats_every
+        finally:
+            col.stop()
+            engine.dispose()
     click.echo(f"collect : {col.summary()}")
 
 

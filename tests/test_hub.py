@@ -226,6 +226,19 @@ def test_collector_stores_everything_once_sqlite(broker, sqlite_db):
     print(col.summary())
 
 
+def test_collect_restores_the_signal_handlers_it_borrowed(broker, sqlite_db):
+    """`collect` run inside another program (here click's CliRunner) hands SIGINT / SIGTERM back
+    as it found them: a later Ctrl-C is the program's again (it stayed a no-op before)."""
+    from click.testing import CliRunner
+
+    from cryblock.cli.main import cli
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    r = CliRunner().invoke(cli, ["collect", "--broker", broker.url, "--db", sqlite_db, "--duration", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_unacknowledged_messages_survive_a_killed_collector(broker, sqlite_db, tmp_path):
     """Ack only after commit: the collector (the real CLI) receives alerts it cannot commit (the
     SQLite file is locked by another writer), is killed with SIGKILL, and a new collector gets
