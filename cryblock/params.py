@@ -240,8 +240,9 @@ class LearnParams:
     neg_filter: str = "drop"
     #: category balance of the negatives drawn each epoch: a window's weight is
     #: (windows of its category)^(-negative_balance); 0 = uniform over windows, 1 = every category
-    #: drawn equally often (the shared data are 80 % speech)
-    negative_balance: float = 0.0
+    #: drawn equally often. Default 0.5 (the square root): chosen on the cross-validated night
+    #: (README, "Making the detector meet the night"), where most negatives are speech
+    negative_balance: float = 0.5
     #: hard-negative mining: a negative's draw weight is multiplied by 1 + hard_negative_weight · p,
     #: p = the student's probability for it when last trained on (refreshed every epoch); 0 = off
     hard_negative_weight: float = 0.0
