@@ -149,28 +149,6 @@ def test_score_night_equals_scoring_the_whole_rendered_streams(night, waves):
         np.testing.assert_allclose(got.backgrounds[b], want, rtol=0, atol=1e-5)
 
 
-def test_score_night_scores_one_block_at_a_time_and_raises_a_scorers_error(night):
-    """Patches are computed while the previous block is scored: the scorers still see one block
-    at a time, and an error of a scorer reaches the caller (no hang, no partial result)."""
-    import threading
-
-    busy, calls = threading.Lock(), []
-
-    def scorer(x):
-        assert busy.acquire(blocking=False), "two blocks scored at once"
-        try:
-            calls.append(len(x))
-            if len(calls) == 3:
-                raise ValueError("scorer failed on block 3")
-            return x.mean(axis=(1, 2))
-        finally:
-            busy.release()
-
-    with pytest.raises(ValueError, match="block 3"):
-        N.score_night(night, {"mean": scorer}, block=97)
-    assert len(calls) == 3
-
-
 def _by_hand(night, value_bg=0.05, value_cry=0.95):
     """Scores by hand: backgrounds low; each stream high on the patches inside its insertions."""
     bgs = {b: np.full(night.n_patches(b), value_bg) for b in night.backgrounds}

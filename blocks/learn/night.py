@@ -47,7 +47,6 @@ import hashlib
 import math
 import os
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -610,10 +609,7 @@ def score_night(night: Night, scorers: dict[str, Scorer], *, block: int = 1024,
                 progress: Callable[[int], None] | None = None) -> dict[str, NightScores]:
     """Score a night with several models at once: each patch is computed once and given to every
     scorer — a background's patches in blocks of ``block``, and per stream only the patches its
-    insertions change, all in time order (so each clip is read about once). The next block's
-    patches are computed while the scorers run on the current one (one scoring thread; scorers
-    are called one block at a time, in order), so log-mel work overlaps the models' (the INT8
-    model's TFLite Micro workers run in other processes).
+    insertions change, all in time order (so each clip is read about once).
 
     Args:
         scorers: model name → patches ``[n, 96, 64]`` → positive score ``[n]``.
@@ -635,12 +631,12 @@ def score_night(night: Night, scorers: dict[str, Scorer], *, block: int = 1024,
     jobs.sort()
     pending: list[tuple[str, int, int, int, np.ndarray]] = []  # (background, stream or -1, a, e, patches)
 
-    def score(batch):
-        x = np.concatenate([p for *_, p in batch])
+    def flush():
+        x = np.concatenate([p for *_, p in pending])
         for k, f in scorers.items():
             y = np.asarray(f(x), dtype=np.float64).reshape(-1)
             at = 0
-            for b, si, a, e, _ in batch:
+            for b, si, a, e, _ in pending:
                 if si < 0:
                     bg_scores[k][b][a:e] = y[at:at + e - a]
                 else:
@@ -648,35 +644,18 @@ def score_night(night: Night, scorers: dict[str, Scorer], *, block: int = 1024,
                 at += e - a
         if progress:
             progress(len(x))
+        pending.clear()
 
-    with ThreadPoolExecutor(1, thread_name_prefix="score-night") as ex:
-        running = None
-
-        def flush():
-            nonlocal running
-            if running is not None:
-                running.result()  # the previous block is scored (its errors are raised here)
-            running = ex.submit(score, list(pending))
-            pending.clear()
-
-        try:
-            for b, a, _, si, e in jobs:
-                if si < 0:
-                    p = patch_range(lambda x0, x1: render_background(night.backgrounds[b], x0, x1, cache), a, e,
-                                    night.dsp)
-                else:
-                    p = patch_range(lambda x0, x1: render_stream(night, night.streams[si], x0, x1, cache), a, e,
-                                    night.dsp)
-                pending.append((b, si, a, e, p))
-                if sum(len(q[-1]) for q in pending) >= block:
-                    flush()
-            if pending:
-                flush()
-            if running is not None:
-                running.result()
-        finally:
-            if running is not None:
-                running.cancel()
+    for b, a, _, si, e in jobs:
+        if si < 0:
+            p = patch_range(lambda x0, x1: render_background(night.backgrounds[b], x0, x1, cache), a, e, night.dsp)
+        else:
+            p = patch_range(lambda x0, x1: render_stream(night, night.streams[si], x0, x1, cache), a, e, night.dsp)
+        pending.append((b, si, a, e, p))
+        if sum(len(q[-1]) for q in pending) >= block:
+            flush()
+    if pending:
+        flush()
     out = {}
     for k in scorers:
         streams = []
