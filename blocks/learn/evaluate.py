@@ -303,11 +303,6 @@ class TflmPool:
     def ms_per_invoke(self) -> float:
         return 1000.0 * self._seconds / max(1, self._invokes)
 
-    @property
-    def invokes(self) -> int:
-        """Invokes so far, over all workers."""
-        return self._invokes
-
     def close(self) -> None:
         if self._ex is not None:
             self._ex.shutdown(cancel_futures=True)

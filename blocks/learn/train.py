@@ -652,10 +652,10 @@ def finish_run(fitted: Fitted, rep: np.ndarray, hub_train: tuple[np.ndarray, np.
                 # per element read by pools and means): the figure cryblock build and tune report
                 "params": count_params(models.model), "macs": inspect_model(exp.int8_tflite).macs,
                 "arena_bytes": runner.min_arena_bytes, "architecture": architecture(learn).describe(),
-                # host time of one TFLM invoke: this model's when it was scored here, else the
-                # cross-validation's (a fold model of the same architecture)
-                "tflm_ms_per_window_host": runner.ms_per_invoke if runner.invokes else
-                (cv.cost.get("tflm_ms_per_window_host") if cv is not None else None)}
+                # host time of one TFLM invoke: with ``cv`` this model is not scored here, so the
+                # folds' figure (models of the same architecture)
+                "tflm_ms_per_window_host": runner.ms_per_invoke if cv is None else
+                cv.cost.get("tflm_ms_per_window_host")}
         timing["total_seconds"] = time.perf_counter() - t_start
         metrics = {
             "preset": learn.preset, "labels": list(learn.labels), "positive_index": pos_index,
